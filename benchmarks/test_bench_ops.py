@@ -1,0 +1,140 @@
+"""Forward+backward timings of the dip.ops operators against their baselines, one thread.
+
+For each op three implementations are timed in the same process and the same run:
+  native    the public dip.ops op (torch.ops.dip kernels when the library is loaded),
+  reference the pure-PyTorch specification (dip.ops.*_reference),
+  original  the original code's construction:
+            downsampler  ReplicationPad2d + dense C x C conv whose weight is the 2-D Lanczos
+                         kernel on the channel diagonal (x4 on a 3 x 512 x 512 image),
+            masked MSE   F.mse_loss(out * m, y * m) (3 x 512 x 512),
+            BN + act     nn.BatchNorm2d(128) + nn.LeakyReLU(0.2) in training mode (128 x 256^2).
+Targets (issue 4): downsampler >= 10x, masked MSE >= 2x, bn_leaky_relu >= 2x the original.
+
+glibc would mmap (and page-fault afresh) every tensor of >= 32 MiB; the module raises the mmap
+threshold once at import so both sides are timed with reused heap memory. Ratios: compare the
+rows of one group in the pytest-benchmark table (or --benchmark-json).
+Run: OMP_NUM_THREADS=1 pytest benchmarks/test_bench_ops.py --benchmark-only
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dip.ops as ops
+
+THREADS = 1
+ROUNDS = 25  # fixed, generous round counts: the minimum is robust on a busy machine
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _raise_mmap_threshold(nbytes: int = 1 << 30) -> bool:
+    """Keeps large CPU tensors on the heap (glibc only); returns whether it took effect."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, nbytes)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * nbytes))
+    except (OSError, AttributeError):
+        return False
+
+
+MMAP_RAISED = _raise_mmap_threshold()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(benchmark):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    benchmark.extra_info.update(threads=THREADS, native=ops.has_native(),
+                                mmap_threshold_raised=MMAP_RAISED)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _lanczos2(factor: int) -> torch.Tensor:
+    width = 4 * factor + 1
+    centre = (width + 1) / 2
+    vals = []
+    for i in range(1, width):
+        d = abs(i + 0.5 - centre) / factor
+        vals.append(1.0 if d == 0 else 2 * math.sin(math.pi * d) * math.sin(math.pi * d / 2)
+                    / (math.pi ** 2 * d * d))
+    t = torch.tensor(vals, dtype=torch.float64)
+    return (t / t.sum()).float()
+
+
+def _fwd_bwd(fn, *inputs):
+    def step():
+        out = fn(*inputs)
+        grads = torch.autograd.grad(out, [t for t in inputs if t.requires_grad],
+                                    torch.ones_like(out))
+        return out, grads
+    return step
+
+
+# ----------------------------------------------------------------------------- downsample
+def _dense_downsampler(channels: int, taps: torch.Tensor, factor: int):
+    k = taps.shape[0]
+    conv = torch.nn.Conv2d(channels, channels, k, stride=factor, bias=False)
+    conv.weight.requires_grad_(False)  # the cheaper variant of the original (no weight grad)
+    with torch.no_grad():
+        conv.weight.zero_()
+        for i in range(channels):
+            conv.weight[i, i] = torch.outer(taps, taps)
+    pad = torch.nn.ReplicationPad2d((k - factor) // 2)
+    return lambda x: conv(pad(x))
+
+
+@pytest.mark.benchmark(group="downsample x4 3x512^2 fwd+bwd")
+@pytest.mark.parametrize("impl", ["native", "reference", "original"])
+def test_downsample(benchmark, impl):
+    taps = _lanczos2(4)
+    x = torch.rand(1, 3, 512, 512, requires_grad=True)
+    fn = {"native": lambda t: ops.downsample(t, taps, 4),
+          "reference": lambda t: ops.downsample_reference(t, taps, 4),
+          "original": _dense_downsampler(3, taps, 4)}[impl]
+    out, _ = benchmark.pedantic(_fwd_bwd(fn, x), rounds=ROUNDS, warmup_rounds=2)
+    assert out.shape == (1, 3, 128, 128)
+
+
+# ----------------------------------------------------------------------------- masked MSE
+@pytest.mark.benchmark(group="masked_mse 3x512^2 fwd+bwd")
+@pytest.mark.parametrize("impl", ["native", "reference", "original"])
+def test_masked_mse(benchmark, impl):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 512, 512, generator=g, requires_grad=True)
+    y = torch.rand(1, 3, 512, 512, generator=g)
+    m = (torch.rand(1, 3, 512, 512, generator=g) > 0.5).float()
+    fn = {"native": lambda t: ops.masked_mse(t, y, m),
+          "reference": lambda t: ops.masked_mse_reference(t, y, m),
+          "original": lambda t: F.mse_loss(t * m, y * m)}[impl]
+    out, _ = benchmark.pedantic(_fwd_bwd(fn, x), rounds=4 * ROUNDS, warmup_rounds=2)
+    assert out.dim() == 0
+
+
+# ----------------------------------------------------------------------------- BN + LeakyReLU
+@pytest.mark.benchmark(group="bn_leaky_relu 128x256^2 fwd+bwd")
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("impl", ["native", "reference", "original"])
+def test_bn_leaky_relu(benchmark, impl, layout):
+    bn = torch.nn.BatchNorm2d(128)
+    act = torch.nn.LeakyReLU(0.2)
+    x = torch.randn(1, 128, 256, 256)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    fn = {"native": lambda t, *_: ops.bn_leaky_relu(t, bn.weight, bn.bias, bn.running_mean,
+                                                bn.running_var),
+          "reference": lambda t, *_: ops.bn_leaky_relu_reference(t, bn.weight, bn.bias,
+                                                             bn.running_mean, bn.running_var),
+          "original": lambda t, *_: act(bn(t))}[impl]
+    out, grads = benchmark.pedantic(_fwd_bwd(fn, x, bn.weight, bn.bias), rounds=ROUNDS // 2,
+                                    warmup_rounds=1)
+    assert out.shape == x.shape and len(grads) == 3

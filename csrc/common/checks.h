@@ -1,0 +1,51 @@
+// Input checks shared by the kernels of several operators (TORCH_CHECK with messages).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace dip {
+
+// (N, C, H, W) non-empty floating tensor.
+inline void check_image(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4, name, " must be 4-D (N, C, H, W), got ", t.dim(),
+              "-D with shape ", t.sizes());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), name, " must have a floating dtype, got ",
+              t.scalar_type());
+  TORCH_CHECK(t.numel() > 0, name, " must not be empty, got shape ", t.sizes());
+}
+
+inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& ref,
+                       const char* ref_name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " must have the dtype of ", ref_name,
+              " (", ref.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name,
+              " is on ", ref.device());
+}
+
+// (N|1, C|1, H, W) mask broadcastable over x.
+inline void check_mask(const at::Tensor& mask, const at::Tensor& x) {
+  TORCH_CHECK(mask.dim() == 4 && mask.size(2) == x.size(2) && mask.size(3) == x.size(3) &&
+                  (mask.size(0) == 1 || mask.size(0) == x.size(0)) &&
+                  (mask.size(1) == 1 || mask.size(1) == x.size(1)),
+              "mask must have shape (", x.size(0), " or 1, ", x.size(1), " or 1, ", x.size(2),
+              ", ", x.size(3), ") to match x, got ", mask.sizes());
+  check_like(mask, "mask", x, "x");
+}
+
+// (C,) per-channel vector.
+inline void check_channels(const at::Tensor& t, const char* name, const at::Tensor& x) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(1), name, " must have shape (", x.size(1),
+              ",), got ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), name, " is on ", t.device(), " but x is on ",
+              x.device());
+}
+
+// Layout the bn kernels compute in: channels_last when x is exactly that, else NCHW.
+inline at::MemoryFormat bn_layout(const at::Tensor& x) {
+  return (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast))
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+}  // namespace dip

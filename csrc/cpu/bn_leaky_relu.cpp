@@ -1,0 +1,455 @@
+// CPU kernels of dip::bn_leaky_relu (training-mode BatchNorm2d + LeakyReLU) and its backward.
+//
+// The NCHW forward runs channel by channel, so that its second pass re-reads the channel from
+// cache.
+// Forward: one reading pass for the per-channel statistics (sums shifted by the channel's
+// first value, widened to double every block), one pass writing y = leaky(x * scale + shift).
+// Backward: one reading pass for sum(dz) and sum(dz * (x - mean)), with dz = leaky'(z) * dy
+// recomputed from x, and one pass writing dx. NCHW and channels_last are handled natively.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../common/checks.h"
+#include "../common/simd.h"
+
+namespace dip {
+namespace {
+
+constexpr int kLanes = 16;
+constexpr bool kSimdGradSums = false;
+constexpr int64_t kBlock = 2048;  // NCHW: elements summed in working precision per block
+constexpr int64_t kRows = 64;     // channels_last: pixels summed in working precision per block
+
+struct Shape {
+  int64_t N, C, HW;
+  bool channels_last;
+};
+
+// ---- NCHW: one channel's planes; the loops below vectorise (restrict parameters, no branches;
+// the build uses -fno-trapping-math so that the LeakyReLU selects become blends).
+
+// t0 += sum (x - shift), t1 += sum (x - shift)^2 over n contiguous values.
+template <typename scalar_t, typename acc_t>
+void plane_stats(const scalar_t* __restrict x, int64_t n, acc_t shift, double& t0, double& t1) {
+#if defined(__GNUC__)
+  if constexpr (simd::kSupported<scalar_t>) {
+    using V = simd::vec_t<scalar_t>;
+    constexpr int W = simd::Vec<scalar_t>::width;
+    const V sv = simd::broadcast<scalar_t>(shift);
+    for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+      const int64_t i1 = std::min(n, i0 + kBlock);
+      V a0 = {}, a1 = {};
+      int64_t i = i0;
+      for (; i + W <= i1; i += W) {
+        const V d = simd::load(x + i) - sv;
+        a0 += d;
+        a1 += d * d;
+      }
+      t0 += simd::sum<scalar_t>(a0);
+      t1 += simd::sum<scalar_t>(a1);
+      for (; i < i1; ++i) {
+        const double d = static_cast<double>(x[i] - shift);
+        t0 += d;
+        t1 += d * d;
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    acc_t r0[kLanes] = {}, r1[kLanes] = {};
+    int64_t i = i0;
+    for (; i + kLanes <= i1; i += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        const acc_t d = static_cast<acc_t>(x[i + l]) - shift;
+        r0[l] += d;
+        r1[l] += d * d;
+      }
+    }
+    for (; i < i1; ++i) {
+      const acc_t d = static_cast<acc_t>(x[i]) - shift;
+      r0[0] += d;
+      r1[0] += d * d;
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      t0 += r0[l];
+      t1 += r1[l];
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void plane_forward(scalar_t* __restrict y, const scalar_t* __restrict x, int64_t n, acc_t scale,
+                   acc_t offset, acc_t slope) {
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t z = static_cast<acc_t>(x[i]) * scale + offset;
+    y[i] = static_cast<scalar_t>(z > acc_t(0) ? z : z * slope);
+  }
+}
+
+// t0 += sum dz, t1 += sum dz * (x - mean), dz = leaky'(z) * g.
+template <typename scalar_t, typename acc_t>
+void plane_grad_sums(const scalar_t* __restrict x, const scalar_t* __restrict g, int64_t n,
+                     acc_t scale, acc_t offset, acc_t mean, acc_t slope, double& t0,
+                     double& t1) {
+#if defined(__GNUC__)
+  if constexpr (kSimdGradSums && simd::kSupported<scalar_t>) {
+    using V = simd::vec_t<scalar_t>;
+    constexpr int W = simd::Vec<scalar_t>::width;
+    const V sc = simd::broadcast<scalar_t>(scale), of = simd::broadcast<scalar_t>(offset);
+    const V mu = simd::broadcast<scalar_t>(mean), sl = simd::broadcast<scalar_t>(slope);
+    const V zero = {};
+    for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+      const int64_t i1 = std::min(n, i0 + kBlock);
+      V a0 = {}, a1 = {};
+      int64_t i = i0;
+      for (; i + W <= i1; i += W) {
+        const V v = simd::load(x + i), gv = simd::load(g + i);
+        const V z = v * sc + of;
+        const V dz = z > zero ? gv : gv * sl;
+        a0 += dz;
+        a1 += dz * (v - mu);
+      }
+      t0 += simd::sum<scalar_t>(a0);
+      t1 += simd::sum<scalar_t>(a1);
+      for (; i < i1; ++i) {
+        const acc_t v = x[i], gv = g[i];
+        const acc_t z = v * scale + offset;
+        const acc_t dz = z > acc_t(0) ? gv : gv * slope;
+        t0 += dz;
+        t1 += static_cast<double>(dz * (v - mean));
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int64_t i1 = std::min(n, i0 + kBlock);
+    acc_t r0[kLanes] = {}, r1[kLanes] = {};
+    int64_t i = i0;
+    for (; i + kLanes <= i1; i += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        const acc_t v = static_cast<acc_t>(x[i + l]);
+        const acc_t gv = static_cast<acc_t>(g[i + l]);
+        const acc_t z = v * scale + offset;
+        const acc_t dz = z > acc_t(0) ? gv : gv * slope;
+        r0[l] += dz;
+        r1[l] += dz * (v - mean);
+      }
+    }
+    for (; i < i1; ++i) {
+      const acc_t v = static_cast<acc_t>(x[i]);
+      const acc_t gv = static_cast<acc_t>(g[i]);
+      const acc_t z = v * scale + offset;
+      const acc_t dz = z > acc_t(0) ? gv : gv * slope;
+      r0[0] += dz;
+      r1[0] += dz * (v - mean);
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      t0 += r0[l];
+      t1 += r1[l];
+    }
+  }
+}
+
+// gx = k_dz * dz + k_x * (x - mean) + k_c
+template <typename scalar_t, typename acc_t>
+void plane_grad(scalar_t* __restrict gx, const scalar_t* __restrict x,
+                const scalar_t* __restrict g, int64_t n, acc_t scale, acc_t offset, acc_t mean,
+                acc_t slope, acc_t k_dz, acc_t k_x, acc_t k_c) {
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t v = static_cast<acc_t>(x[i]);
+    const acc_t gv = static_cast<acc_t>(g[i]);
+    const acc_t z = v * scale + offset;
+    const acc_t dz = z > acc_t(0) ? gv : gv * slope;
+    gx[i] = static_cast<scalar_t>(k_dz * dz + k_x * (v - mean) + k_c);
+  }
+}
+
+// ---- channels_last: one pixel row of C channels; per-channel constants in arrays.
+
+template <typename scalar_t, typename acc_t>
+void row_stats(const scalar_t* __restrict x, const acc_t* __restrict shift, acc_t* __restrict q0,
+               acc_t* __restrict q1, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t d = static_cast<acc_t>(x[c]) - shift[c];
+    q0[c] += d;
+    q1[c] += d * d;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void row_forward(scalar_t* __restrict y, const scalar_t* __restrict x,
+                 const acc_t* __restrict scale, const acc_t* __restrict offset, acc_t slope,
+                 int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t z = static_cast<acc_t>(x[c]) * scale[c] + offset[c];
+    y[c] = static_cast<scalar_t>(z > acc_t(0) ? z : z * slope);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void row_grad_sums(const scalar_t* __restrict x, const scalar_t* __restrict g,
+                   const acc_t* __restrict scale, const acc_t* __restrict offset,
+                   const acc_t* __restrict mean, acc_t slope, acc_t* __restrict q0,
+                   acc_t* __restrict q1, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t v = static_cast<acc_t>(x[c]);
+    const acc_t gv = static_cast<acc_t>(g[c]);
+    const acc_t z = v * scale[c] + offset[c];
+    const acc_t dz = z > acc_t(0) ? gv : gv * slope;
+    q0[c] += dz;
+    q1[c] += dz * (v - mean[c]);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void row_grad(scalar_t* __restrict gx, const scalar_t* __restrict x, const scalar_t* __restrict g,
+              const acc_t* __restrict scale, const acc_t* __restrict offset,
+              const acc_t* __restrict mean, const acc_t* __restrict k_dz,
+              const acc_t* __restrict k_x, const acc_t* __restrict k_c, acc_t slope, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t v = static_cast<acc_t>(x[c]);
+    const acc_t gv = static_cast<acc_t>(g[c]);
+    const acc_t z = v * scale[c] + offset[c];
+    const acc_t dz = z > acc_t(0) ? gv : gv * slope;
+    gx[c] = static_cast<scalar_t>(k_dz[c] * dz + k_x[c] * (v - mean[c]) + k_c[c]);
+  }
+}
+
+// Per-channel sums over all pixels of a channels_last tensor: row(m, q0, q1) adds pixel row m
+// into the working-precision accumulators q0, q1 (C each); returns double sums.
+template <typename acc_t, typename Row>
+void channels_last_sums(int64_t M, int64_t C, Row row, std::vector<double>& s0,
+                        std::vector<double>& s1) {
+  const int nthreads = at::get_num_threads();
+  std::vector<double> part0(static_cast<size_t>(nthreads) * C, 0.0);
+  std::vector<double> part1(static_cast<size_t>(nthreads) * C, 0.0);
+  at::parallel_for(0, M, std::max<int64_t>(1, 32768 / C), [&](int64_t m0, int64_t m1) {
+    const int tid = at::get_thread_num();
+    double* d0 = part0.data() + static_cast<size_t>(tid) * C;
+    double* d1 = part1.data() + static_cast<size_t>(tid) * C;
+    std::vector<acc_t> q0(C), q1(C);
+    for (int64_t b0 = m0; b0 < m1; b0 += kRows) {
+      const int64_t b1 = std::min(m1, b0 + kRows);
+      std::fill(q0.begin(), q0.end(), acc_t(0));
+      std::fill(q1.begin(), q1.end(), acc_t(0));
+      for (int64_t m = b0; m < b1; ++m) row(m, q0.data(), q1.data());
+      for (int64_t c = 0; c < C; ++c) {
+        d0[c] += q0[c];
+        d1[c] += q1[c];
+      }
+    }
+  });
+  s0.assign(C, 0.0);
+  s1.assign(C, 0.0);
+  for (int t = 0; t < nthreads; ++t) {
+    for (int64_t c = 0; c < C; ++c) {
+      s0[c] += part0[static_cast<size_t>(t) * C + c];
+      s1[c] += part1[static_cast<size_t>(t) * C + c];
+    }
+  }
+}
+
+void check_bn(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+  check_image(x, "x");
+  check_channels(weight, "weight", x);
+  check_channels(bias, "bias", x);
+  check_like(weight, "weight", x, "x");
+  check_like(bias, "bias", x, "x");
+  TORCH_CHECK(x.numel() / x.size(1) > 1,
+              "bn_leaky_relu needs more than 1 value per channel in training mode, got shape ",
+              x.sizes());
+  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
+}
+
+at::ScalarType stat_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_cpu(const at::Tensor& x_in,
+                                                                 const at::Tensor& weight,
+                                                                 const at::Tensor& bias,
+                                                                 double eps, double slope) {
+  check_bn(x_in, weight, bias, eps);
+  const at::MemoryFormat fmt = bn_layout(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  const at::Tensor wc = weight.contiguous(), bc = bias.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), M = N * HW;
+  const double count = static_cast<double>(M);
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(fmt));
+  at::Tensor mean = at::empty({C}, x.options().dtype(stat_type(x)));
+  at::Tensor var = at::empty({C}, x.options().dtype(stat_type(x)));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "dip::bn_leaky_relu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    const scalar_t* xd = x.const_data_ptr<scalar_t>();
+    scalar_t* yd = y.mutable_data_ptr<scalar_t>();
+    const scalar_t* w = wc.const_data_ptr<scalar_t>();
+    const scalar_t* b = bc.const_data_ptr<scalar_t>();
+    stat_t* mp = mean.mutable_data_ptr<stat_t>();
+    stat_t* vp = var.mutable_data_ptr<stat_t>();
+    const acc_t ns = static_cast<acc_t>(slope);
+    // statistics of channel c from its sums shifted by `shift`; returns y = x * scale + offset
+    auto finish = [&](int64_t c, double t0, double t1, double shift, acc_t& scale,
+                      acc_t& offset) {
+      const double dm = t0 / count;
+      const double v = std::max(0.0, t1 / count - dm * dm);
+      const double mu = shift + dm;
+      const double sc = static_cast<double>(w[c]) / std::sqrt(v + eps);
+      mp[c] = static_cast<stat_t>(mu);
+      vp[c] = static_cast<stat_t>(v);
+      scale = static_cast<acc_t>(sc);
+      offset = static_cast<acc_t>(static_cast<double>(b[c]) - mu * sc);
+    };
+    if (fmt != at::MemoryFormat::ChannelsLast) {
+      // channel by channel: the second pass re-reads the channel while it is still in cache
+      at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const acc_t shift = static_cast<acc_t>(xd[c * HW]);
+          double t0 = 0, t1 = 0;
+          for (int64_t n = 0; n < N; ++n)
+            plane_stats<scalar_t, acc_t>(xd + (n * C + c) * HW, HW, shift, t0, t1);
+          acc_t scale, offset;
+          finish(c, t0, t1, static_cast<double>(shift), scale, offset);
+          for (int64_t n = 0; n < N; ++n) {
+            const int64_t off = (n * C + c) * HW;
+            plane_forward<scalar_t, acc_t>(yd + off, xd + off, HW, scale, offset, ns);
+          }
+        }
+      });
+      return;
+    }
+    std::vector<acc_t> shift(C), scale(C), offset(C);
+    for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<acc_t>(xd[c]);
+    std::vector<double> s0, s1;
+    channels_last_sums<acc_t>(
+        M, C,
+        [&](int64_t m, acc_t* q0, acc_t* q1) {
+          row_stats<scalar_t, acc_t>(xd + m * C, shift.data(), q0, q1, C);
+        },
+        s0, s1);
+    for (int64_t c = 0; c < C; ++c)
+      finish(c, s0[c], s1[c], static_cast<double>(shift[c]), scale[c], offset[c]);
+    at::parallel_for(0, M, std::max<int64_t>(1, 32768 / C), [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        row_forward<scalar_t, acc_t>(yd + m * C, xd + m * C, scale.data(), offset.data(), ns, C);
+    });
+  });
+  return {y, mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& var, double eps,
+    double slope) {
+  check_bn(x_in, weight, bias, eps);
+  TORCH_CHECK(grad_out.sizes() == x_in.sizes(), "grad_out must have the shape of x ",
+              x_in.sizes(), ", got ", grad_out.sizes());
+  check_like(grad_out, "grad_out", x_in, "x");
+  check_channels(mean, "mean", x_in);
+  check_channels(var, "var", x_in);
+  const at::MemoryFormat fmt = bn_layout(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  const at::Tensor gy = grad_out.contiguous(fmt);
+  const at::Tensor wc = weight.contiguous(), bc = bias.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), M = N * HW;
+  const double count = static_cast<double>(M);
+  at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  at::Tensor gw = at::empty_like(weight);
+  at::Tensor gb = at::empty_like(bias);
+  const at::Tensor mean_d = mean.to(at::kDouble).contiguous();
+  const at::Tensor var_d = var.to(at::kDouble).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "dip::bn_leaky_relu_backward",
+                                 [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xd = x.const_data_ptr<scalar_t>();
+    const scalar_t* gd = gy.const_data_ptr<scalar_t>();
+    scalar_t* gxd = gx.mutable_data_ptr<scalar_t>();
+    const scalar_t* w = wc.const_data_ptr<scalar_t>();
+    const scalar_t* b = bc.const_data_ptr<scalar_t>();
+    const double* mu = mean_d.const_data_ptr<double>();
+    const double* vr = var_d.const_data_ptr<double>();
+    scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
+    scalar_t* gbp = gb.mutable_data_ptr<scalar_t>();
+    const acc_t ns = static_cast<acc_t>(slope);
+    std::vector<acc_t> scale(C), offset(C), mean_a(C), k_dz(C), k_x(C), k_c(C);
+    std::vector<double> invstd(C);
+    for (int64_t c = 0; c < C; ++c) {
+      invstd[c] = 1.0 / std::sqrt(vr[c] + eps);
+      const double sc = static_cast<double>(w[c]) * invstd[c];
+      scale[c] = static_cast<acc_t>(sc);
+      offset[c] = static_cast<acc_t>(static_cast<double>(b[c]) - mu[c] * sc);
+      mean_a[c] = static_cast<acc_t>(mu[c]);
+    }
+    // dx = w * invstd * (dz - mean(dz) - (x - mean) * invstd^2 * mean(dz * (x - mean)))
+    //    = k_dz * dz + k_x * (x - mean) + k_c
+    auto finish = [&](int64_t c, double t0, double t1) {
+      const double a = static_cast<double>(w[c]) * invstd[c];
+      const double proj = t1 / count * invstd[c] * invstd[c];
+      k_dz[c] = static_cast<acc_t>(a);
+      k_x[c] = static_cast<acc_t>(-a * proj);
+      k_c[c] = static_cast<acc_t>(-a * (t0 / count));
+      gbp[c] = static_cast<scalar_t>(t0);
+      gwp[c] = static_cast<scalar_t>(t1 * invstd[c]);
+    };
+    if (fmt != at::MemoryFormat::ChannelsLast) {
+      // two streaming passes: x and dy of one channel together overflow a typical L2 cache,
+      // so re-reading them channel by channel does not pay off here (unlike the forward)
+      at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          double t0 = 0, t1 = 0;
+          for (int64_t n = 0; n < N; ++n) {
+            const int64_t off = (n * C + c) * HW;
+            plane_grad_sums<scalar_t, acc_t>(xd + off, gd + off, HW, scale[c], offset[c],
+                                             mean_a[c], ns, t0, t1);
+          }
+          finish(c, t0, t1);
+        }
+      });
+      at::parallel_for(0, N * C, std::max<int64_t>(1, 32768 / HW), [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t c = p % C, off = p * HW;
+          plane_grad<scalar_t, acc_t>(gxd + off, xd + off, gd + off, HW, scale[c], offset[c],
+                                      mean_a[c], ns, k_dz[c], k_x[c], k_c[c]);
+        }
+      });
+      return;
+    }
+    std::vector<double> s0, s1;
+    channels_last_sums<acc_t>(
+        M, C,
+        [&](int64_t m, acc_t* q0, acc_t* q1) {
+          row_grad_sums<scalar_t, acc_t>(xd + m * C, gd + m * C, scale.data(), offset.data(),
+                                         mean_a.data(), ns, q0, q1, C);
+        },
+        s0, s1);
+    for (int64_t c = 0; c < C; ++c) finish(c, s0[c], s1[c]);
+    at::parallel_for(0, M, std::max<int64_t>(1, 32768 / C), [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        row_grad<scalar_t, acc_t>(gxd + m * C, xd + m * C, gd + m * C, scale.data(),
+                                  offset.data(), mean_a.data(), k_dz.data(), k_x.data(),
+                                  k_c.data(), ns, C);
+    });
+  });
+  return {gx, gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dip, CPU, m) {
+  m.impl("bn_leaky_relu", &bn_leaky_relu_cpu);
+  m.impl("bn_leaky_relu_backward", &bn_leaky_relu_backward_cpu);
+}
+
+}  // namespace dip

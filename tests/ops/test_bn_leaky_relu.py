@@ -1,0 +1,178 @@
+"""dip.ops.bn_leaky_relu: equality with nn.BatchNorm2d + nn.LeakyReLU, native kernels, errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dip.ops as ops
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def _modules(c: int, dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    bn = torch.nn.BatchNorm2d(c).to(dtype)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(c, generator=g))
+        bn.running_mean.copy_(torch.randn(c, generator=g))
+        bn.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    return bn, torch.nn.LeakyReLU(0.2)
+
+
+def _run(fn, x, bn, **kw):
+    """Output, running stats and gradients of x, weight, bias for a fixed upstream gradient."""
+    w = bn.weight.detach().clone().requires_grad_(True)
+    b = bn.bias.detach().clone().requires_grad_(True)
+    rm, rv = bn.running_mean.clone(), bn.running_var.clone()
+    xg = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
+    y = fn(xg, w, b, rm, rv, **kw)
+    g = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+    y.backward(g)
+    return y, rm, rv, xg.grad, w.grad, b.grad
+
+
+def _layouts(x: torch.Tensor):
+    yield "contiguous", x
+    yield "channels_last", x.contiguous(memory_format=torch.channels_last)
+    wide = torch.zeros(*x.shape[:3], 2 * x.shape[3], dtype=x.dtype)
+    wide[..., ::2] = x
+    yield "strided", wide[..., ::2]
+
+
+def test_reference_equals_modules():
+    bn, act = _modules(4, torch.float64)
+    x = torch.randn(2, 4, 9, 7, dtype=torch.float64) * 3 + 1
+    y, rm, rv, *_ = _run(ops.bn_leaky_relu_reference, x, bn)
+    torch.testing.assert_close(y, act(bn.train()(x)))
+    torch.testing.assert_close(rm, bn.running_mean)
+    torch.testing.assert_close(rv, bn.running_var)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_matches_reference(native, called_ops, dtype):
+    bn, _ = _modules(5, dtype)
+    base = torch.randn(3, 5, 13, 11, dtype=dtype) * 2 + 3
+    want = _run(ops.bn_leaky_relu_reference, base, bn, momentum=0.3, negative_slope=0.1)
+    for name, x in _layouts(base):
+        with called_ops() as seen:
+            got = _run(ops.bn_leaky_relu, x, bn, momentum=0.3, negative_slope=0.1)
+        assert {"dip.bn_leaky_relu.default", "dip.bn_leaky_relu_backward.default"} <= seen
+        for a, b, what in zip(got, want, ["y", "running_mean", "running_var", "dx", "dw", "db"]):
+            scale = max(1.0, b.abs().max().item())
+            torch.testing.assert_close(a, b, rtol=0, atol=TOL[dtype] * scale,
+                                       msg=f"{name}: {what}")
+        if name == "channels_last":
+            assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_without_affine_and_running_stats(native):
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    want = torch.nn.functional.leaky_relu(
+        torch.nn.functional.batch_norm(x, None, None, training=True), 0.2)
+    torch.testing.assert_close(ops.bn_leaky_relu(x), want, rtol=0, atol=1e-10)
+
+
+def test_mixed_precision_parameters_use_reference(native, called_ops):
+    """bfloat16 activations with float32 affine parameters (autocast) take the reference path."""
+    bn, act = _modules(3, torch.float32)
+    x = torch.randn(2, 3, 6, 6).to(torch.bfloat16)
+    with called_ops() as seen:
+        y = ops.bn_leaky_relu(x, bn.weight, bn.bias)
+    assert not any(name.startswith("dip.") for name in seen)
+    torch.testing.assert_close(y, act(torch.nn.functional.batch_norm(
+        x, None, None, bn.weight, bn.bias, training=True)))
+
+
+def test_native_gradcheck(native):
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_(True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: ops.bn_leaky_relu(*a), (x, w, b))
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda *a: ops.bn_leaky_relu(*a), (xc, w, b))
+
+
+def test_opcheck(native):
+    w = torch.rand(4, dtype=torch.float64) + 0.5
+    b = torch.randn(4, dtype=torch.float64)
+    for x in (torch.randn(2, 4, 6, 5, dtype=torch.float64),
+              torch.randn(2, 4, 6, 5, dtype=torch.float64).contiguous(
+                  memory_format=torch.channels_last)):
+        args = (x.requires_grad_(True), w.clone().requires_grad_(True),
+                b.clone().requires_grad_(True), 1e-5, 0.2)
+        torch.library.opcheck(native.bn_leaky_relu, args)
+        y, mean, var = native.bn_leaky_relu(x.detach(), w, b, 1e-5, 0.2)
+        torch.library.opcheck(native.bn_leaky_relu_backward,
+                              (torch.randn_like(y), x.detach(), w, b, mean, var, 1e-5, 0.2))
+
+
+@settings(max_examples=8, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 20), h=st.integers(1, 9), w=st.integers(2, 9),
+       channels_last=st.booleans(), slope=st.floats(0.0, 0.5))
+def test_native_matches_reference_random(n, c, h, w, channels_last, slope):
+    if not ops.has_native():
+        pytest.skip(ops.native_status())
+    bn, _ = _modules(c, torch.float64, seed=c)
+    x = torch.randn(n, c, h, w, dtype=torch.float64) * 5 - 2
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = _run(ops.bn_leaky_relu_reference, x, bn, negative_slope=slope)
+    got = _run(ops.bn_leaky_relu, x, bn, negative_slope=slope)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10 * max(1.0, b.abs().max().item()))
+
+
+@pytest.mark.parametrize("fn", [ops.bn_leaky_relu, ops.bn_leaky_relu_reference])
+def test_python_errors(fn):
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"weight must have shape \(3,\)"):
+        fn(x, torch.ones(4))
+    with pytest.raises(TypeError, match="bias must have a floating dtype"):
+        fn(x, torch.ones(3), torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="same device"):
+        fn(x, torch.ones(3, device="meta"))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        fn(torch.randn(1, 3, 1, 1))
+    with pytest.raises(ValueError, match="both be given"):
+        fn(x, running_mean=torch.zeros(3))
+    with pytest.raises(ValueError, match="must be 4-D"):
+        fn(x[0])
+    with pytest.raises(TypeError, match="floating dtype"):
+        fn(x.int())
+    with pytest.raises(ValueError, match="must not be empty"):
+        fn(x[:0])
+    with pytest.raises(ValueError, match="eps must be positive"):
+        fn(x, eps=0.0)
+
+
+def test_native_errors(native):
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(RuntimeError, match=r"weight must have shape \(3,\)"):
+        native.bn_leaky_relu(x, torch.ones(4), torch.zeros(3), 1e-5, 0.2)
+    with pytest.raises(RuntimeError, match="bias must have the dtype of x"):
+        native.bn_leaky_relu(x, torch.ones(3), torch.zeros(3, dtype=torch.float64), 1e-5, 0.2)
+    with pytest.raises(RuntimeError, match="more than 1 value per channel"):
+        native.bn_leaky_relu(torch.randn(1, 3, 1, 1), torch.ones(3), torch.zeros(3), 1e-5, 0.2)
+    with pytest.raises(RuntimeError, match="x must be 4-D"):
+        native.bn_leaky_relu(x[0], torch.ones(3), torch.zeros(3), 1e-5, 0.2)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3))
+        self.bias = torch.nn.Parameter(torch.zeros(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.dip.bn_leaky_relu(x, self.weight, self.bias, 1e-5, 0.2)[0]
+
+
+def test_torchscript(native):
+    block = _Block()
+    scripted = torch.jit.script(block)
+    x = torch.randn(2, 3, 5, 5)
+    torch.testing.assert_close(scripted(x), block(x))
+    assert "dip::bn_leaky_relu" in str(scripted.graph)
