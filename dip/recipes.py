@@ -1,0 +1,222 @@
+"""Named presets reproducing the original notebooks' settings (see RECIPES.md).
+
+A ``Recipe`` says which generator to build, what it is fed, which degradation operator
+applies, and how to fit. ``get(name, **overrides)`` returns a recipe with any field changed;
+``run(recipe, observation, ...)`` builds everything and fits. The generator's output channels
+always follow the image (grey or colour).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+
+from dip import models
+from dip.fit import FitConfig, FitResult, fit, generator_geometry, pad_to
+from dip.inputs import INPUT_KINDS, make_input
+from dip.physics import from_config as physics_from_config
+
+_STANDARD_SKIP = dict(num_channels_down=[128] * 5, num_channels_up=[128] * 5, num_channels_skip=[4] * 5,
+                      upsample_mode="bilinear", pad="reflection", need_sigmoid=True, need_bias=True,
+                      act_fun="LeakyReLU")
+
+
+@dataclass
+class Recipe:
+    """A task preset.
+
+    Attributes:
+        name, task: recipe name and task ("denoise", "jpeg", "sr", "inpaint", "restore", "flash").
+        net: generator name and keyword arguments for ``dip.models.build`` (channels excluded).
+        input_kind: "noise" | "noise_normal" | "meshgrid" | "image" (the flash image).
+        input_depth: channels of z (ignored for "image").
+        physics: operator config for ``dip.physics.from_config``.
+        fit: ``FitConfig``.
+        description: one line for listings.
+    """
+
+    name: str
+    task: str
+    net: Dict
+    input_kind: str
+    input_depth: int
+    physics: Dict
+    fit: FitConfig
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "task": self.task, "net": copy.deepcopy(self.net),
+                "input_kind": self.input_kind, "input_depth": self.input_depth,
+                "physics": dict(self.physics), "fit": self.fit.to_dict(), "description": self.description}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        d = dict(d)
+        d["fit"] = FitConfig.from_dict(d["fit"])
+        return cls(**d)
+
+
+def _table() -> Dict[str, Recipe]:
+    denoise_fit = dict(steps=3000, lr=0.01, reg_noise_std=1.0 / 30, exp_weight=0.99, backtrack=True, stop="auto")
+    sr = lambda factor, steps, reg: Recipe(
+        f"sr{factor}", "sr", {"name": "skip", **_STANDARD_SKIP}, "noise", 32,
+        {"name": "downsample", "factor": factor, "kernel": "lanczos2", "phase": 0.5, "preserve_size": True},
+        FitConfig(steps=steps, lr=0.01, reg_noise_std=reg),
+        f"super-resolution x{factor}: loss on lanczos2(out) vs the low-resolution image")
+    no_skip_nearest = dict(num_channels_down=[128] * 5, num_channels_up=[128] * 5, num_channels_skip=[0] * 5,
+                           upsample_mode="nearest", pad="reflection")
+    recipes = [
+        Recipe("denoise", "denoise", {"name": "skip", **_STANDARD_SKIP}, "noise", 32, {"name": "identity"},
+               FitConfig(**denoise_fit), "denoising, sigma = 25 (F16 notebook)"),
+        Recipe("denoise-50", "denoise", {"name": "skip", **_STANDARD_SKIP}, "noise", 32, {"name": "identity"},
+               FitConfig(**{**denoise_fit, "reg_noise_std": 1.0 / 20}), "denoising, sigma = 50"),
+        Recipe("jpeg", "jpeg", {"name": "skip", "num_channels_down": [8, 16, 32, 64, 128],
+                                "num_channels_up": [8, 16, 32, 64, 128], "num_channels_skip": [0, 0, 0, 4, 4],
+                                "upsample_mode": "bilinear", "pad": "reflection"},
+               "noise", 3, {"name": "identity"}, FitConfig(**{**denoise_fit, "steps": 2400}),
+               "JPEG artefact removal (snail notebook)"),
+        sr(2, 2000, 0.03), sr(4, 2000, 0.03), sr(8, 4000, 0.05),
+        Recipe("inpaint-text", "inpaint", {"name": "skip", "num_channels_down": [128] * 5,
+                                           "num_channels_up": [128] * 5, "num_channels_skip": [128] * 5,
+                                           "upsample_mode": "nearest", "pad": "reflection"},
+               "noise", 32, {"name": "mask"}, FitConfig(steps=6001, lr=0.01, reg_noise_std=0.03),
+               "inpainting of text / thin strokes (kate notebook)"),
+        Recipe("inpaint-hole", "inpaint", {"name": "skip", **no_skip_nearest}, "meshgrid", 2, {"name": "mask"},
+               FitConfig(steps=5001, lr=0.01, reg_noise_std=0.03), "inpainting of a large hole (vase notebook)"),
+        Recipe("inpaint-region", "inpaint", {"name": "skip", "num_channels_down": [16, 32, 64, 128, 128, 128],
+                                             "num_channels_up": [16, 32, 64, 128, 128, 128],
+                                             "num_channels_skip": [0] * 6, "filter_size_down": 5,
+                                             "filter_size_up": 3, "upsample_mode": "nearest",
+                                             "need1x1_up": False, "pad": "reflection"},
+               "noise", 1, {"name": "mask"}, FitConfig(steps=3001, lr=0.01, reg_noise_std=0.0),
+               "inpainting of a region (library notebook)"),
+        Recipe("restore-50", "restore", {"name": "skip", **_STANDARD_SKIP}, "noise", 32, {"name": "mask"},
+               FitConfig(steps=11000, lr=0.001, reg_noise_std=0.03, backtrack=True),
+               "restoration of 50 % missing pixels (barbara notebook)"),
+        Recipe("restore-98", "restore", {"name": "skip", "num_channels_down": [16, 32, 64, 128, 128],
+                                         "num_channels_up": [16, 32, 64, 128, 128], "num_channels_skip": [0] * 5,
+                                         "upsample_mode": "bilinear", "downsample_mode": "avg",
+                                         "pad": "reflection"},
+               "noise", 32, {"name": "mask"}, FitConfig(steps=1000, lr=0.01, reg_noise_std=0.0),
+               "restoration of 98 % missing pixels"),
+        Recipe("flash", "flash", {"name": "skip", "num_channels_down": [128] * 5, "num_channels_up": [128] * 5,
+                                  "num_channels_skip": [4] * 5,
+                                  "upsample_mode": ["nearest", "nearest", "bilinear", "bilinear", "bilinear"],
+                                  "pad": "reflection"},
+               "image", 3, {"name": "identity"}, FitConfig(steps=601, lr=0.1, reg_noise_std=0.0),
+               "flash / no-flash: the flash image is the input, the no-flash image the target"),
+    ]
+    return {r.name: r for r in recipes}
+
+
+def names() -> list:
+    """All recipe names."""
+    return list(_table())
+
+
+DEFAULT_FOR_TASK = {"denoise": "denoise", "jpeg": "jpeg", "sr": "sr4", "inpaint": "inpaint-text",
+                    "restore": "restore-50", "flash": "flash"}
+
+
+def get(name: str, *, net: Optional[str] = None, input_kind: Optional[str] = None,
+        input_depth: Optional[int] = None, factor: Optional[int] = None,
+        net_options: Optional[Dict] = None, **fit_overrides) -> Recipe:
+    """Recipe ``name`` with overrides.
+
+    Args:
+        net: replace the generator by another of ``dip.models.names()`` with its defaults
+            (the recipe's own generator keeps its settings when ``net`` names it).
+        net_options: generator keyword arguments merged into the recipe's (e.g.
+            ``{"num_channels_down": [64] * 5}``), checked when the generator is built.
+        input_kind, input_depth: change the code z.
+        factor: super-resolution factor (sr recipes only).
+        **fit_overrides: any ``FitConfig`` field (steps, lr, reg_noise_std, seed, stop, ...).
+    """
+    table = _table()
+    if name not in table:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(table)}")
+    r = table[name]
+    if net is not None:
+        if net not in models.names():
+            raise ValueError(f"unknown net {net!r}; choose one of {', '.join(models.names())}")
+        if net != r.net["name"]:
+            r.net = {"name": net}
+    if net_options:
+        if not isinstance(net_options, dict) or "name" in net_options:
+            raise ValueError("net_options must be a dict of generator keyword arguments (use net= to change the generator)")
+        r.net = {**r.net, **net_options}
+    if input_kind is not None:
+        if input_kind not in INPUT_KINDS:
+            raise ValueError(f"unknown input kind {input_kind!r}; choose one of {', '.join(INPUT_KINDS)}")
+        r.input_kind = input_kind
+        if input_kind == "meshgrid":
+            r.input_depth = 2
+    if input_depth is not None:
+        r.input_depth = int(input_depth)
+    if factor is not None:
+        if r.physics["name"] != "downsample":
+            raise ValueError(f"factor applies to super-resolution recipes only, not {name!r}")
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+            raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
+        r.physics = {**r.physics, "factor": factor}
+    if fit_overrides:
+        r.fit = r.fit.updated(**fit_overrides)
+    return r
+
+
+def _as_batch(img: torch.Tensor, what: str) -> torch.Tensor:
+    if not isinstance(img, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(img).__name__}")
+    if img.dim() == 2:
+        img = img[None]
+    if img.dim() == 3:
+        img = img[None]
+    if img.dim() != 4 or img.shape[0] != 1:
+        raise ValueError(f"{what} must have shape (C, H, W) or (1, C, H, W), got {tuple(img.shape)}")
+    return img.float()
+
+
+def build(recipe: Recipe, observation: torch.Tensor, *, mask: Optional[torch.Tensor] = None,
+          flash: Optional[torch.Tensor] = None):
+    """Build (y, physics, generator, z) for ``recipe`` and an observation (C, h, w) in [0, 1].
+
+    The generator's weights and z are drawn from ``recipe.fit.seed`` without touching the
+    global random state.
+    """
+    y = _as_batch(observation, "observation")
+    physics = physics_from_config(recipe.physics, mask=mask)
+    x_hw = physics.x_size(tuple(y.shape[-2:]))
+    if recipe.input_kind == "image":
+        if flash is None:
+            raise ValueError(f"recipe {recipe.name!r} feeds the network an image: pass flash=...")
+        flash = _as_batch(flash, "flash image")
+        if tuple(flash.shape[-2:]) != tuple(x_hw):
+            raise ValueError(f"the flash image must have the size of the no-flash image {x_hw}, "
+                             f"got {tuple(flash.shape[-2:])}")
+        in_channels = flash.shape[1]
+    else:
+        in_channels = recipe.input_depth
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.fit.seed)
+        kwargs = {k: v for k, v in recipe.net.items() if k != "name"}
+        generator = models.build(recipe.net["name"], in_channels, y.shape[1], **kwargs)
+    _, z_hw = generator_geometry(generator, x_hw)
+    if recipe.input_kind == "image":
+        z = pad_to(flash, z_hw)
+    else:
+        rng = torch.Generator().manual_seed(recipe.fit.seed)
+        z = make_input(recipe.input_kind, in_channels, z_hw, generator=rng)
+    return y, physics, generator, z
+
+
+def run(recipe: Recipe, observation: torch.Tensor, *, mask: Optional[torch.Tensor] = None,
+        flash: Optional[torch.Tensor] = None, gt: Optional[torch.Tensor] = None,
+        callbacks: Sequence[Callable] = ()) -> FitResult:
+    """Build and fit ``recipe`` on ``observation``; see ``build`` and ``dip.fit.fit``."""
+    y, physics, generator, z = build(recipe, observation, mask=mask, flash=flash)
+    result = fit(y, physics, generator, z, recipe.fit, gt=gt, callbacks=callbacks)
+    result.recipe = recipe
+    result.physics = physics
+    return result

@@ -1,0 +1,56 @@
+"""One-call task helpers: ``dip.denoise``, ``dip.super_resolve``, ``dip.inpaint``, ...
+
+Each takes an image tensor (C, H, W) or (1, C, H, W), float in [0, 1], runs the task's
+recipe (``dip.recipes``) with any ``FitConfig`` overrides, and returns a ``FitResult`` whose
+``image`` is the restored image (1, C, H, W).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from dip import recipes
+from dip.fit import FitResult
+
+
+def denoise(img: torch.Tensor, *, sigma: Optional[float] = None, recipe: Optional[str] = None,
+            gt: Optional[torch.Tensor] = None, callbacks=(), **overrides) -> FitResult:
+    """Denoise ``img``. ``sigma`` (noise level in 0..255 units) picks ``denoise-50`` for
+    sigma >= 37.5, else ``denoise``; ``recipe`` names one directly."""
+    name = recipe or ("denoise-50" if sigma is not None and sigma >= 37.5 else "denoise")
+    return recipes.run(recipes.get(name, **overrides), img, gt=gt, callbacks=callbacks)
+
+
+def remove_jpeg_artifacts(img: torch.Tensor, *, recipe: str = "jpeg", gt=None, callbacks=(), **overrides) -> FitResult:
+    """Remove JPEG compression artefacts from ``img``."""
+    return recipes.run(recipes.get(recipe, **overrides), img, gt=gt, callbacks=callbacks)
+
+
+def super_resolve(img: torch.Tensor, factor: int = 4, *, recipe: Optional[str] = None, gt=None,
+                  callbacks=(), **overrides) -> FitResult:
+    """Upscale the low-resolution ``img`` (C, h, w) by an integer ``factor`` >= 2; the result
+    has size (h * factor, w * factor). Uses recipe ``sr{factor}`` where one exists (2, 4, 8),
+    else ``sr4``'s settings with the given factor."""
+    name = recipe or (f"sr{factor}" if f"sr{factor}" in recipes.names() else "sr4")
+    return recipes.run(recipes.get(name, factor=factor, **overrides), img, gt=gt, callbacks=callbacks)
+
+
+def inpaint(img: torch.Tensor, mask: torch.Tensor, *, recipe: str = "inpaint-text", gt=None,
+            callbacks=(), **overrides) -> FitResult:
+    """Fill the pixels of ``img`` where ``mask`` (H, W) or (1|C, H, W) is zero (non-zero = known)."""
+    return recipes.run(recipes.get(recipe, **overrides), img, mask=mask, gt=gt, callbacks=callbacks)
+
+
+def restore(img: torch.Tensor, mask: torch.Tensor, *, recipe: str = "restore-50", gt=None,
+            callbacks=(), **overrides) -> FitResult:
+    """Restore missing pixels (mask zero) scattered over ``img``."""
+    return recipes.run(recipes.get(recipe, **overrides), img, mask=mask, gt=gt, callbacks=callbacks)
+
+
+def flash_no_flash(flash: torch.Tensor, noflash: torch.Tensor, *, recipe: str = "flash", callbacks=(),
+                   **overrides) -> FitResult:
+    """Combine a flash and a no-flash photograph of the same scene: the network is fed the
+    flash image and fitted to the no-flash one; stopping early keeps the flash image's detail
+    with the no-flash lighting."""
+    return recipes.run(recipes.get(recipe, **overrides), noflash, flash=flash, callbacks=callbacks)

@@ -1,0 +1,173 @@
+"""The fitting engine: sizes, determinism, averaging, backtracking, callbacks, optimiser options."""
+import math
+
+import pytest
+import torch
+
+import dip
+from dip import models, recipes
+from dip.fit import FitConfig, fit, generator_geometry, padded_size
+from dip.inputs import make_input
+from dip.physics import Identity, Mask
+
+
+def small_skip(in_ch=4, out_ch=3, **kw):
+    torch.manual_seed(0)
+    return models.skip(in_ch, out_ch, num_channels_down=[8, 8, 8], num_channels_up=[8, 8, 8],
+                       num_channels_skip=[2, 2, 2], upsample_mode="bilinear", pad="reflection", **kw)
+
+
+def setup(hw=(24, 20), channels=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.rand(1, channels, *hw, generator=g)
+    net = small_skip(out_ch=channels)
+    _, z_hw = generator_geometry(net, hw)
+    z = make_input("noise", 4, z_hw, generator=g)
+    return y, net, z
+
+
+def test_padded_size():
+    assert padded_size((37, 53), 32) == (64, 64)
+    assert padded_size((64, 1), 32, minimum=64) == (64, 64)
+
+
+@pytest.mark.parametrize("hw", [(37, 53), (5, 3), (1, 1)])
+def test_any_image_size_gives_an_output_of_that_size(hw):
+    y, net, z = setup(hw)
+    res = fit(y, Identity(), net, z, FitConfig(steps=2, reg_noise_std=0.03))
+    assert res.image.shape == (1, 3) + hw
+    assert res.image_plain.shape == (1, 3) + hw
+    assert 0 <= res.image.min() and res.image.max() <= 1
+
+
+def test_the_denoise_recipe_restores_a_37x53_image_to_37x53():
+    y = torch.rand(3, 37, 53, generator=torch.Generator().manual_seed(3))
+    res = dip.denoise(y, steps=2, stop="steps")
+    assert res.image.shape == (1, 3, 37, 53)
+
+
+def test_same_seed_same_thread_gives_bit_identical_output():
+    y = torch.rand(3, 24, 20, generator=torch.Generator().manual_seed(4))
+    runs = [recipes.run(recipes.get("denoise", steps=3, stop="steps", seed=7), y).image for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+    other = recipes.run(recipes.get("denoise", steps=3, stop="steps", seed=8), y).image
+    assert not torch.equal(runs[0], other)
+
+
+def test_averaging_returns_the_exponential_average():
+    y, net, z = setup()
+    seen = []
+
+    def record(event):
+        seen.append(event.output.clone())
+
+    res = fit(y, Identity(), net, z, FitConfig(steps=4, exp_weight=0.5, reg_noise_std=0.05), callbacks=[record])
+    avg = seen[0]
+    for out in seen[1:]:
+        avg = 0.5 * avg + 0.5 * out
+    torch.testing.assert_close(res.image, avg)
+    assert res.image_avg is not None and torch.equal(res.image, res.image_avg)
+
+
+def test_callbacks_are_called_every_k_steps_and_at_the_end():
+    y, net, z = setup()
+    steps = []
+
+    def cb(event):
+        steps.append(event.step)
+        assert event.loss.dim() == 0 and event.output.shape == y.shape
+
+    cb.every = 3
+    fit(y, Identity(), net, z, FitConfig(steps=7), callbacks=[cb])
+    assert steps == [3, 6, 7]
+
+
+def test_history_and_psnr_against_a_ground_truth():
+    y, net, z = setup()
+    res = fit(y, Identity(), net, z, FitConfig(steps=6, psnr_every=2), gt=y[0])
+    assert res.history["step"] == [1, 2, 3, 4, 5, 6] and len(res.history["loss"]) == 6
+    assert res.history["psnr_step"] == [2, 4, 6]
+    assert res.psnr == pytest.approx(dip.metrics.psnr(res.image, y))
+    assert res.ssim is not None
+
+
+def test_backtracking_restores_the_last_good_state_when_the_fit_collapses():
+    y, net, z = setup(seed=1)
+    cfg = FitConfig(steps=40, lr=2.0, backtrack=True, check_every=1, backtrack_threshold_db=0.5, reg_noise_std=0.0)
+    res = fit(y, Identity(), net, z, cfg)
+    assert res.backtracks > 0
+    assert all(math.isfinite(v) for v in res.history["loss"])
+
+
+def test_without_backtracking_the_same_run_does_not_restore():
+    y, net, z = setup(seed=1)
+    cfg = FitConfig(steps=10, lr=2.0, backtrack=False, reg_noise_std=0.0)
+    assert fit(y, Identity(), net, z, cfg).backtracks == 0
+
+
+def test_optimising_the_input_only_leaves_the_weights_unchanged():
+    y, net, z = setup()
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
+    z0 = z.clone()
+    res = fit(y, Identity(), net, z, FitConfig(steps=3, optimize="input", reg_noise_std=0.0))
+    for k, v in before.items():
+        assert torch.equal(v, net.state_dict()[k]), k
+    assert not torch.equal(res.z, z0)
+
+
+def test_lbfgs_after_adam_warmup_lowers_the_loss():
+    y, net, z = setup()
+    res = fit(y, Identity(), net, z, FitConfig(steps=12, optimizer="lbfgs", lbfgs_warmup_steps=4, lr=0.5,
+                                              reg_noise_std=0.0))
+    assert res.history["loss"][-1] < res.history["loss"][0]
+
+
+def test_masked_fit_ignores_unknown_pixels():
+    y, net, z = setup()
+    mask = torch.ones(1, 1, 24, 20)
+    mask[..., 5:15, 5:15] = 0
+    y_corrupt = y.clone()
+    y_corrupt[..., 5:15, 5:15] = 1e3  # garbage where unknown must not matter
+    r1 = fit(y_corrupt, Mask(mask), small_skip(), z, FitConfig(steps=3, reg_noise_std=0.0))
+    r2 = fit(y, Mask(mask), small_skip(), z, FitConfig(steps=3, reg_noise_std=0.0))
+    torch.testing.assert_close(r1.image, r2.image)
+
+
+def test_tv_weight_changes_the_fit():
+    y, net, z = setup()
+    a = fit(y, Identity(), small_skip(), z, FitConfig(steps=3, reg_noise_std=0.0)).image
+    b = fit(y, Identity(), small_skip(), z, FitConfig(steps=3, reg_noise_std=0.0, tv_weight=0.1)).image
+    assert not torch.allclose(a, b)
+
+
+def test_wrong_code_size_is_a_clear_error():
+    y, net, z = setup()
+    with pytest.raises(ValueError, match="z must have spatial size"):
+        fit(y, Identity(), net, z[..., :16, :16], FitConfig(steps=1))
+
+
+@pytest.mark.parametrize("field,value,match", [("steps", 0, "steps"), ("lr", -1.0, "lr"),
+                                               ("precision", "fp16", "precision"), ("stop", "never", "stop"),
+                                               ("exp_weight", 1.5, "exp_weight"), ("optimize", "all", "optimize")])
+def test_bad_fit_options_are_clear_errors(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        FitConfig(**{field: value})
+
+
+def test_a_resumed_fit_equals_an_uninterrupted_one():
+    y, _, z = setup()
+    cfg = dict(exp_weight=0.9, backtrack=True, check_every=2, reg_noise_std=0.05)
+    full = fit(y, Identity(), small_skip(), z.clone(), FitConfig(steps=6, **cfg))
+    first = fit(y, Identity(), small_skip(), z.clone(), FitConfig(steps=3, **cfg))
+    rest = fit(y, Identity(), first.generator, first.z.clone(), FitConfig(steps=6, **cfg),
+               resume=first.resume_state())
+    assert rest.steps_run == 6 and rest.history["step"] == full.history["step"]
+    assert rest.history["loss"] == full.history["loss"]
+    assert torch.equal(rest.image, full.image) and torch.equal(rest.image_plain, full.image_plain)
+
+
+def test_resuming_a_finished_fit_needs_more_steps():
+    y, net, z = setup()
+    first = fit(y, Identity(), net, z, FitConfig(steps=3))
+    with pytest.raises(ValueError, match="more steps"):
+        fit(y, Identity(), first.generator, first.z, FitConfig(steps=1), resume=first.resume_state())
