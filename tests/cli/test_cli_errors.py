@@ -1,0 +1,121 @@
+"""Every bad input: exit code 2, a message saying what is wrong, no traceback, no output file.
+
+Most cases call ``dip.cli.main`` in this process (fast); one runs the real command in a
+subprocess to check the process-level behaviour.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dip import cli, io
+
+
+@pytest.fixture
+def files(tmp_path, image_maker, mask_maker):
+    image_maker(tmp_path / "img.png", 20, 24, "RGB")
+    mask_maker(tmp_path / "mask.png", 20, 24)
+    mask_maker(tmp_path / "mask_small.png", 19, 24)
+    (tmp_path / "text.png").write_text("not an image at all\n")
+    (tmp_path / "empty.png").write_bytes(b"")
+    data = (tmp_path / "img.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "adir").mkdir()
+    io.write_image(tmp_path / "zeros.png", torch.zeros(1, 20, 24))
+    return tmp_path
+
+
+CASES = [
+    # (name, argv with {d} for the folder, substring of the message)
+    ("missing input", "denoise {d}/nope.png -o {d}/out.png", "no such file"),
+    ("directory input", "denoise {d}/adir -o {d}/out.png", "directory"),
+    ("not an image", "denoise {d}/text.png -o {d}/out.png", "not an image"),
+    ("truncated image", "denoise {d}/cut.png -o {d}/out.png", "truncated"),
+    ("empty file", "denoise {d}/empty.png -o {d}/out.png", "empty"),
+    ("mask size differs", "inpaint {d}/img.png --mask {d}/mask_small.png -o {d}/out.png", "mask is 24x19"),
+    ("mask all zero", "restore {d}/img.png --mask {d}/zeros.png -o {d}/out.png", "no pixel as known"),
+    ("mask missing", "inpaint {d}/img.png --mask {d}/nope.png -o {d}/out.png", "no such file"),
+    ("sr factor 1", "sr {d}/img.png --factor 1 -o {d}/out.png", "at least 2"),
+    ("sr factor not integer", "sr {d}/img.png --factor 2.5 -o {d}/out.png", "whole number"),
+    ("sr factor text", "sr {d}/img.png --factor two -o {d}/out.png", "whole number"),
+    ("steps zero", "denoise {d}/img.png --steps 0 -o {d}/out.png", "at least 1"),
+    ("steps negative", "denoise {d}/img.png --steps -5 -o {d}/out.png", "at least 1"),
+    ("steps not a number", "denoise {d}/img.png --steps many -o {d}/out.png", "whole number"),
+    ("unknown recipe", "denoise {d}/img.png --recipe nosuch -o {d}/out.png", "unknown recipe 'nosuch'"),
+    ("recipe of another task", "denoise {d}/img.png --recipe sr4 -o {d}/out.png", "not denoise"),
+    ("unknown net", "denoise {d}/img.png --net nosuch -o {d}/out.png", "unknown net 'nosuch'"),
+    ("output folder missing", "denoise {d}/img.png -o {d}/no/such/out.png", "does not exist"),
+    ("output format unknown", "denoise {d}/img.png -o {d}/out.gif", "unsupported format"),
+    ("output missing", "denoise {d}/img.png", "required: -o"),
+    ("gt size differs", "sr {d}/img.png --factor 2 --gt {d}/img.png -o {d}/out.png", "ground truth is 24x20"),
+    ("too many megapixels", "sr {d}/img.png --factor 8 --max-megapixels 0.01 -o {d}/out.png", "megapixels"),
+    ("frames without save-every", "denoise {d}/img.png --frames {d}/fr -o {d}/out.png", "--save-every"),
+    ("report folder missing", "denoise {d}/img.png --report {d}/no/r.json -o {d}/out.png", "does not exist"),
+    ("negative lr", "denoise {d}/img.png --lr -1 -o {d}/out.png", "positive"),
+    ("16 bits in a JPEG", "denoise {d}/img.png --bit-depth 16 -o {d}/out.jpg", "8 bits per sample"),
+    ("plot not png", "denoise {d}/img.png --plot {d}/p.pdf -o {d}/out.png", "PNG"),
+]
+
+
+def _check(capsys, code, needle):
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert needle in captured.err, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert 1 <= len([line for line in captured.err.splitlines() if line.strip()]) <= 2, captured.err
+
+
+@pytest.mark.parametrize("name,argv,needle", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exit_2(files, capsys, name, argv, needle):
+    code = cli.main(argv.format(d=files).split())
+    _check(capsys, code, needle)
+    assert not (files / "out.png").exists() and not (files / "out.jpg").exists()
+    assert not [p for p in files.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_existing_output_needs_force(files, capsys):
+    out = files / "out.png"
+    out.write_bytes(b"keep me")
+    code = cli.main(["denoise", str(files / "img.png"), "-o", str(out), "--steps", "1"])
+    _check(capsys, code, "already exists")
+    assert out.read_bytes() == b"keep me"
+
+
+def test_existing_report_needs_force(files, capsys):
+    report = files / "r.json"
+    report.write_text("{}")
+    code = cli.main(["denoise", str(files / "img.png"), "-o", str(files / "out.png"), "--report", str(report)])
+    _check(capsys, code, "already exists")
+    assert report.read_text() == "{}" and not (files / "out.png").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda(files, capsys):
+    code = cli.main(["denoise", str(files / "img.png"), "-o", str(files / "out.png"), "--device", "cuda"])
+    _check(capsys, code, "CUDA is not available")
+    assert not (files / "out.png").exists()
+
+
+def test_image_too_large_for_memory(files, capsys, monkeypatch):
+    """The estimate is compared with the available memory before fitting."""
+    monkeypatch.setattr(cli, "_available_memory", lambda device: 1 << 20)
+    code = cli.main(["denoise", str(files / "img.png"), "-o", str(files / "out.png")])
+    _check(capsys, code, "too large for this machine")
+    assert not (files / "out.png").exists()
+
+
+def test_memory_estimate_grows_with_size():
+    from dip import recipes
+
+    small = cli.estimate_fit_memory(recipes.get("denoise"), (256, 256), 3)
+    large = cli.estimate_fit_memory(recipes.get("denoise"), (512, 512), 3)
+    assert 3.5 < large / small < 4.0  # activations dominate and scale with pixels
+    assert 0.5e9 < small < 2e9  # ~1 GiB for the standard skip net at 256x256
+
+
+def test_subprocess_bad_input(tmp_path, dip_run, image_maker):
+    image_maker(tmp_path / "img.png", 20, 24)
+    proc = dip_run("inpaint", tmp_path / "img.png", "--mask", tmp_path / "missing.png", "-o", tmp_path / "o.png")
+    assert proc.returncode == 2
+    assert "no such file" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.png").exists()

@@ -1,0 +1,81 @@
+"""dip demo, dip info, the hooked subcommands (eval, export, render), help and version."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from dip import cli, io
+
+
+def test_demo(tmp_path, dip_run):
+    proc = dip_run("demo", "--steps", 2, "--outdir", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "gain" in proc.stdout and "PSNR" in proc.stdout
+    for name in ("clean", "noisy", "restored"):
+        image, info = io.read_image(tmp_path / f"dip-demo-{name}.png")
+        assert image.shape == (3, 64, 64) and info.mode == "RGB"
+
+
+def test_demo_missing_outdir(tmp_path, capsys):
+    assert cli.main(["demo", "--outdir", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bundled_image_and_licence():
+    path = cli.example_image_path()
+    image, info = io.read_image(path)
+    assert image.shape == (3, 96, 96) and path.stat().st_size < 60_000
+    assert "public domain" in (path.parent / "README.md").read_text().lower()
+
+
+def test_info(dip_run, capsys):
+    proc = dip_run("info")
+    assert proc.returncode == 0, proc.stderr
+    for needle in ("dip ", "torch", "native ops:", "threads: 1 ", "CUDA"):
+        assert needle in proc.stdout
+    assert cli.main(["info", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"dip", "torch", "native_ops", "native_status", "threads", "cuda_available"} <= set(data)
+    assert isinstance(data["native_ops"], bool) and data["recipes"] and "skip" in data["nets"]
+
+
+def test_help_and_version(capsys):
+    assert cli.main(["--version"]) == 0
+    assert "dip " in capsys.readouterr().out
+    assert cli.main(["sr", "--help"]) == 0
+    assert "--factor" in capsys.readouterr().out
+    assert cli.main([]) == 2
+
+
+@pytest.mark.parametrize("command,module,add,run", [
+    ("eval", "dip.evaluate", "add_arguments", "run"),
+    ("export", "dip.export", "add_export_arguments", "run_export"),
+    ("render", "dip.export", "add_render_arguments", "run_render"),
+])
+def test_hooked_commands_are_wired(monkeypatch, capsys, command, module, add, run):
+    seen = {}
+
+    def add_arguments(parser):
+        parser.add_argument("thing")
+        parser.add_argument("--flag", type=int, default=0)
+
+    def run_command(args):
+        seen["args"] = (args.thing, args.flag)
+        return 0
+
+    fake = types.ModuleType(module)
+    setattr(fake, add, add_arguments)
+    setattr(fake, run, run_command)
+    monkeypatch.setitem(sys.modules, module, fake)
+    assert cli.main([command, "x.ckpt", "--flag", "3"]) == 0
+    assert seen["args"] == ("x.ckpt", 3)
+
+
+def test_hooked_command_missing_module(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "dip.evaluate", None)  # import fails
+    assert cli.main(["eval", "--size", "32"]) == 1
+    err = capsys.readouterr().err
+    assert "'dip eval' is not available" in err and "Traceback" not in err
