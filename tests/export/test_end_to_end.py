@@ -1,0 +1,78 @@
+"""`dip sr --checkpoint`, `dip export`, `dip render`: the deployed model renders the fit's image."""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dip.cli
+
+
+def _dip(*args, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "dip", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def sr_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("e2e")
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((12, 14, 3)) * 255).astype(np.uint8)).save(folder / "lr.png")
+    proc = _dip("sr", "lr.png", "--factor", "2", "-o", "out.png", "--steps", "3", "--checkpoint", "fit.ckpt",
+                "--device", "cpu", "--quiet", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    return folder
+
+
+def test_sr_export_render_same_image(sr_checkpoint):
+    folder = sr_checkpoint
+    proc = _dip("export", "fit.ckpt", "--onnx", "model.onnx", "--save-z", "z.npy", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    assert "onnx: model.onnx" in proc.stdout
+    assert not (folder / "model.onnx.data").exists()
+    proc = _dip("render", "model.onnx", "-o", "rendered.png", cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    fitted = np.asarray(Image.open(folder / "out.png")).astype(int)
+    rendered = np.asarray(Image.open(folder / "rendered.png")).astype(int)
+    assert rendered.shape == fitted.shape == (24, 28, 3)
+    assert np.abs(rendered - fitted).max() <= 1
+    assert np.load(folder / "z.npy").ndim == 4
+
+
+def test_export_usage_errors(sr_checkpoint, tmp_path, capsys):
+    folder = sr_checkpoint
+    assert dip.cli.main(["export", str(folder / "fit.ckpt")]) == 2
+    assert "at least one" in capsys.readouterr().err
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil.write_bytes(pickle.dumps(Evil()))
+    assert dip.cli.main(["export", str(evil), "--onnx", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "never unpickles" in err and "Traceback" not in err
+    assert not marker.exists() and not (tmp_path / "m.onnx").exists()
+
+    assert dip.cli.main(["export", str(folder / "fit.ckpt"), "--onnx", str(tmp_path / "m.pt")]) == 2
+    assert ".onnx" in capsys.readouterr().err
+
+
+def test_render_usage_errors(tmp_path, capsys):
+    assert dip.cli.main(["render", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "r.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    assert dip.cli.main(["render", str(junk), "-o", str(tmp_path / "r.png")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run" in err and "Traceback" not in err
+    assert not (tmp_path / "r.png").exists()
