@@ -25,7 +25,6 @@ namespace dip {
 namespace {
 
 constexpr int kLanes = 16;
-constexpr bool kSimdGradSums = false;
 constexpr int64_t kBlock = 2048;  // NCHW: elements summed in working precision per block
 constexpr int64_t kRows = 64;     // channels_last: pixels summed in working precision per block
 
@@ -102,37 +101,6 @@ template <typename scalar_t, typename acc_t>
 void plane_grad_sums(const scalar_t* __restrict x, const scalar_t* __restrict g, int64_t n,
                      acc_t scale, acc_t offset, acc_t mean, acc_t slope, double& t0,
                      double& t1) {
-#if defined(__GNUC__)
-  if constexpr (kSimdGradSums && simd::kSupported<scalar_t>) {
-    using V = simd::vec_t<scalar_t>;
-    constexpr int W = simd::Vec<scalar_t>::width;
-    const V sc = simd::broadcast<scalar_t>(scale), of = simd::broadcast<scalar_t>(offset);
-    const V mu = simd::broadcast<scalar_t>(mean), sl = simd::broadcast<scalar_t>(slope);
-    const V zero = {};
-    for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
-      const int64_t i1 = std::min(n, i0 + kBlock);
-      V a0 = {}, a1 = {};
-      int64_t i = i0;
-      for (; i + W <= i1; i += W) {
-        const V v = simd::load(x + i), gv = simd::load(g + i);
-        const V z = v * sc + of;
-        const V dz = z > zero ? gv : gv * sl;
-        a0 += dz;
-        a1 += dz * (v - mu);
-      }
-      t0 += simd::sum<scalar_t>(a0);
-      t1 += simd::sum<scalar_t>(a1);
-      for (; i < i1; ++i) {
-        const acc_t v = x[i], gv = g[i];
-        const acc_t z = v * scale + offset;
-        const acc_t dz = z > acc_t(0) ? gv : gv * slope;
-        t0 += dz;
-        t1 += static_cast<double>(dz * (v - mean));
-      }
-    }
-    return;
-  }
-#endif
   for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
     const int64_t i1 = std::min(n, i0 + kBlock);
     acc_t r0[kLanes] = {}, r1[kLanes] = {};

@@ -139,10 +139,11 @@ def _check_adjoint(y, taps, factor, padding, input_size):
 
 def downsample_adjoint(y: torch.Tensor, taps: torch.Tensor, factor: int,
                        padding: str = "replicate",
-                       input_size: Sequence[int] = (0, 0)) -> torch.Tensor:
+                       input_size: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Exact transpose of :func:`downsample` (its backward), mapping (N,C,h,w) to (N,C,H,W).
 
-    ``input_size`` is the (H, W) of the image space; it must be given.
+    ``input_size`` is the (H, W) of the image space (required: several sizes downsample to
+    the same h, w).
     """
     y, taps, f, mode, size = _check_adjoint(y, taps, factor, padding, input_size)
     if _use_native("downsample_adjoint", y) and not taps.requires_grad:
@@ -152,7 +153,7 @@ def downsample_adjoint(y: torch.Tensor, taps: torch.Tensor, factor: int,
 
 def downsample_adjoint_reference(y: torch.Tensor, taps: torch.Tensor, factor: int,
                                  padding: str = "replicate",
-                                 input_size: Sequence[int] = (0, 0)) -> torch.Tensor:
+                                 input_size: Optional[Sequence[int]] = None) -> torch.Tensor:
     """:func:`downsample_adjoint` with standard torch ops only (exportable)."""
     y, taps, f, mode, size = _check_adjoint(y, taps, factor, padding, input_size)
     return _reference.downsample_adjoint(y, taps, f, mode, size)

@@ -86,6 +86,8 @@ def resample_geometry(size: Sequence[int], k: int, f: int, mode: str) -> Tuple[i
 
 
 def input_size(value: object) -> Tuple[int, int]:
+    if value is None:
+        raise TypeError("input_size (H, W) of the image space is required")
     try:
         h, w = (operator.index(v) for v in value)  # type: ignore[union-attr]
     except (TypeError, ValueError):

@@ -187,6 +187,8 @@ def test_adjoint_python_errors():
         ops.downsample_adjoint(y, taps, 2, "replicate", (18, 16))
     with pytest.raises(TypeError, match="input_size must be a pair"):
         ops.downsample_adjoint(y, taps, 2, "replicate", 16)
+    with pytest.raises(TypeError, match="input_size .* is required"):
+        ops.downsample_adjoint(y, taps, 2, "replicate")
 
 
 def test_native_errors(native):

@@ -66,7 +66,7 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_missing_or_broken_library_is_reported(tmp_path):
+def test_missing_or_broken_library_is_reported():
     result = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True,
                             timeout=120, env={"PYTHONPATH": ":".join(sys.path),
                                               "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
