@@ -488,7 +488,7 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
 
     seconds = prior_seconds + time.perf_counter() - start
     steps_run = step
-    image_plain = render(generator, z.detach(), crop, config.precision)
+    image_plain = render(generator, z.detach(), crop, "fp32")  # always rendered in fp32
     if stopper is not None:
         stopper.finalize()
     if stopper is not None and stopper.best_step is not None:
