@@ -1,0 +1,585 @@
+"""Quality evaluation harness: the ``dip eval`` command and ``evaluate()``.
+
+For each case (a task, a ground-truth image, a seed) it degrades the image, restores it, and
+reports PSNR (dB) and SSIM against the ground truth of:
+
+- ``input``: the degraded observation (for super-resolution, the low-resolution image enlarged
+  by pixel replication, so that it has the ground truth's size);
+- ``baseline``: a classical method: bicubic enlargement for sr; nearest-known-pixel fill
+  (``scipy.ndimage.distance_transform_edt`` indices) for restore/inpaint; BM3D for denoising
+  when the optional ``bm3d`` package is importable (else left empty);
+- ``fixed``: DIP with the recipe's step count (or ``steps``);
+- ``auto``: DIP with ``stop="auto"`` (ES-WMV, ``dip.stopping``);
+- ``peak``: the best PSNR reached along the same run by the image the recipe returns (the
+  averaged output where averaging is on, else the plain output), sampled every
+  ``curve_every`` steps: an upper bound for any stopping rule on that run;
+
+plus the steps and wall-clock seconds of ``fixed`` and ``auto``.
+
+One fit per case
+----------------
+Automatic stopping does not change the optimisation, only where it ends.  So each case runs the
+fixed-step fit once, with a callback that feeds every step's plain output to a stopper built
+exactly as the engine builds it (``dip.stopping.from_config``); the ``auto`` result is what that
+stopper holds when it fires; if it never fires, an auto run is a fixed run and returns the same
+image.
+With the same seed the trajectory up to the stop step is the same as a real ``stop="auto"``
+run's, so the result is identical (``tests/test_evaluate.py`` checks this against the engine);
+``auto`` seconds are the wall-clock time from the fit's start to the stop step.
+
+Built-in cases
+--------------
+Images: crops (at native resolution, ``size`` × ``size``) of photographs bundled with
+scikit-image (``skimage.data``: astronaut, chelsea, coffee, rocket, immunohistochemistry); no
+downloads.  ``--images DIR`` uses every image file in DIR instead (centre-cropped to ``size``
+when larger).  Degradations, seeded from (seed, image name, task):
+
+- ``denoise25`` / ``denoise50``: y = clip(x + N(0, (sigma/255)^2), 0, 1); recipes ``denoise``
+  / ``denoise-50``;
+- ``sr4``: the low-resolution image made with PIL's Lanczos resize (as the paper's inputs were),
+  rounded to 8 bits; recipe ``sr4``; the image is cropped to a multiple of 4 first;
+- ``restore50``: half the pixels (all channels of a pixel together) set to zero; recipe
+  ``restore-50``;
+- ``inpaint-text``: lines of text drawn with PIL into the mask; recipe ``inpaint-text``.
+
+``metric="y"`` measures PSNR and SSIM on the luma (BT.601) of colour images, with a 4-pixel
+border ignored for super-resolution (the paper's SR protocol).
+
+Seeds: a seed sets both the degradation's random draw and the fit's seed (network weights, code
+z, reg-noise), so seeds sample both sources of spread.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from dip import metrics, recipes, stopping
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TASKS", "BUILTIN_IMAGES", "Case", "builtin_images", "load_images", "make_case",
+           "baseline", "run_case", "evaluate", "format_table", "write_csv", "add_arguments", "run"]
+
+#: case kind -> (recipe name, task, parameter)
+TASKS: Dict[str, Dict] = {
+    "denoise25": {"recipe": "denoise", "task": "denoise", "sigma": 25.0},
+    "denoise50": {"recipe": "denoise-50", "task": "denoise", "sigma": 50.0},
+    "sr4": {"recipe": "sr4", "task": "sr", "factor": 4},
+    "restore50": {"recipe": "restore-50", "task": "restore", "missing": 0.5},
+    "inpaint-text": {"recipe": "inpaint-text", "task": "inpaint"},
+}
+
+#: skimage.data image -> crop centre (row, column) as fractions of the photograph's size
+BUILTIN_IMAGES: Dict[str, Tuple[float, float]] = {
+    "astronaut": (0.25, 0.45),
+    "chelsea": (0.40, 0.50),
+    "coffee": (0.45, 0.50),
+    "rocket": (0.55, 0.53),
+    "immunohistochemistry": (0.50, 0.50),
+}
+
+_TEXT = "Deep Image Prior restores images"
+
+
+@dataclasses.dataclass
+class Case:
+    """One evaluation case.
+
+    Attributes:
+        kind: a key of ``TASKS``; image: image name; seed: int.
+        gt: ground truth (C, H, W) float32 in [0, 1].
+        observation: what the fit sees: (C, H, W), or (C, H/f, W/f) for sr.
+        degraded: the observation at the ground truth's size (C, H, W), for the ``input`` metric.
+        mask: (1, H, W) float32, 1 = known pixel, for restore/inpaint; else None.
+        factor: sr factor or None.
+    """
+
+    kind: str
+    image: str
+    seed: int
+    gt: torch.Tensor
+    observation: torch.Tensor
+    degraded: torch.Tensor
+    mask: Optional[torch.Tensor] = None
+    factor: Optional[int] = None
+
+    @property
+    def recipe(self) -> str:
+        return TASKS[self.kind]["recipe"]
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}/{self.image}/seed{self.seed}"
+
+
+# ------------------------------------------------------------------------------- images
+
+
+def _to_chw(a: np.ndarray) -> torch.Tensor:
+    a = np.asarray(a)
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255.0
+    a = a.astype(np.float32)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+
+
+def _crop_at(img: torch.Tensor, size: Optional[int], centre=(0.5, 0.5)) -> torch.Tensor:
+    """Square crop of side ``size`` (C, size, size) around ``centre`` (fractions), clamped to
+    the image; the image itself when ``size`` is None."""
+    if size is None:
+        return img
+    _, h, w = img.shape
+    if size > min(h, w):
+        raise ValueError(f"crop size {size} is larger than the image ({h}x{w}); use a smaller size")
+    top = min(max(int(centre[0] * h) - size // 2, 0), h - size)
+    left = min(max(int(centre[1] * w) - size // 2, 0), w - size)
+    return img[:, top:top + size, left:left + size].contiguous()
+
+
+def builtin_images(size: int = 128, names: Optional[Sequence[str]] = None) -> List[Tuple[str, torch.Tensor]]:
+    """Crops of scikit-image's bundled photographs: [(name, (3, size, size) float32 in [0, 1])]."""
+    from skimage import data
+
+    names = list(BUILTIN_IMAGES) if names is None else list(names)
+    unknown = [n for n in names if n not in BUILTIN_IMAGES]
+    if unknown:
+        raise ValueError(f"unknown built-in image(s) {unknown}; choose from {', '.join(BUILTIN_IMAGES)}")
+    return [(n, _crop_at(_to_chw(getattr(data, n)()), size, BUILTIN_IMAGES[n])) for n in names]
+
+
+def load_images(directory: str | os.PathLike, size: Optional[int] = None) -> List[Tuple[str, torch.Tensor]]:
+    """Every readable image in ``directory`` (sorted by name) as [(stem, (C, H, W) float32)],
+    centre-cropped to ``size`` × ``size`` when given and the image is larger."""
+    from dip.io import SUPPORTED_SUFFIXES, read_image
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise ValueError(f"--images must be a directory of ground-truth images, got {str(d)!r}")
+    files = sorted(p for p in d.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images ({', '.join(sorted(SUPPORTED_SUFFIXES))}) in {str(d)!r}")
+    out = []
+    for p in files:
+        img, _ = read_image(p)
+        if size is not None and min(img.shape[-2:]) > size:
+            img = _crop_at(img, size)
+        out.append((p.stem, img.float().contiguous()))
+    return out
+
+
+# ------------------------------------------------------------------------- degradations
+
+
+def _rng(kind: str, image: str, seed: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), zlib.crc32(image.encode()), zlib.crc32(kind.encode())])
+
+
+def _pil_resize(img: torch.Tensor, hw: Tuple[int, int], method: str) -> torch.Tensor:
+    """Per-channel float resize with PIL (mode 'F'), (C, H, W) -> (C, h, w)."""
+    from PIL import Image
+
+    resample = {"lanczos": Image.LANCZOS, "bicubic": Image.BICUBIC}[method]
+    chans = [np.asarray(Image.fromarray(c.numpy().astype(np.float32), mode="F")
+                        .resize((hw[1], hw[0]), resample), dtype=np.float32) for c in img]
+    return torch.from_numpy(np.stack(chans))
+
+
+def text_mask(hw: Tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
+    """(1, H, W) float32 mask, 0 under lines of text drawn with PIL, 1 elsewhere."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = hw
+    font_px = max(8, h // 9)
+    font = ImageFont.load_default(size=font_px)
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    words = _TEXT.split()
+    y = int(rng.integers(0, max(1, font_px // 2)))
+    line = 0
+    while y < h - font_px // 2:
+        shift = int(rng.integers(0, len(words)))
+        text = " ".join(words[shift:] + words[:shift])
+        draw.text((int(rng.integers(-font_px, font_px // 2 + 1)), y), text, fill=255, font=font)
+        y += int(font_px * 1.6)
+        line += 1
+    m = (np.asarray(canvas) < 128).astype(np.float32)
+    return torch.from_numpy(m)[None]
+
+
+def make_case(kind: str, image: str, gt: torch.Tensor, seed: int = 0) -> Case:
+    """Degrade ``gt`` (C, H, W) float in [0, 1] for case ``kind`` (a key of ``TASKS``), seeded by
+    (seed, image, kind)."""
+    if kind not in TASKS:
+        raise ValueError(f"unknown case {kind!r}; choose from {', '.join(TASKS)}")
+    if not (isinstance(gt, torch.Tensor) and gt.dim() == 3):
+        raise ValueError(f"gt must be a (C, H, W) tensor, got {getattr(gt, 'shape', type(gt))}")
+    spec = TASKS[kind]
+    rng = _rng(kind, image, seed)
+    gt = gt.float().clamp(0, 1)
+    if spec["task"] == "denoise":
+        noise = rng.normal(0.0, spec["sigma"] / 255.0, size=tuple(gt.shape)).astype(np.float32)
+        y = (gt + torch.from_numpy(noise)).clamp(0, 1)
+        return Case(kind, image, seed, gt, y, y)
+    if spec["task"] == "sr":
+        f = spec["factor"]
+        h, w = (gt.shape[1] // f) * f, (gt.shape[2] // f) * f
+        if h == 0 or w == 0:
+            raise ValueError(f"image {image!r} ({tuple(gt.shape[1:])}) is smaller than the sr factor {f}")
+        gt = gt[:, :h, :w].contiguous()
+        lr = _pil_resize(gt, (h // f, w // f), "lanczos").clamp(0, 1)
+        lr = torch.round(lr * 255.0) / 255.0  # as an 8-bit file would hold it
+        degraded = lr.repeat_interleave(f, 1).repeat_interleave(f, 2)
+        return Case(kind, image, seed, gt, lr, degraded, factor=f)
+    if spec["task"] == "restore":
+        mask = torch.from_numpy((rng.random(tuple(gt.shape[1:])) >= spec["missing"]).astype(np.float32))[None]
+    else:
+        mask = text_mask(tuple(gt.shape[1:]), rng)
+    y = gt * mask
+    return Case(kind, image, seed, gt, y, y, mask=mask)
+
+
+def baseline(case: Case) -> Optional[torch.Tensor]:
+    """Classical result for ``case`` (C, H, W), or None (denoising without ``bm3d``)."""
+    task = TASKS[case.kind]["task"]
+    if task == "sr":
+        return _pil_resize(case.observation, tuple(case.gt.shape[1:]), "bicubic").clamp(0, 1)
+    if task in ("restore", "inpaint"):
+        from scipy.ndimage import distance_transform_edt
+
+        known = case.mask[0].numpy() > 0
+        if not known.any():
+            return None
+        _, (ii, jj) = distance_transform_edt(~known, return_indices=True)
+        return case.observation[:, torch.from_numpy(ii), torch.from_numpy(jj)].contiguous()
+    try:
+        import bm3d  # optional extra
+    except ImportError:
+        return None
+    y = case.observation.permute(1, 2, 0).numpy().astype(np.float64)
+    sigma = TASKS[case.kind]["sigma"] / 255.0
+    out = bm3d.bm3d_rgb(y, sigma) if y.shape[2] == 3 else bm3d.bm3d(y[:, :, 0], sigma)[:, :, None]
+    return torch.from_numpy(np.clip(np.asarray(out, dtype=np.float32).reshape(y.shape), 0, 1)).permute(2, 0, 1)
+
+
+# ---------------------------------------------------------------------------- one case
+
+
+def _metric_kwargs(case: Case, metric: str) -> dict:
+    if metric == "rgb":
+        return {}
+    if metric == "y":
+        return {"y_channel": True, "border": 4 if TASKS[case.kind]["task"] == "sr" else 0}
+    raise ValueError(f"metric must be 'rgb' or 'y', got {metric!r}")
+
+
+class _Observer:
+    """Fit callback: replays automatic stopping (see the module docstring) and records the
+    PSNR-versus-step curve."""
+
+    every = 1
+
+    def __init__(self, config, gt: torch.Tensor, metric_kw: dict, curve_every: int):
+        self.stopper = stopping.from_config(config)
+        self.gt = gt
+        self.kw = metric_kw
+        self.curve_every = curve_every
+        self.start = time.perf_counter()
+        self.stop_step: Optional[int] = None
+        self.stop_seconds: Optional[float] = None
+        self.stop_image: Optional[torch.Tensor] = None
+        self.curve: Dict[str, list] = {"step": [], "psnr": [], "psnr_avg": []}
+
+    def __call__(self, ev) -> None:
+        if self.stop_step is None and self.stopper.update(ev.step, ev.output):
+            self.stop_step = ev.step
+            self.stop_seconds = time.perf_counter() - self.start
+            self.stop_image = self.stopper.best_output.detach().float().clone().cpu()
+        if ev.step % self.curve_every == 0 or ev.step == ev.steps or ev.step == 1:
+            self.curve["step"].append(ev.step)
+            self.curve["psnr"].append(metrics.psnr(ev.output, self.gt, **self.kw))
+            self.curve["psnr_avg"].append(
+                metrics.psnr(ev.output_avg, self.gt, **self.kw) if ev.output_avg is not None else math.nan)
+
+
+def _scores(prefix: str, img: Optional[torch.Tensor], gt: torch.Tensor, kw: dict) -> dict:
+    if img is None:
+        return {f"{prefix}_psnr": math.nan, f"{prefix}_ssim": math.nan}
+    return {f"{prefix}_psnr": metrics.psnr(img, gt, **kw), f"{prefix}_ssim": metrics.ssim(img, gt, **kw)}
+
+
+def run_case(case: Case, *, steps: Optional[int] = None, metric: str = "rgb",
+             stop_window: Optional[int] = None, stop_patience: Optional[int] = None,
+             curve_every: int = 1, plot_path: Optional[str | os.PathLike] = None,
+             **fit_overrides) -> dict:
+    """Evaluate one case: degraded input, baseline, DIP fixed steps and DIP auto-stop.
+
+    Args:
+        steps: step count of the fixed run (and cap of the auto run); default the recipe's.
+        stop_window, stop_patience: ES-WMV settings; default the recipe's ``FitConfig``.
+        curve_every: PSNR-versus-step sampling (steps).
+        plot_path: write the PSNR-versus-step plot (PNG) there.
+        **fit_overrides: further ``recipes.get`` overrides: ``FitConfig`` fields (device,
+            precision, ...) or ``net_options``.
+    Returns:
+        a flat dict (one table/CSV row): case, image, seed, recipe, size, *_psnr, *_ssim,
+        fixed_steps, fixed_seconds, auto_steps, auto_return_step, auto_seconds, peak_psnr,
+        peak_step, stop_reason, and ``curve`` (dict of lists; not written to CSV).
+    """
+    if isinstance(curve_every, bool) or not isinstance(curve_every, int) or curve_every < 1:
+        raise ValueError(f"curve_every must be an integer >= 1, got {curve_every!r}")
+    kw = _metric_kwargs(case, metric)
+    overrides = dict(fit_overrides, seed=case.seed, stop="steps")
+    if steps is not None:
+        overrides["steps"] = steps
+    if stop_window is not None:
+        overrides["stop_window"] = stop_window
+    if stop_patience is not None:
+        overrides["stop_patience"] = stop_patience
+    recipe = recipes.get(case.recipe, **overrides)
+    observer = _Observer(recipe.fit, case.gt, kw, curve_every)
+    result = recipes.run(recipe, case.observation, mask=case.mask, gt=case.gt, callbacks=[observer])
+    fixed_seconds = time.perf_counter() - observer.start
+
+    st = observer.stopper
+    if observer.stop_step is not None:
+        auto_img, auto_steps, auto_seconds = observer.stop_image, observer.stop_step, observer.stop_seconds
+        auto_ret, reason = st.returned_step, st.reason
+    else:  # the rule never fired: an auto run ends as a fixed run does and returns the same image
+        auto_img, auto_steps, auto_seconds = result.image, result.steps_run, fixed_seconds
+        auto_ret, reason = result.returned_step, "steps (the rule did not fire before the step limit)"
+
+    curve = observer.curve
+    returned_kind = "psnr_avg" if recipe.fit.exp_weight is not None else "psnr"
+    vals = np.asarray(curve[returned_kind], dtype=np.float64)
+    peak_i = int(np.nanargmax(vals)) if np.isfinite(vals).any() else 0
+
+    row = {"case": case.kind, "image": case.image, "seed": case.seed, "recipe": case.recipe,
+           "size": "x".join(str(s) for s in case.gt.shape[1:]), "metric": metric}
+    row.update(_scores("input", case.degraded, case.gt, kw))
+    row.update(_scores("baseline", baseline(case), case.gt, kw))
+    row.update(_scores("fixed", result.image, case.gt, kw))
+    row.update(_scores("auto", auto_img, case.gt, kw))
+    row.update({"fixed_steps": result.steps_run, "fixed_seconds": fixed_seconds,
+                "auto_steps": auto_steps, "auto_return_step": auto_ret, "auto_seconds": auto_seconds,
+                "peak_psnr": float(vals[peak_i]) if len(vals) else math.nan,
+                "peak_step": int(curve["step"][peak_i]) if len(vals) else 0,
+                "stop_reason": reason, "curve": curve})
+    if plot_path is not None:
+        plot_curve(row, plot_path)
+    return row
+
+
+def plot_curve(row: dict, path: str | os.PathLike) -> None:
+    """PSNR-versus-step plot of one ``run_case`` row, as PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    c = row["curve"]
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(c["step"], c["psnr"], lw=0.8, label="output")
+    if np.isfinite(np.asarray(c["psnr_avg"], dtype=float)).any():
+        ax.plot(c["step"], c["psnr_avg"], lw=1.2, label="averaged output")
+    for key, style, label in (("input_psnr", ":", "input"), ("baseline_psnr", "--", "baseline")):
+        if math.isfinite(row[key]):
+            ax.axhline(row[key], ls=style, color="grey", lw=0.8, label=f"{label} {row[key]:.2f}")
+    ax.plot([row["fixed_steps"]], [row["fixed_psnr"]], "s", color="black",
+            label=f"fixed result {row['fixed_psnr']:.2f}")
+    ax.axvline(row["auto_steps"], color="red", lw=0.8, label=f"auto stop {row['auto_steps']}")
+    if row["auto_return_step"] is not None:
+        ax.plot([row["auto_return_step"]], [row["auto_psnr"]], "o", color="red",
+                label=f"auto result {row['auto_psnr']:.2f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"PSNR (dB, {row['metric']})")
+    ax.set_title(f"{row['case']} / {row['image']} / seed {row['seed']}")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+# ------------------------------------------------------------------------------- many
+
+
+def evaluate(cases: Iterable[str] = tuple(TASKS), images: Optional[Sequence[Tuple[str, torch.Tensor]]] = None,
+             *, size: int = 128, steps: Optional[int] = None, seeds: Sequence[int] = (0,),
+             metric: str = "rgb", plots: Optional[str | os.PathLike] = None,
+             stop_window: Optional[int] = None, stop_patience: Optional[int] = None,
+             curve_every: int = 1, progress: Optional[Callable[[dict], None]] = None,
+             **fit_overrides) -> List[dict]:
+    """Run every (case kind, image, seed) and return one row (dict) per run.
+
+    Args:
+        cases: keys of ``TASKS``.
+        images: [(name, (C, H, W) float tensor in [0, 1])]; default ``builtin_images(size)``.
+        size: crop size of the built-in images (ignored when ``images`` is given).
+        steps, stop_window, stop_patience, curve_every, **fit_overrides: see ``run_case``.
+        seeds: seeds to run (degradation and fit).
+        metric: "rgb" or "y".
+        plots: directory for one PSNR-versus-step PNG per run.
+        progress: called with each finished row.
+    """
+    cases = list(cases)
+    bad = [c for c in cases if c not in TASKS]
+    if bad or not cases:
+        raise ValueError(f"unknown case(s) {bad or cases}; choose from {', '.join(TASKS)}")
+    if metric not in ("rgb", "y"):
+        raise ValueError(f"metric must be 'rgb' or 'y', got {metric!r}")
+    if images is None:
+        images = builtin_images(size)
+    rows = []
+    for kind in cases:
+        for name, img in images:
+            for seed in seeds:
+                case = make_case(kind, name, img, int(seed))
+                plot = None if plots is None else Path(plots) / f"{kind}_{name}_seed{seed}.png"
+                log.info("evaluating %s", case.name)
+                row = run_case(case, steps=steps, metric=metric, stop_window=stop_window,
+                               stop_patience=stop_patience, curve_every=curve_every,
+                               plot_path=plot, **fit_overrides)
+                rows.append(row)
+                if progress is not None:
+                    progress(row)
+    return rows
+
+
+def _fmt(p: float, s: float) -> str:
+    return "-" if not math.isfinite(p) else f"{p:6.2f}/{s:.3f}"
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """Fixed-width text table of ``evaluate`` rows: PSNR/SSIM per method, steps and seconds,
+    followed by per-case means."""
+    head = (f"{'case':<13} {'image':<21} {'seed':>4}  {'input':>12} {'baseline':>12} {'fixed':>12} "
+            f"{'auto':>12} {'peak@step':>13} {'fixed s/steps':>14} {'auto s/stop/ret':>20}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ret = "-" if r["auto_return_step"] is None else str(r["auto_return_step"])
+        lines.append(
+            f"{r['case']:<13} {r['image'][:21]:<21} {r['seed']:>4}  "
+            f"{_fmt(r['input_psnr'], r['input_ssim']):>12} {_fmt(r['baseline_psnr'], r['baseline_ssim']):>12} "
+            f"{_fmt(r['fixed_psnr'], r['fixed_ssim']):>12} {_fmt(r['auto_psnr'], r['auto_ssim']):>12} "
+            f"{r['peak_psnr']:>7.2f}@{r['peak_step']:<5} "
+            f"{r['fixed_seconds']:>7.1f}/{r['fixed_steps']:<6} "
+            f"{r['auto_seconds']:>7.1f}/{r['auto_steps']}/{ret:<6}")
+    kinds = list(dict.fromkeys(r["case"] for r in rows))
+    if len(rows) > 1:
+        lines.append("-" * len(head))
+        for k in kinds:
+            sel = [r for r in rows if r["case"] == k]
+            mean = lambda key: float(np.nanmean([r[key] for r in sel])) if any(
+                math.isfinite(r[key]) for r in sel) else math.nan
+            within = sum(1 for r in sel if r["peak_psnr"] - r["auto_psnr"] <= 0.5)
+            lines.append(
+                f"{k:<13} {'mean of ' + str(len(sel)):<21} {'':>4}  "
+                f"{_fmt(mean('input_psnr'), mean('input_ssim')):>12} "
+                f"{_fmt(mean('baseline_psnr'), mean('baseline_ssim')):>12} "
+                f"{_fmt(mean('fixed_psnr'), mean('fixed_ssim')):>12} {_fmt(mean('auto_psnr'), mean('auto_ssim')):>12} "
+                f"{mean('peak_psnr'):>7.2f}       {mean('fixed_seconds'):>7.1f}        "
+                f"{mean('auto_seconds'):>7.1f}  auto within 0.5 dB of peak: {within}/{len(sel)}")
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ("case", "image", "seed", "recipe", "size", "metric",
+              "input_psnr", "input_ssim", "baseline_psnr", "baseline_ssim",
+              "fixed_psnr", "fixed_ssim", "auto_psnr", "auto_ssim", "peak_psnr", "peak_step",
+              "fixed_steps", "fixed_seconds", "auto_steps", "auto_return_step", "auto_seconds",
+              "stop_reason")
+
+
+def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
+    """One line per row with ``CSV_FIELDS`` (the PSNR curve is left out)."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _name_list(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``dip eval`` options to ``parser``."""
+    parser.add_argument("--cases", type=_name_list, default=list(TASKS),
+                        help=f"comma-separated cases (default all): {', '.join(TASKS)}")
+    parser.add_argument("--images", metavar="DIR", default=None,
+                        help="evaluate the ground-truth images in DIR instead of the built-in crops")
+    parser.add_argument("--builtin", type=_name_list, default=None, metavar="NAMES",
+                        help=f"built-in images to use (default all): {', '.join(BUILTIN_IMAGES)}")
+    parser.add_argument("--size", type=int, default=128,
+                        help="crop size in pixels (built-in images; larger --images are centre-cropped)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps of the fixed run and cap of the auto run (default: each recipe's)")
+    parser.add_argument("--seeds", type=_int_list, default=[0], metavar="S0,S1,...",
+                        help="comma-separated seeds (degradation and fit), default 0")
+    parser.add_argument("--metric", choices=("rgb", "y"), default="rgb",
+                        help="rgb: all channels; y: luma PSNR/SSIM, 4-px border for sr (the paper's)")
+    parser.add_argument("--stop-window", type=int, default=None, help="ES-WMV window W (default 100)")
+    parser.add_argument("--stop-patience", type=int, default=None, help="ES-WMV patience P (default 1000)")
+    parser.add_argument("--curve-every", type=int, default=1, help="PSNR-curve sampling in steps")
+    parser.add_argument("--csv", metavar="PATH", default=None, help="write the results as CSV")
+    parser.add_argument("--plots", metavar="DIR", default=None, help="write a PSNR-vs-step PNG per run")
+    parser.add_argument("--device", default="cpu", help="torch device for the fits (default cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``dip eval`` with parsed ``args``; prints the table; returns the exit status
+    (0 success, 2 bad arguments)."""
+    try:
+        if args.size is not None and args.size < 8:
+            raise ValueError(f"--size must be at least 8 pixels, got {args.size}")
+        if args.steps is not None and args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        if args.images is not None:
+            images = load_images(args.images, args.size)
+        else:
+            images = builtin_images(args.size, args.builtin)
+
+        def progress(row):
+            log.info("%s/%s/seed%d: fixed %.2f dB, auto %.2f dB (stop %s, returned step %s), peak %.2f",
+                     row["case"], row["image"], row["seed"], row["fixed_psnr"], row["auto_psnr"],
+                     row["auto_steps"], row["auto_return_step"], row["peak_psnr"])
+
+        rows = evaluate(args.cases, images, steps=args.steps, seeds=args.seeds, metric=args.metric,
+                        plots=args.plots, stop_window=args.stop_window,
+                        stop_patience=args.stop_patience, curve_every=args.curve_every,
+                        progress=progress, device=args.device)
+    except ValueError as exc:
+        sys.stderr.write(f"dip eval: error: {exc}\n")
+        return 2
+    sys.stdout.write(format_table(rows) + "\n")
+    if args.csv:
+        write_csv(rows, args.csv)
+    return 0

@@ -1,0 +1,153 @@
+"""Tests of the evaluation harness (dip eval): degradations, baselines, and a tiny end-to-end run."""
+import argparse
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dip import evaluate as ev
+from dip import metrics, recipes
+
+
+@pytest.fixture(scope="module")
+def crop32():
+    return ev.builtin_images(32, ["astronaut"])[0][1]
+
+
+def test_builtin_images_are_seeded_crops_of_skimage_photographs():
+    from skimage import data
+
+    imgs = ev.builtin_images(40)
+    assert [n for n, _ in imgs] == list(ev.BUILTIN_IMAGES)
+    for _, img in imgs:
+        assert img.shape == (3, 40, 40) and img.dtype == torch.float32
+        assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+    # the crop is a window of the photograph at native resolution, around its centre point
+    full = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255
+    cy, cx = ev.BUILTIN_IMAGES["astronaut"]
+    top, left = int(cy * 512) - 20, int(cx * 512) - 20
+    assert torch.equal(imgs[0][1], full[:, top:top + 40, left:left + 40])
+    with pytest.raises(ValueError, match="unknown built-in image"):
+        ev.builtin_images(32, ["lena"])
+
+
+def test_denoise_case_adds_seeded_gaussian_noise(crop32):
+    c = ev.make_case("denoise50", "astronaut", crop32, seed=3)
+    d = (c.observation - crop32)[(crop32 > 0.25) & (crop32 < 0.75)]  # away from clipping
+    assert float(d.std()) == pytest.approx(50 / 255, rel=0.15)
+    assert torch.equal(c.observation, ev.make_case("denoise50", "astronaut", crop32, seed=3).observation)
+    assert not torch.equal(c.observation, ev.make_case("denoise50", "astronaut", crop32, seed=4).observation)
+    assert c.recipe == "denoise-50" and c.mask is None
+
+
+def test_sr_case_uses_pil_lanczos_and_bicubic_baseline(crop32):
+    c = ev.make_case("sr4", "astronaut", crop32[:, :31, :30], seed=0)
+    assert c.gt.shape == (3, 28, 28) and c.observation.shape == (3, 7, 7) and c.degraded.shape == (3, 28, 28)
+    u8 = (c.gt.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    pil = np.asarray(Image.fromarray(u8).resize((7, 7), Image.LANCZOS), dtype=np.float32) / 255
+    np.testing.assert_allclose(c.observation.permute(1, 2, 0).numpy(), pil, atol=1.5 / 255)
+    b = ev.baseline(c)
+    assert b.shape == (3, 28, 28)
+    assert metrics.psnr(b, c.gt) > metrics.psnr(c.degraded, c.gt)  # bicubic beats pixel replication
+
+
+@pytest.mark.parametrize("kind", ["restore50", "inpaint-text"])
+def test_mask_cases_and_nearest_fill_baseline(kind, crop32):
+    c = ev.make_case(kind, "astronaut", crop32, seed=0)
+    m = c.mask
+    assert m.shape == (1, 32, 32) and set(torch.unique(m).tolist()) == {0.0, 1.0}
+    missing = 1 - float(m.mean())
+    if kind == "restore50":
+        assert missing == pytest.approx(0.5, abs=0.08)
+    else:
+        assert 0.03 < missing < 0.5  # strokes of text, not a block
+    assert torch.equal(c.observation, crop32 * m)
+    b = ev.baseline(c)
+    known = m[0] > 0
+    assert torch.equal(b[:, known], crop32[:, known])
+    assert float(b[:, ~known].min()) > 0 or float(crop32[:, ~known].min()) == 0  # holes filled
+    assert metrics.psnr(b, crop32) > metrics.psnr(c.observation, crop32) + 5
+
+
+def test_denoise_baseline_is_bm3d_when_installed_else_skipped(crop32):
+    case = ev.make_case("denoise25", "astronaut", crop32, 0)
+    b = ev.baseline(case)
+    try:
+        import bm3d  # noqa: F401
+    except ImportError:
+        assert b is None
+    else:
+        assert b.shape == crop32.shape
+        assert metrics.psnr(b, crop32) > metrics.psnr(case.observation, crop32) + 3
+
+
+def test_y_metric_uses_luma_and_the_sr_border(crop32):
+    sr = ev.make_case("sr4", "astronaut", crop32, 0)
+    dn = ev.make_case("denoise25", "astronaut", crop32, 0)
+    assert ev._metric_kwargs(sr, "y") == {"y_channel": True, "border": 4}
+    assert ev._metric_kwargs(dn, "y") == {"y_channel": True, "border": 0}
+    assert ev._metric_kwargs(sr, "rgb") == {}
+
+
+def test_load_images_reads_a_directory(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(tmp_path / "b.png")
+    Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    imgs = ev.load_images(tmp_path, size=32)
+    assert [n for n, _ in imgs] == ["a", "b"]
+    assert imgs[0][1].shape == (1, 20, 20) and imgs[1][1].shape == (3, 32, 32)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        ev.load_images(tmp_path / "empty")
+
+
+def test_dip_eval_command_writes_table_csv_and_plot(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    ev.add_arguments(parser)
+    args = parser.parse_args(["--size", "32", "--steps", "3", "--cases", "denoise25",
+                              "--builtin", "astronaut", "--csv", str(tmp_path / "r.csv"),
+                              "--plots", str(tmp_path / "plots")])
+    assert ev.run(args) == 0
+    table = capsys.readouterr().out
+    assert "denoise25" in table and "astronaut" in table
+    with open(tmp_path / "r.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["case"] == "denoise25" and row["fixed_steps"] == "3" and row["auto_steps"] == "3"
+    for key in ("input_psnr", "fixed_psnr", "auto_psnr", "peak_psnr", "fixed_ssim", "auto_ssim"):
+        assert math.isfinite(float(row[key]))
+    assert (tmp_path / "plots" / "denoise25_astronaut_seed0.png").stat().st_size > 1000
+
+
+NARROW = {"num_channels_down": [16] * 5, "num_channels_up": [16] * 5}
+
+
+def test_recorded_auto_stop_equals_a_real_auto_run(crop32):
+    """The auto-stop result recorded from the fixed run equals a real stop="auto" fit (same stop
+    step, returned step and image)."""
+    (row,) = ev.evaluate(["denoise25"], [("astronaut", crop32)], steps=20, stop_window=2,
+                         stop_patience=2, net_options=NARROW)
+    case = ev.make_case("denoise25", "astronaut", crop32, 0)
+    real = recipes.run(recipes.get("denoise", steps=20, stop="auto", stop_window=2, stop_patience=2,
+                                   seed=0, net_options=NARROW), case.observation, gt=case.gt)
+    assert real.stop_reason == "auto"  # the rule fired
+    assert row["auto_steps"] == real.steps_run
+    assert row["auto_return_step"] == real.returned_step
+    assert row["auto_psnr"] == pytest.approx(real.psnr, abs=1e-9)
+    assert row["fixed_steps"] == 20 and row["auto_seconds"] <= row["fixed_seconds"]
+    assert row["input_psnr"] == pytest.approx(metrics.psnr(case.observation, case.gt), abs=1e-9)
+    assert len(row["curve"]["step"]) == 20
+
+
+def test_run_reports_bad_arguments(capsys):
+    parser = argparse.ArgumentParser()
+    ev.add_arguments(parser)
+    assert ev.run(parser.parse_args(["--size", "4"])) == 2
+    assert "--size must be at least 8" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown case"):
+        ev.evaluate(["denoise7"], [("x", torch.zeros(3, 8, 8))])
