@@ -174,6 +174,7 @@ class FitResult:
     physics: Optional[nn.Module] = None
     rng_state: Optional[torch.Tensor] = None
     backtrack_state: Optional[dict] = None
+    stop_detail: str = ""
 
     def resume_state(self) -> dict:
         """What ``fit(..., resume=...)`` needs to continue this fit where it ended (with
@@ -370,8 +371,8 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
 
     stopper = None
     if config.stop == "auto":
-        from dip.stopping import WindowedVarianceStopper
-        stopper = WindowedVarianceStopper(window=config.stop_window, patience=config.stop_patience)
+        from dip.stopping import from_config as stopper_from_config
+        stopper = stopper_from_config(config)
     best_state: Optional[Dict[str, torch.Tensor]] = None
     best_step = config.steps
 
@@ -476,7 +477,7 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
             # the variance is watched on the raw outputs; the image kept at the minimum is the
             # one the fit returns (the averaged output when averaging is on)
             should_stop = stopper.update(step, out, returned=out_avg if out_avg is not None else out)
-            if stopper.best_step == step:
+            if stopper.returned_step == step:
                 best_state = _clone_state(generator)
             if should_stop:
                 stop_reason = "auto"
@@ -491,9 +492,9 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
     image_plain = render(generator, z.detach(), crop, "fp32")  # always rendered in fp32
     if stopper is not None:
         stopper.finalize()
-    if stopper is not None and stopper.best_step is not None:
+    if stopper is not None and stop_reason == "auto":
         image = stopper.best_output.detach().float().clone()
-        best_step = int(stopper.best_step)
+        best_step = int(stopper.returned_step)
         returned_state = best_state if best_state is not None else _clone_state(generator)
     else:
         image = out_avg.clone() if out_avg is not None else image_plain
@@ -510,6 +511,7 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
         crop=crop, config=config, backtracks=backtracks,
         optimizer_state=optimizer.state_dict(),
         stopper_state=stopper.state_dict() if stopper is not None else None,
+        stop_detail=stopper.reason if stop_reason == "auto" else f"ran all {steps_run} steps",
         rng_state=rng.get_state(),
         backtrack_state=None if good is None else {"good_psnr": good_psnr, "good_state": good[0],
                                                    "good_optimizer": good[1], "good_z": good[2]},
