@@ -28,7 +28,8 @@ from benchmarks/conftest.py, has the per-configuration numbers): median ms/step,
 to (a) and to (a') of the same size measured in the same rounds, peak RSS of the process (MiB,
 model and torch included).
 
-Threads: ``DIP_BENCH_THREADS`` (default 2). On a CPU without native bf16 (no AVX512-BF16/AMX)
+Threads: ``DIP_BENCH_THREADS`` (default 2). Rounds: ``DIP_BENCH_ROUNDS`` (default 8, 6, 3 at
+128², 256², 512²). On a CPU without native bf16 (no AVX512-BF16/AMX)
 fast-bf16 is emulated by oneDNN and runs several times slower than fp32; it is then measured
 alone, one step, up to 256² (``DIP_BENCH_EMULATED_BF16=1`` puts it in the rounds).
 """
@@ -57,6 +58,8 @@ from dip import runtime  # noqa: E402
 SIZES = tuple(int(s) for s in os.environ.get("DIP_BENCH_SIZES", "128,256,512").split(","))
 THREADS = int(os.environ.get("DIP_BENCH_THREADS", "2"))
 ROUNDS = {128: 8, 256: 6, 512: 3}
+if os.environ.get("DIP_BENCH_ROUNDS"):
+    ROUNDS = {size: int(os.environ["DIP_BENCH_ROUNDS"]) for size in SIZES}
 LR = 0.01
 REG_NOISE = 1.0 / 30
 INPUT_DEPTH = 32

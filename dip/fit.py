@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 import dip.ops
 from dip.physics import Mask
+from dip.runtime import autocast_context, make_adam, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -249,19 +250,6 @@ def data_loss(physics: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 # ----------------------------------------------------------------------------- engine
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _make_adam(params, lr: float, device: torch.device):
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, foreach=True)
-
-
 def _clone_state(module: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -287,7 +275,7 @@ def render(generator: nn.Module, z: torch.Tensor, crop, precision: str = "fp32")
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
              for m in bns if m.running_mean is not None]
     try:
-        with torch.no_grad(), _autocast(precision, z.device):
+        with torch.no_grad(), autocast_context(precision, z.device):
             out = generator(z)
     finally:
         for m, (rm, rv, nb) in zip([m for m in bns if m.running_mean is not None], saved):
@@ -339,8 +327,9 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
         gt = gt.to(device=device, dtype=torch.float32)
 
     # LBFGS flattens gradients with view(), which needs contiguous (NCHW) parameters
-    use_channels_last = config.channels_last and config.optimizer != "lbfgs"
-    memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
+    channels_last = config.channels_last and use_channels_last(generator, config.precision, device,
+                                                               config.optimizer)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     generator.to(device=device, memory_format=memory_format).train()
     physics.to(device)
     y = y.to(device=device, dtype=torch.float32)
@@ -357,7 +346,7 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
         params.append(z)
 
     use_lbfgs = config.optimizer == "lbfgs"
-    optimizer = _make_adam(params, 0.001 if use_lbfgs else config.lr, device)
+    optimizer = make_adam(params, 0.001 if use_lbfgs else config.lr)
     lbfgs_from = min(config.lbfgs_warmup_steps, config.steps) if use_lbfgs else None
 
     forward = torch.compile(generator) if config.compile else generator
@@ -413,10 +402,16 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
     def closure_body():
         nonlocal out_avg
         if noise is not None:
-            noise.normal_(generator=rng)
-            torch.add(z, noise, alpha=config.reg_noise_std, out=net_input)
-        with _autocast(config.precision, device):
-            out_full = forward(net_input)
+            # N(0, std^2) drawn in place, then z + noise: the original's rounding, bit for bit
+            noise.normal_(0.0, config.reg_noise_std, generator=rng)
+            if z.requires_grad:  # the code is optimised too: keep it in the graph
+                net_in = z + noise
+            else:
+                net_in = torch.add(z, noise, out=net_input)
+        else:
+            net_in = z
+        with autocast_context(config.precision, device):
+            out_full = forward(net_in)
         out = out_full.float()[:, :, crop[0]:crop[0] + crop[2], crop[1]:crop[1] + crop[3]]
         loss = data_loss(physics, out, y)
         total = loss + config.tv_weight * tv_loss(out) if config.tv_weight else loss

@@ -19,9 +19,9 @@ thousands of times, so this module gathers what makes that step cheap:
 * :func:`make_adam` — Adam's fused implementation (else foreach): one kernel over all
   parameters instead of a Python loop of small ops (2.2 M parameters, one thread: 10 ms vs
   36 ms single-tensor, 31 ms foreach).
-* :class:`FastStep` — the step itself: the layout above, fused Adam, gradients set to None instead of zero-filled, reg noise drawn in place into a
-  preallocated buffer, optional bf16 autocast with fp32 master weights and an fp32 loss, no
-  host synchronisation.
+* :class:`FastStep` — the step itself: the layout above, fused Adam, gradients set to None
+  instead of zero-filled, reg noise drawn in place into a preallocated buffer, optional bf16
+  autocast with fp32 master weights and an fp32 loss, no host synchronisation.
 
 What each lever measured is in ``benchmarks/test_bench_step.py`` (one step of the denoise
 recipe's generator against the original-style step, same run).
@@ -94,11 +94,10 @@ def configure_allocator(mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
     Allocations below ``mmap_threshold`` come from the heap and freed heap memory is kept up to
     ``trim_threshold``, so the large tensors that a fit allocates and frees on every step reuse
     memory that is already mapped instead of faulting in fresh pages. Measured on the
-    original-style denoise step (``benchmarks/test_bench_step.py``, 2 threads, busy AVX2
-    machine): 1.76x faster at 512² (128 MiB activations), 1.2x at 256², none at 128²
-    (activations below glibc's dynamic threshold). The price: peak RSS grows (512²: 3.5 GiB
-    instead of 2.7 GiB), and up to ``trim_threshold`` bytes of freed memory stay with the
-    process.
+    original-style denoise step (``benchmarks/test_bench_step.py``, 2 threads, AVX2 CPU):
+    1.10x faster at 128², 1.51x at 256² (32 MiB activations), 2.43x at 512² (128 MiB). The
+    price: peak RSS grows (256²: 1.14 GiB instead of 1.0; 512²: 3.3 GiB instead of 2.7), and up
+    to ``trim_threshold`` bytes of freed memory stay with the process.
 
     The setting cannot be undone: glibc's default threshold is dynamic, and setting it by hand
     switches the dynamic adjustment off for the rest of the process.
@@ -184,8 +183,9 @@ def check_precision(precision: str) -> str:
 def bf16_is_native(device: torch.device | str = "cpu") -> bool:
     """Whether bf16 convolutions run on bf16 hardware on ``device``.
 
-    CPU: AVX512-BF16 or AMX (without them oneDNN emulates bf16, measured 9x slower than fp32
-    for a channels_last 3x3 conv and over 100x slower in NCHW on an AVX2-only CPU).
+    CPU: AVX512-BF16 or AMX (without them oneDNN emulates bf16: on an AVX2-only CPU a bf16
+    3x3 conv ran 9x slower than fp32 channels_last and over 100x slower NCHW, and the whole
+    denoise step at 256² 18x slower than fp32).
     CUDA: compute capability 8.0 or newer.
     """
     device = torch.device(device)
@@ -220,8 +220,9 @@ def use_channels_last(generator: nn.Module, precision: str = "fp32",
     convolutions need NHWC: NCHW bf16 ran over 100x slower than fp32 on an AVX2 CPU), and for
     fp32 only on CPUs with AVX-512 (torch's CPU capability "AVX512"): there a 3x3 conv
     132→128 at 256² forward+backward ran ≈ 1.4x faster channels_last, while on an AVX2-only CPU
-    channels_last made the same conv ≈ 2x *slower* (oneDNN's NHWC weight gradient ran 3-4x
-    slower than NCHW's), and torch's channels_last BatchNorm is less accurate in fp32.
+    (2 threads) the same conv took 1448 ms channels_last against 593 ms NCHW (oneDNN's NHWC
+    weight gradient: ≈ 1320 ms against ≈ 270 ms), and torch's channels_last BatchNorm is less
+    accurate in fp32.
     """
     check_precision(precision)
     if optimizer == "lbfgs":

@@ -115,6 +115,14 @@ def test_optimising_the_input_only_leaves_the_weights_unchanged():
     assert not torch.equal(res.z, z0)
 
 
+@pytest.mark.parametrize("optimize", ["input", "both"])
+def test_optimising_the_code_with_reg_noise_changes_it(optimize):
+    y, net, z = setup()
+    z0 = z.clone()
+    res = fit(y, Identity(), net, z, FitConfig(steps=2, optimize=optimize, reg_noise_std=0.05))
+    assert not torch.equal(res.z, z0)
+
+
 def test_lbfgs_after_adam_warmup_lowers_the_loss():
     y, net, z = setup()
     res = fit(y, Identity(), net, z, FitConfig(steps=12, optimizer="lbfgs", lbfgs_warmup_steps=4, lr=0.5,

@@ -31,7 +31,8 @@ def test_configure_allocator_keeps_large_tensors_off_mmap():
             "before = runtime.large_allocations_mmapped(); ok = runtime.configure_allocator(); "
             "after = runtime.large_allocations_mmapped(); "
             "print(json.dumps([before, ok, after]))")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True, timeout=120)
     before, ok, after = json.loads(out.stdout.strip().splitlines()[-1])
