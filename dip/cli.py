@@ -964,7 +964,7 @@ def _run_info(args) -> int:
         return EXIT_OK
     lines = [
         f"dip {data['dip']}  (python {data['python']}, torch {data['torch']})",
-        f"native ops: {'loaded' if data['native_ops'] else 'not loaded'} — {data['native_status']}",
+        "native ops: " + (data["native_status"] if data["native_ops"] else f"not loaded — {data['native_status']}"),
         f"threads: {data['threads']} (interop {data['interop_threads']}, OMP_NUM_THREADS="
         f"{data['omp_num_threads'] or 'unset'}, {data['cpu_count']} CPUs)",
         "CUDA: " + (f"available, CUDA {data['cuda_version']}: {', '.join(data['cuda_devices'])}"

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 import dip.ops
 from dip.physics import Mask
-from dip.runtime import autocast_context, make_adam, use_channels_last
+from dip.runtime import autocast_context, bf16_is_native, make_adam, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +330,9 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
     channels_last = config.channels_last and use_channels_last(generator, config.precision, device,
                                                                config.optimizer)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if config.precision == "bf16" and not bf16_is_native(device):
+        log.warning("precision bf16 on a %s without bf16 arithmetic (AVX512-BF16/AMX): it is emulated "
+                    "there and runs many times slower than fp32; use precision fp32", device.type)
     generator.to(device=device, memory_format=memory_format).train()
     physics.to(device)
     y = y.to(device=device, dtype=torch.float32)

@@ -179,3 +179,12 @@ def test_resuming_a_finished_fit_needs_more_steps():
     first = fit(y, Identity(), net, z, FitConfig(steps=3))
     with pytest.raises(ValueError, match="more steps"):
         fit(y, Identity(), first.generator, first.z, FitConfig(steps=1), resume=first.resume_state())
+
+
+def test_bf16_fit_returns_an_fp32_image_and_warns_where_bf16_is_emulated(caplog):
+    y, net, z = setup()
+    with caplog.at_level("WARNING", logger="dip.fit"):
+        res = fit(y, Identity(), net, z, FitConfig(steps=1, precision="bf16"))
+    assert res.image.dtype == torch.float32 and res.image_plain.dtype == torch.float32
+    emulated = not dip.runtime.bf16_is_native("cpu")
+    assert any("emulated" in r.getMessage() for r in caplog.records) == emulated
