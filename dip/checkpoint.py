@@ -239,10 +239,7 @@ def read_header(path: str | os.PathLike) -> Dict[str, str]:
         CheckpointError: not a dip checkpoint, or a format version this package cannot read.
         FileNotFoundError: no file at ``path``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    _reject_unsafe_prefix(path)
+    path = _existing_safe_path(path)
     import safetensors
 
     try:
@@ -252,6 +249,15 @@ def read_header(path: str | os.PathLike) -> Dict[str, str]:
         raise CheckpointError(f"{path} is not a dip checkpoint (not a safetensors file: {exc})") from None
     _check_metadata(path, meta)
     return dict(meta)
+
+
+def _existing_safe_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path after checking it exists and is not a pickle (never unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    _reject_unsafe_prefix(path)
+    return path
 
 
 def _check_metadata(path: Path, meta: Mapping[str, str]) -> int:
@@ -284,10 +290,7 @@ def load(path: str | os.PathLike) -> Dict[str, Any]:
             without being read), a corrupt file, or an unknown format version.
         FileNotFoundError: no file at ``path``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    _reject_unsafe_prefix(path)
+    path = _existing_safe_path(path)
     import safetensors
 
     try:

@@ -41,6 +41,19 @@ inline void check_channels(const at::Tensor& t, const char* name, const at::Tens
               x.device());
 }
 
+// Arguments of bn_leaky_relu (forward and backward).
+inline void check_bn(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+  check_image(x, "x");
+  check_channels(weight, "weight", x);
+  check_channels(bias, "bias", x);
+  check_like(weight, "weight", x, "x");
+  check_like(bias, "bias", x, "x");
+  TORCH_CHECK(x.numel() / x.size(1) > 1,
+              "bn_leaky_relu needs more than 1 value per channel in training mode, got shape ",
+              x.sizes());
+  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
+}
+
 // Layout the bn kernels compute in: channels_last when x is exactly that, else NCHW.
 inline at::MemoryFormat bn_layout(const at::Tensor& x) {
   return (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast))

@@ -69,6 +69,19 @@ void check_resample_inputs(const at::Tensor& image, const at::Tensor& taps, int6
   TORCH_CHECK(factor >= 1, "factor must be an integer >= 1, got ", factor);
 }
 
+Geometry adjoint_geometry(const at::Tensor& y, const at::Tensor& taps, int64_t factor,
+                          c10::string_view padding, c10::SymIntArrayRef input_size) {
+  check_resample_inputs(y, taps, factor, "y");
+  TORCH_CHECK(input_size.size() == 2, "input_size must be (H, W), got ", input_size.size(),
+              " values");
+  const int64_t H = input_size[0].expect_int(), W = input_size[1].expect_int();
+  const Geometry g = resample_geometry(H, W, taps.size(0), factor, padding);
+  TORCH_CHECK(y.size(2) == g.out_height && y.size(3) == g.out_width, "y must have spatial size ",
+              g.out_height, "x", g.out_width, " (the downsampled size of ", H, "x", W,
+              "), got ", y.size(2), "x", y.size(3));
+  return g;
+}
+
 namespace {
 
 int64_t source_index(int64_t q, int64_t n, PadMode mode) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/SymIntArrayRef.h>
 #include <c10/util/string_view.h>
 
 #include <cstdint>
@@ -35,6 +36,11 @@ Geometry resample_geometry(int64_t height, int64_t width, int64_t num_taps, int6
 // Checks rank, dtype, device agreement and emptiness of an image and its taps.
 void check_resample_inputs(const at::Tensor& image, const at::Tensor& taps, int64_t factor,
                            const char* image_name);
+
+// Checks the arguments of the adjoint (y, taps, factor, input_size = (H, W)) and that y has
+// the downsampled size of H x W; returns the geometry of the forward operator on H x W.
+Geometry adjoint_geometry(const at::Tensor& y, const at::Tensor& taps, int64_t factor,
+                          c10::string_view padding, c10::SymIntArrayRef input_size);
 
 struct Plan1d {
   int64_t n_out = 0;

@@ -229,18 +229,6 @@ void channels_last_sums(int64_t M, int64_t C, Row row, std::vector<double>& s0,
   }
 }
 
-void check_bn(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
-  check_image(x, "x");
-  check_channels(weight, "weight", x);
-  check_channels(bias, "bias", x);
-  check_like(weight, "weight", x, "x");
-  check_like(bias, "bias", x, "x");
-  TORCH_CHECK(x.numel() / x.size(1) > 1,
-              "bn_leaky_relu needs more than 1 value per channel in training mode, got shape ",
-              x.sizes());
-  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
-}
-
 at::ScalarType stat_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }

@@ -194,15 +194,8 @@ at::Tensor downsample_cpu(const at::Tensor& x, const at::Tensor& taps, int64_t f
 
 at::Tensor downsample_adjoint_cpu(const at::Tensor& y, const at::Tensor& taps, int64_t factor,
                                   c10::string_view padding, c10::SymIntArrayRef input_size) {
-  check_resample_inputs(y, taps, factor, "y");
-  TORCH_CHECK(input_size.size() == 2, "input_size must be (H, W), got ", input_size.size(),
-              " values");
-  const int64_t H = input_size[0].expect_int(), W = input_size[1].expect_int();
-  const int64_t k = taps.size(0);
-  const Geometry g = resample_geometry(H, W, k, factor, padding);
-  TORCH_CHECK(y.size(2) == g.out_height && y.size(3) == g.out_width, "y must have spatial size ",
-              g.out_height, "x", g.out_width, " (the downsampled size of ", H, "x", W,
-              "), got ", y.size(2), "x", y.size(3));
+  const Geometry g = adjoint_geometry(y, taps, factor, padding, input_size);
+  const int64_t H = g.height, W = g.width, k = taps.size(0);
   const Plan1d rows = transpose_plan(downsample_plan(H, k, factor, g.pad, g.mode));
   const Plan1d cols = transpose_plan(downsample_plan(W, k, factor, g.pad, g.mode));
   return run(y, taps, rows, cols);

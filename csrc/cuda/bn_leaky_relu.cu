@@ -120,18 +120,6 @@ __global__ void backward_kernel(const scalar_t* __restrict gy, const scalar_t* _
   }
 }
 
-void check_bn(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
-  check_image(x, "x");
-  check_channels(weight, "weight", x);
-  check_channels(bias, "bias", x);
-  check_like(weight, "weight", x, "x");
-  check_like(bias, "bias", x, "x");
-  TORCH_CHECK(x.numel() / x.size(1) > 1,
-              "bn_leaky_relu needs more than 1 value per channel in training mode, got shape ",
-              x.sizes());
-  TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_cuda(const at::Tensor& x_in,
                                                                   const at::Tensor& weight,
                                                                   const at::Tensor& bias,
