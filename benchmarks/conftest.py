@@ -10,12 +10,32 @@ from __future__ import annotations
 import pytest
 
 _RESULTS: dict = {}
+_CUDA_RESULTS: dict = {}
 _BASELINES = ("original", "original+malloc")
 
 
 @pytest.fixture(scope="session")
 def step_results() -> dict:
     return _RESULTS
+
+
+@pytest.fixture(scope="session")
+def cuda_results() -> dict:
+    """(group, configuration) -> {"ms": ..., ...} of benchmarks/test_bench_cuda.py."""
+    return _CUDA_RESULTS
+
+
+def _cuda_summary_lines(results: dict) -> list[str]:
+    """Per group: ms, ratio to the group's ``original`` row, TFLOP/s and peak memory if known."""
+    lines = [f"{'group':<30}{'config':<12}{'ms':>10}{'x orig':>8}{'TFLOP/s':>9}{'peak MiB':>10}"]
+    for (group, config), r in results.items():
+        base = results.get((group, "original"))
+        ratio = f"{base['ms'] / r['ms']:.2f}" if base and r["ms"] == r["ms"] else "-"
+        tflops = f"{r['tflops']:.1f}" if "tflops" in r else "-"
+        peak = f"{r['peak_mib']:.0f}" if "peak_mib" in r else "-"
+        lines.append(f"{group:<30}{config:<12}{r['ms']:>10.3f}{ratio:>8}{tflops:>9}{peak:>10}"
+                     + (f"  ({r['error']})" if "error" in r else ""))
+    return lines
 
 
 def _summary_lines(results: dict) -> list[str]:
@@ -34,6 +54,11 @@ def _summary_lines(results: dict) -> list[str]:
 
 
 def pytest_terminal_summary(terminalreporter):
+    if _CUDA_RESULTS:
+        device = next((r["device"] for r in _CUDA_RESULTS.values() if "device" in r), "CUDA")
+        terminalreporter.section(f"GPU timings on {device} (ratios: original ms / this ms, same run)")
+        for line in _cuda_summary_lines(_CUDA_RESULTS):
+            terminalreporter.write_line(line)
     if not _RESULTS:
         return
     terminalreporter.section("one optimisation step (ratios: baseline ms / this ms, same run)")

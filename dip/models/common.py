@@ -218,15 +218,16 @@ class BatchNormAct(nn.BatchNorm2d):
                     track_running_stats=self.track_running_stats)
 
 
-def _native_bn_leaky_relu() -> Callable | None:
-    """``dip.ops.bn_leaky_relu`` when the native library is loaded, else None."""
+def _native_bn_leaky_relu(device: torch.device) -> Callable | None:
+    """``dip.ops.bn_leaky_relu`` when its native kernel is loaded and pays off on ``device``
+    (``dip.ops.native_pays_off``), else None."""
     try:
         from dip import ops
     except ModuleNotFoundError as err:
         if err.name in ("dip.ops", "dip"):
             return None
         raise
-    if not ops.has_native():
+    if not ops.native_pays_off("bn_leaky_relu", device):
         return None
     return ops.bn_leaky_relu
 
@@ -235,7 +236,8 @@ class BNAct(BatchNormAct):
     """BatchNorm2d + activation with a fused native path.
 
     In training mode, with a LeakyReLU activation, affine weights, running statistics,
-    matching dtypes and ``dip.ops.has_native()``, the forward pass is one call of
+    matching dtypes and the native kernel loaded and faster on the input's device
+    (``dip.ops.native_pays_off``: the CPU), the forward pass is one call of
     ``dip.ops.bn_leaky_relu`` (batch statistics, running stats and num_batches_tracked updated
     as ``nn.BatchNorm2d`` does); otherwise ``nn.BatchNorm2d`` then the activation.
     ``fused=False`` forces the standard path. State_dict keys equal ``nn.BatchNorm2d``'s.
@@ -260,7 +262,7 @@ class BNAct(BatchNormAct):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._can_fuse(x):
-            op = _native_bn_leaky_relu()
+            op = _native_bn_leaky_relu(x.device)
             if op is not None:
                 self.num_batches_tracked.add_(1)
                 return op(x, self.weight, self.bias, self.running_mean, self.running_var,
