@@ -37,7 +37,7 @@ the generator's output, or None; ``recipe`` dict; ``options`` dict (the command'
 ``observation`` (1, C, h, w); ``physics`` dict (operator settings, see
 :func:`physics_settings`); ``image_info`` dict (``dip.io.ImageInfo.to_dict()``: ``mode``,
 ``bit_depth``, ``alpha`` tensor or None, ICC profile, ...); ``fit``: ``{"steps_run",
-"returned_step", "stop_reason", "seconds", "psnr", "ssim", "backtracks", "config" (FitConfig
+"returned_step", "stop_reason", "seconds", "psnr", "ssim", "backtracks", "recoveries", "config" (FitConfig
 as a dict), "history", "image_plain", "image_avg", "optimizer_state", "stopper_state"}`` plus
 ``"rng_state"`` and ``"backtrack_state"`` when the result carries them (for resuming).
 """
@@ -403,6 +403,7 @@ def payload_from_result(result: Any, *, recipe: Any = None, observation: torch.T
         "psnr": _float_or_none(getattr(result, "psnr", None)),
         "ssim": _float_or_none(getattr(result, "ssim", None)),
         "backtracks": int(getattr(result, "backtracks", 0)),
+        "recoveries": int(getattr(result, "recoveries", 0)),
         "config": _plain(fit_config) if fit_config is not None else None,
         "history": _plain(result.history),
         "image_plain": _cpu_or_none(getattr(result, "image_plain", None)),

@@ -3,6 +3,7 @@
     dip denoise noisy.png -o clean.png
     dip sr small.png --factor 4 -o large.png --gt truth.png --report run.json --plot curves.png
     dip inpaint photo.png --mask holes.png -o filled.png
+    dip resume filled.png.ckpt --steps 6000   # continue an interrupted or finished fit
     dip demo            # restores a bundled example image
     dip info            # version, native ops, torch, threads, CUDA
 
@@ -12,7 +13,12 @@ code 2 and one or two lines on stderr — what is wrong and what to do — and n
 created or overwritten. Outputs are written atomically (temporary file, then rename).
 
 Exit codes: 0 success; 1 an unexpected failure (run with ``--debug`` for the traceback);
-2 bad input or options; 130 interrupted.
+2 bad input or options; 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+
+Interruption: the first SIGINT (Ctrl-C) or SIGTERM during a fit lets the current step finish,
+then the checkpoint (``--checkpoint``, else ``OUT.ckpt`` next to the output) and the image so
+far are written and the command exits 130 / 143; ``dip resume OUT.ckpt`` continues the fit
+(bit-exact on the CPU). ``--checkpoint-every N`` also saves the checkpoint every N steps.
 
 Memory check: before fitting, the generator is run once at its smallest input size and the
 outputs of its leaf modules are counted and scaled to the padded image size: what autograd
@@ -43,6 +49,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+CHECKPOINT_SUFFIX = ".ckpt"
 
 #: task -> (recipe physics kind, default recipe)
 TASKS = {
@@ -61,6 +68,8 @@ HOOKS = {
                "export a fitted generator from a checkpoint to ONNX / TorchScript / torch.export"),
     "render": ("dip.export", "add_render_arguments", "run_render",
                "render the image of an exported model (.onnx, .pt, .pt2)"),
+    "batch": ("dip.batch", "add_arguments", "run",
+              "restore many images (files, folders, globs) locally or on a Ray cluster"),
 }
 DEMO_SIGMA = 25.0
 DEMO_STEPS = 400
@@ -152,7 +161,10 @@ def _add_fit_options(p: argparse.ArgumentParser, *, needs_output: bool = True) -
                     help="save the current image every N steps (needs --frames)")
     io.add_argument("--frames", metavar="DIR", help="folder for --save-every images (created if missing)")
     io.add_argument("--checkpoint", metavar="FILE",
-                    help="save a checkpoint of the fit (for 'dip export' and resuming)")
+                    help="save a checkpoint of the fit (for 'dip export' and 'dip resume'); "
+                         "default when one is needed: OUT.ckpt")
+    io.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                    help="also save the checkpoint every N steps (to --checkpoint or OUT.ckpt)")
     io.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     io.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
 
@@ -213,6 +225,9 @@ def build_parser(hooked: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--flash", required=True, metavar="F", help="image taken with flash (the network's input)")
     p.add_argument("--noflash", required=True, metavar="N", help="image taken without flash (the target)")
     _add_fit_options(p)
+
+    p = sub.add_parser("resume", help="continue an interrupted (or finished) fit from its checkpoint")
+    _add_resume_arguments(p)
 
     p = sub.add_parser("demo", help="restore a bundled example image (noise, sigma 25)",
                        description="Adds Gaussian noise (sigma 25) to a bundled photograph (public domain, "
@@ -485,6 +500,15 @@ class _Job:
     memory_estimate: Optional[int] = None
     allocator_tuned: bool = False
     inputs: Dict[str, str] = dataclasses.field(default_factory=dict)
+    #: where checkpoints go (--checkpoint, or OUT.ckpt); written at the end only when
+    #: ``checkpoint_requested``, mid-fit every ``checkpoint_every`` steps, and on interruption
+    checkpoint_path: Optional[Path] = None
+    checkpoint_requested: bool = False
+    checkpoint_every: Optional[int] = None
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: runs the fit: ``runner(callbacks, **fit_kwargs) -> FitResult``
+    runner: Optional[Callable[..., Any]] = None
+    title: str = ""
 
 
 def _recipe_for(task: str, args) -> Any:
@@ -548,6 +572,7 @@ def _prepare(task: str, args) -> _Job:
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"plot {plot}: the plot is written as PNG", "give it a .png name")
     checkpoint = _check_output_path(args.checkpoint, "checkpoint", force) if args.checkpoint else None
+    checkpoint_path = checkpoint if checkpoint is not None else _implicit_checkpoint(output, force)
     frames = None
     if args.frames is not None:
         frames = Path(args.frames)
@@ -625,9 +650,42 @@ def _prepare(task: str, args) -> _Job:
                          "use a smaller image (crop or resize), or a machine with more memory")
 
     recipe.fit = recipe.fit.updated(device=device)
-    return _Job(task=task, recipe=recipe, observation=observation, info=info, out_hw=out_hw, mask=mask,
-                flash=flash, gt=gt, output=output, report=report, plot=plot, checkpoint=checkpoint,
-                frames=frames, device=device, memory_estimate=estimate, inputs=inputs)
+    job = _Job(task=task, recipe=recipe, observation=observation, info=info, out_hw=out_hw, mask=mask,
+               flash=flash, gt=gt, output=output, report=report, plot=plot, checkpoint=checkpoint,
+               frames=frames, device=device, memory_estimate=estimate, inputs=inputs,
+               checkpoint_path=checkpoint_path,
+               checkpoint_requested=checkpoint is not None or args.checkpoint_every is not None,
+               checkpoint_every=args.checkpoint_every, options=_recorded_options(args, task),
+               title=f"dip {task} ({recipe.name})")
+    mask4 = None if mask is None else mask[None]
+
+    def runner(callbacks, **fit_kwargs):
+        from dip import recipes
+
+        return recipes.run(job.recipe, job.observation, mask=mask4, flash=job.flash, gt=job.gt,
+                           callbacks=callbacks, **fit_kwargs)
+
+    job.runner = runner
+    return job
+
+
+def _implicit_checkpoint(output: Path, force: bool) -> Path:
+    """OUT.ckpt: where a checkpoint goes when --checkpoint is not given. It must not silently
+    replace the checkpoint of an earlier, interrupted fit of the same output."""
+    path = output.with_name(output.name + CHECKPOINT_SUFFIX)
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists (the checkpoint of an earlier fit of {output.name}?)",
+                         f"continue that fit with 'dip resume {path}', or add --force to start afresh")
+    return path
+
+
+def _recorded_options(args, task: str) -> Dict[str, Any]:
+    """The command's options as JSON-like values, recorded in checkpoints."""
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("argv", "process_wide") and isinstance(v, (str, int, float, bool, type(None)))}
+    options["task"] = task
+    options["output"] = str(args.output) if getattr(args, "output", None) else options.get("output")
+    return options
 
 
 def _check_operator(recipe, lr_hw: Tuple[int, int], hr_hw: Tuple[int, int]) -> None:
@@ -660,9 +718,7 @@ def _match_channels(img, channels: int):
     return img.expand(3, -1, -1).contiguous()
 
 
-def _fit(job: _Job, args):
-    from dip import recipes
-
+def _fit(job: _Job, args, stop_event=None):
     callbacks: List[Callable] = []
     bar = ProgressBar(job.recipe.fit.steps, disable=bool(args.quiet) or not sys.stderr.isatty()
                       and not os.environ.get("DIP_PROGRESS"), desc=job.task)
@@ -672,9 +728,12 @@ def _fit(job: _Job, args):
         job.frames.mkdir(exist_ok=True)
         saver = FrameSaver(job.frames, args.save_every)
         callbacks.append(saver)
+    fit_kwargs: Dict[str, Any] = {"stop_event": stop_event}
+    if job.checkpoint_every is not None:
+        fit_kwargs["checkpoint_every"] = job.checkpoint_every
+        fit_kwargs["on_checkpoint"] = lambda partial: _save_checkpoint(job, args, partial)
     try:
-        result = recipes.run(job.recipe, job.observation, mask=None if job.mask is None else job.mask[None],
-                             flash=job.flash, gt=job.gt, callbacks=callbacks)
+        result = job.runner(callbacks, **fit_kwargs)
     finally:
         bar.close()
     return result
@@ -719,6 +778,9 @@ def _report(job: _Job, args, result, psnr_input: Optional[float]) -> Dict[str, A
         "reg_noise_std": fit.reg_noise_std,
         "seed": fit.seed,
         "backtracks": int(getattr(result, "backtracks", 0)),
+        "recoveries": int(getattr(result, "recoveries", 0)),
+        "stop_detail": getattr(result, "stop_detail", ""),
+        "steps_run": int(result.steps_run),
         "inputs": job.inputs,
         "output": str(job.output),
         "size_in": [int(job.observation.shape[-2]), int(job.observation.shape[-1])],
@@ -792,13 +854,12 @@ def _written_form(path: Path, info, bit_depth: Optional[int]) -> Tuple[str, int]
 
 
 def _save_checkpoint(job: _Job, args, result) -> None:
+    """Write ``result`` (finished, interrupted or mid-fit) to the job's checkpoint, atomically."""
     from dip import checkpoint
 
-    options = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
-    options["task"] = job.task
     payload = checkpoint.payload_from_result(result, recipe=job.recipe, observation=job.observation[None],
-                                             image_info=job.info, options=options)
-    checkpoint.save(job.checkpoint, payload)
+                                             image_info=job.info, options=job.options)
+    checkpoint.save(job.checkpoint_path, payload)
 
 
 def _tune_process(args) -> bool:
@@ -823,39 +884,58 @@ def _baseline(job: _Job):
 
 
 def _run_fit(task: str, args) -> int:
-    from dip import io, metrics
-
     job = _prepare(task, args)
+    return _execute(job, args)
+
+
+def _execute(job: _Job, args) -> int:
+    """Fit, then write the image, report, plot and checkpoint; on SIGINT/SIGTERM during the fit,
+    the image so far and the checkpoint, then exit 130/143."""
+    from dip import io, metrics
+    from dip.interrupt import SignalStop
+
+    task = job.task
     job.allocator_tuned = _tune_process(args)
+    fit_config = job.recipe.fit
     _say(args, f"{task}: {_hw(job.observation)} -> {job.out_hw[1]}x{job.out_hw[0]}, recipe {job.recipe.name}, "
-               f"{job.recipe.fit.steps} steps (stop: {job.recipe.fit.stop}), {job.device}, "
-               f"{job.recipe.fit.precision}"
+               f"{fit_config.steps} steps (stop: {fit_config.stop}), {job.device}, {fit_config.precision}"
                + (f", about {_fmt_bytes(job.memory_estimate)}" if job.memory_estimate else ""))
-    result = _fit(job, args)
+    with SignalStop() as stop:  # signals during the writing below wait for it to finish, too
+        result = _fit(job, args, stop_event=stop)
+        interrupted = result.stop_reason == "interrupted"
 
-    image = result.image[0].clamp(0, 1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", io.ImageWarning)
-        io.write_image(job.output, image, job.info, bit_depth=args.bit_depth)
-    for w in caught:  # shown even with --quiet: the file differs from what was asked
-        sys.stderr.write(f"dip: note: {w.message}\n")
+        image = result.image[0].clamp(0, 1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", io.ImageWarning)
+            io.write_image(job.output, image, job.info, bit_depth=args.bit_depth)
+        for w in caught:  # shown even with --quiet: the file differs from what was asked
+            sys.stderr.write(f"dip: note: {w.message}\n")
 
-    psnr_input = None
-    if job.gt is not None:
-        psnr_input = metrics.psnr(_baseline(job), job.gt)
-    if job.report is not None:
-        report = _report(job, args, result, psnr_input)
-        _atomic_write_bytes(job.report, (json.dumps(report, indent=2) + "\n").encode())
-    if job.plot is not None:
-        _plot(job.plot, result, f"dip {task} ({job.recipe.name})")
-    if job.checkpoint is not None:
-        _save_checkpoint(job, args, result)
+        psnr_input = None
+        if job.gt is not None:
+            psnr_input = metrics.psnr(_baseline(job), job.gt)
+        if job.report is not None:
+            report = _report(job, args, result, psnr_input)
+            _atomic_write_bytes(job.report, (json.dumps(_json_safe(report), indent=2) + "\n").encode())
+        if job.plot is not None:
+            _plot(job.plot, result, job.title)
+        if job.checkpoint_requested or interrupted:
+            _save_checkpoint(job, args, result)
 
+    if interrupted:
+        sys.stderr.write(f"dip: {stop.signal_name or 'stop requested'}: stopped after step {result.steps_run} of "
+                         f"{result.config.steps}; wrote the image so far to {job.output} and the checkpoint "
+                         f"{job.checkpoint_path}\ndip: continue with: dip resume {job.checkpoint_path}\n")
+        return stop.exit_code
+    if result.stop_reason == "diverged":
+        sys.stderr.write(f"dip: warning: the fit diverged ({result.stop_detail}); wrote the last good result\n")
     mode, bits = _written_form(job.output, job.info, args.bit_depth)
     line = (f"wrote {job.output} ({job.out_hw[1]}x{job.out_hw[0]}, {mode}, {bits}-bit): "
             f"{result.steps_run} steps in {result.seconds:.1f} s ({result.ms_per_step:.0f} ms/step)")
     if result.stop_reason == "auto":
         line += f", stopped automatically; image of step {result.returned_step}"
+    if result.recoveries:
+        line += f", {result.recoveries} recover{'y' if result.recoveries == 1 else 'ies'}"
     if result.psnr is not None:
         base = "bicubic" if task == "sr" else "input"
         line += f"; PSNR {result.psnr:.2f} dB" + (f" ({base} {psnr_input:.2f} dB)" if psnr_input is not None else "")
@@ -864,6 +944,124 @@ def _run_fit(task: str, args) -> int:
     if not args.quiet:
         print(line)
     return EXIT_OK
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf (e.g. the loss of a recovered step) as null: reports stay strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# resume
+# --------------------------------------------------------------------------------------------
+def _add_resume_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint_in", metavar="CKPT", help="checkpoint of the fit (e.g. OUT.ckpt)")
+    p.add_argument("--steps", type=_positive_int,
+                   help="total number of steps to reach (default: the steps the fit was started with)")
+    io = p.add_argument_group("output")
+    io.add_argument("-o", "--output", metavar="OUT",
+                    help="restored image (default: the output recorded in the checkpoint, replaced)")
+    io.add_argument("--bit-depth", type=int, choices=(8, 16), help="bits per sample of the output")
+    io.add_argument("--force", action="store_true", help="overwrite existing output files")
+    io.add_argument("--gt", metavar="FILE", help="ground-truth image: PSNR/SSIM are shown and reported")
+    io.add_argument("--report", metavar="FILE", help="write a JSON report of the run")
+    io.add_argument("--plot", metavar="FILE", help="write loss and PSNR curves as a PNG")
+    io.add_argument("--save-every", type=_positive_int, metavar="N", help="save the current image every N steps")
+    io.add_argument("--frames", metavar="DIR", help="folder for --save-every images")
+    io.add_argument("--checkpoint", metavar="FILE",
+                    help="where checkpoints go from now on (default: CKPT itself, updated in place)")
+    io.add_argument("--checkpoint-every", type=_positive_int, metavar="N", help="save the checkpoint every N steps")
+    io.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    io.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
+    run = p.add_argument_group("fit")
+    run.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None,
+                     help="device (default: the one the fit ran on; the result is bit-exact only there)")
+    run.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's)")
+
+
+def _prepare_resume(args) -> _Job:
+    import torch
+
+    from dip import io, resume
+
+    source = Path(args.checkpoint_in)
+    if not source.is_file():
+        raise UsageError(f"checkpoint {source} does not exist", "give the .ckpt file a fit wrote")
+    loaded = resume.load(source)
+    recorded = loaded.options
+    if not recorded.get("task"):
+        raise UsageError(f"checkpoint {source} records no command (it was written from Python)",
+                         "continue it from Python with dip.resume.run(dip.resume.load(path))")
+    total = args.steps if args.steps is not None else loaded.config.steps
+    if total <= loaded.steps_run:
+        raise UsageError(f"the fit in {source} already ran {loaded.steps_run} steps (of {loaded.config.steps} planned)",
+                         f"ask for more with --steps N (N > {loaded.steps_run})")
+    force = bool(args.force)
+    recorded_output = recorded.get("output")
+    if args.output is None and not recorded_output:
+        raise UsageError(f"checkpoint {source} records no output file", "give one with -o OUT")
+    same_output = args.output is None or (recorded_output and Path(args.output).resolve() == Path(recorded_output).resolve())
+    output = _check_output_path(args.output or recorded_output, "output", force or bool(same_output), image=True)
+    report = _check_output_path(args.report, "report", force) if args.report else None
+    plot = _check_output_path(args.plot, "plot", force) if args.plot else None
+    if (args.save_every is None) != (args.frames is None):
+        raise UsageError("--save-every and --frames go together", "give both, or neither")
+    frames = Path(args.frames) if args.frames else None
+    checkpoint = None
+    if args.checkpoint:
+        same = Path(args.checkpoint).resolve() == source.resolve()
+        checkpoint = _check_output_path(args.checkpoint, "checkpoint", force or same)
+    device = _resolve_device(args.device) if args.device is not None else loaded.config.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"the fit in {source} ran on CUDA, which is not available here", "add --device cpu")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    info = io.ImageInfo.from_dict(loaded.image_info) if loaded.image_info else None
+    observation = loaded.y[0]
+    x_hw = loaded.physics.x_size(tuple(observation.shape[-2:]))
+    if info is None:
+        info = io.ImageInfo("L" if observation.shape[0] == 1 else "RGB", 8)
+    gt = None
+    gt_path = args.gt
+    if gt_path is not None:
+        gt, _ = _read(gt_path, "--gt")
+        if tuple(gt.shape[-2:]) != tuple(x_hw):
+            raise UsageError(f"the ground truth is {_hw(gt)} but the restored image is {x_hw[1]}x{x_hw[0]}",
+                             "give the ground truth at the output size")
+        if gt.shape[0] != observation.shape[0]:
+            gt = _match_channels(gt, observation.shape[0])
+    options = dict(recorded, output=str(output))
+    recipe = loaded.recipe
+    if recipe is None:
+        from dip import recipes
+
+        recipe = recipes.Recipe(name="(from checkpoint)", task=loaded.task, net=dict(loaded.generator.config),
+                                input_kind="noise", input_depth=int(loaded.z.shape[1]), physics={},
+                                fit=loaded.config)
+    recipe.fit = loaded.config.updated(steps=total, device=device)
+    job = _Job(task=loaded.task, recipe=recipe, observation=observation, info=info, out_hw=tuple(x_hw),
+               gt=gt, output=output, report=report, plot=plot, checkpoint=checkpoint, frames=frames,
+               device=device, inputs={"checkpoint": str(source)},
+               checkpoint_path=checkpoint if checkpoint is not None else source, checkpoint_requested=True,
+               checkpoint_every=args.checkpoint_every, options=options,
+               title=f"dip resume {loaded.task} ({recipe.name})")
+
+    def runner(callbacks, **fit_kwargs):
+        return resume.run(loaded, steps=total, device=device, gt=gt, callbacks=callbacks, **fit_kwargs)
+
+    job.runner = runner
+    return job
+
+
+def _run_resume(args) -> int:
+    return _execute(_prepare_resume(args), args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -997,6 +1195,8 @@ def _dispatch(args) -> int:
     command = args.command
     if command in TASKS:
         return _run_fit(command, args)
+    if command == "resume":
+        return _run_resume(args)
     if command == "demo":
         return _run_demo(args)
     if command == "info":

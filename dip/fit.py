@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -51,7 +51,14 @@ class FitConfig:
     (out_avg <- w * out_avg + (1 - w) * out); ``psnr_every`` is how often (in steps) metrics that
     need a host sync are computed; ``stop="auto"`` enables windowed-variance early stopping with
     ``stop_window``/``stop_patience`` steps; ``compile`` runs the generator through
-    ``torch.compile`` (pays off only for long fits: compiling takes tens of seconds)."""
+    ``torch.compile`` (pays off only for long fits: compiling takes tens of seconds).
+
+    Divergence recovery: a non-finite loss (checked every step), or with ``backtrack`` a fit
+    PSNR that fell by more than ``backtrack_threshold_db`` since the last check (every
+    ``check_every`` steps), restores the parameters and optimiser state of the last good check
+    and multiplies the learning rate by ``recovery_lr_factor`` (1.0 keeps it, as the original
+    does); the ``max_recoveries``-th failure stops the fit with the last good state
+    (``stop_reason == "diverged"``)."""
 
     steps: int = 3000
     lr: float = 0.01
@@ -60,6 +67,8 @@ class FitConfig:
     backtrack: bool = False
     backtrack_threshold_db: float = 5.0
     check_every: int = 10
+    recovery_lr_factor: float = 0.5
+    max_recoveries: int = 8
     tv_weight: float = 0.0
     optimize: str = "net"
     optimizer: str = "adam"
@@ -89,7 +98,9 @@ class FitConfig:
             bad("reg_noise_std", self.reg_noise_std, "a number >= 0")
         if self.exp_weight is not None and not (0.0 <= self.exp_weight < 1.0):
             bad("exp_weight", self.exp_weight, "None or in [0, 1)")
-        for name in ("check_every", "psnr_every", "stop_window", "stop_patience"):
+        if not (isinstance(self.recovery_lr_factor, (int, float)) and 0 < self.recovery_lr_factor <= 1):
+            bad("recovery_lr_factor", self.recovery_lr_factor, "a number in (0, 1]")
+        for name in ("check_every", "psnr_every", "stop_window", "stop_patience", "max_recoveries"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 bad(name, v, "an integer >= 1")
@@ -150,7 +161,11 @@ class FitResult:
         returned_state: state_dict of the generator at the step whose image is returned.
         returned_step, steps_run, stop_reason ("steps" | "auto"), seconds, crop (top, left, H, W).
         psnr, ssim: of ``image`` against the ground truth, when one was given.
-        backtracks: how many times backtracking restored an earlier state.
+        backtracks: how many times the fit PSNR fell by more than the threshold (each restored
+            the last good state); ``recoveries``: all restorations, non-finite losses included.
+        stop_reason: "steps" (ran all steps), "auto" (automatic stopping), "interrupted" (the
+            ``stop_event`` was set; ``resume_state()`` continues it), "diverged" (the
+            ``max_recoveries``-th failure), or "running" (a mid-fit checkpoint).
     """
 
     image: torch.Tensor
@@ -176,6 +191,7 @@ class FitResult:
     rng_state: Optional[torch.Tensor] = None
     backtrack_state: Optional[dict] = None
     stop_detail: str = ""
+    recoveries: int = 0
 
     def resume_state(self) -> dict:
         """What ``fit(..., resume=...)`` needs to continue this fit where it ended (with
@@ -185,7 +201,7 @@ class FitResult:
                 "image_avg": self.image_avg, "stopper_state": self.stopper_state,
                 "backtrack_state": self.backtrack_state, "history": self.history,
                 "returned_state": self.returned_state, "returned_step": self.returned_step,
-                "backtracks": self.backtracks, "seconds": self.seconds}
+                "backtracks": self.backtracks, "recoveries": self.recoveries, "seconds": self.seconds}
 
     @property
     def ms_per_step(self) -> float:
@@ -268,6 +284,10 @@ def _check_observation(y: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"observation y is empty (shape {tuple(y.shape)})")
     if not y.is_floating_point():
         raise TypeError(f"observation y must be a float tensor in [0, 1], got dtype {y.dtype}")
+    if not bool(torch.isfinite(y).all()):
+        bad = int((~torch.isfinite(y)).sum())
+        raise ValueError(f"observation y has {bad} non-finite value(s) (NaN or inf); replace them "
+                         "(e.g. mark them missing with a mask and inpaint)")
     return y
 
 
@@ -292,7 +312,9 @@ def render(generator: nn.Module, z: torch.Tensor, crop, precision: str = "fp32")
 def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tensor,
         config: FitConfig, *, gt: Optional[torch.Tensor] = None,
         callbacks: Sequence[Callable[[StepEvent], None]] = (),
-        resume: Optional[dict] = None) -> FitResult:
+        resume: Optional[dict] = None, stop_event: Optional[Any] = None,
+        checkpoint_every: Optional[int] = None,
+        on_checkpoint: Optional[Callable[["FitResult"], None]] = None) -> FitResult:
     """Fit ``generator`` so that ``physics(G(z))`` matches ``y``.
 
     Args:
@@ -308,11 +330,19 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
         resume: ``FitResult.resume_state()`` of an earlier fit (or the same fields from a
             checkpoint) to continue it up to ``config.steps``; ``generator`` and ``z`` must be
             that fit's. Same seed, CPU, 1 thread: a resumed fit equals an uninterrupted one.
+        stop_event: anything with ``is_set() -> bool`` (e.g. ``threading.Event``), polled after
+            every step; once set the fit ends with ``stop_reason == "interrupted"`` and a result
+            that ``resume_state()`` continues exactly.
+        checkpoint_every, on_checkpoint: every ``checkpoint_every`` steps ``on_checkpoint`` gets
+            the result so far (``stop_reason == "running"``; resumable like a finished one).
 
     Returns:
         ``FitResult``.
     """
     config.validate()
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be an integer >= 1 or None, got {checkpoint_every!r}")
     y = _check_observation(y)
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -372,6 +402,7 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
     best_step = config.steps
 
     backtracks = 0
+    recoveries = 0
     good_psnr: Optional[float] = None
     good = None  # (generator state, optimizer state, z) at the last good check
     first_step = 1
@@ -398,12 +429,20 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
             good_psnr = bt["good_psnr"]
             good = (bt["good_state"], bt["good_optimizer"], bt.get("good_z"))
         backtracks = int(resume.get("backtracks", 0))
+        recoveries = int(resume.get("recoveries", backtracks))
         prior_seconds = float(resume.get("seconds", 0.0))
         old = resume.get("history") or {}
         n_old = len(old.get("loss", []))
         losses[:min(n_old, config.steps)] = torch.tensor(old.get("loss", [])[:config.steps], dtype=losses.dtype)
         for key in ("psnr_step", "psnr", "psnr_avg"):
             history[key] = list(old.get(key, []))
+
+    def snapshot():
+        return (_clone_state(generator), copy.deepcopy(optimizer.state_dict()),
+                z.detach().clone() if z.requires_grad else None)
+
+    if good is None:  # a state to fall back to before the first check
+        good = snapshot()
 
     def closure_body():
         nonlocal out_avg
@@ -424,13 +463,71 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
         total.backward()
         return loss, out
 
+    def restore_last_good(step: int, why: str) -> None:
+        """Parameters, optimiser state (and z) of the last good check; learning rate lowered."""
+        nonlocal recoveries
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        generator.load_state_dict(good[0])
+        optimizer.load_state_dict(good[1])
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr * config.recovery_lr_factor
+        if good[2] is not None:
+            with torch.no_grad():
+                z.copy_(good[2])
+        recoveries += 1
+        log.info("step %d: %s; restored the state of the last good check, learning rate now %.3g "
+                 "(recovery %d of at most %d)", step, why, optimizer.param_groups[0]["lr"], recoveries,
+                 config.max_recoveries)
+
+    def assemble(stop_reason: str, steps_run: int, detail: str) -> FitResult:
+        """The result of the fit as it stands after ``steps_run`` steps (no state is changed)."""
+        image_plain = render(generator, z.detach(), crop, "fp32")  # always rendered in fp32
+        if stopper is not None:
+            stopper.finalize()
+        held = stopper is not None and (stop_reason == "auto" or (
+            stop_reason == "interrupted" and stopper.best_output is not None))
+        if held:  # the image at the variance minimum: the best guess so far
+            image = stopper.best_output.detach().float().clone()
+            ret_step = int(stopper.returned_step)
+            returned_state = best_state if best_state is not None else _clone_state(generator)
+        else:
+            image = out_avg.clone() if out_avg is not None else image_plain
+            ret_step = steps_run
+            returned_state = _clone_state(generator)
+        hist = {key: list(value) for key, value in history.items()}
+        hist["step"] = list(range(1, steps_run + 1))
+        hist["loss"] = losses[:steps_run].cpu().tolist()
+        res = FitResult(
+            image=image.cpu(), image_plain=image_plain.cpu(),
+            image_avg=out_avg.cpu().clone() if out_avg is not None else None,
+            history=hist, generator=generator, z=z.detach(), returned_state=returned_state,
+            returned_step=ret_step, steps_run=steps_run, stop_reason=stop_reason,
+            seconds=prior_seconds + time.perf_counter() - start,
+            crop=crop, config=config, backtracks=backtracks, recoveries=recoveries,
+            optimizer_state=copy.deepcopy(optimizer.state_dict()),
+            stopper_state=stopper.state_dict() if stopper is not None else None,
+            stop_detail=detail, rng_state=rng.get_state(),
+            backtrack_state={"good_psnr": good_psnr, "good_state": good[0], "good_optimizer": good[1],
+                             "good_z": good[2]},
+        )
+        if gt is not None:
+            from dip.metrics import psnr as _psnr, ssim as _ssim
+            res.psnr = _psnr(res.image, gt.cpu())
+            try:
+                res.ssim = _ssim(res.image, gt.cpu())
+            except ValueError:
+                res.ssim = None
+        return res
+
     start = time.perf_counter()
     step = first_step - 1
     stop_reason = "steps"
+    detail = ""
     for step in range(first_step, config.steps + 1):
         if lbfgs_from is not None and step == lbfgs_from + 1:
             optimizer = torch.optim.LBFGS(params, lr=config.lr, max_iter=1, tolerance_grad=-1,
                                           tolerance_change=-1, history_size=100)
+            good = snapshot()  # the Adam state of earlier checks does not fit LBFGS
         holder = {}
 
         def closure():
@@ -445,6 +542,30 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
             optimizer.step()
         loss, out = holder["loss"].detach(), holder["out"].detach()
         losses[step - 1] = loss
+        loss_value = float(loss)  # one host sync per step: a non-finite loss must not spread
+        failure = None
+        if not math.isfinite(loss_value):
+            failure = f"the loss is {loss_value}"
+        elif step % config.check_every == 0:
+            fit_psnr = -10.0 * math.log10(max(loss_value, 1e-20))
+            if (config.backtrack and good_psnr is not None
+                    and fit_psnr < good_psnr - config.backtrack_threshold_db):
+                failure = f"the fit PSNR fell {good_psnr - fit_psnr:.1f} dB since the last check"
+                backtracks += 1
+            else:
+                good_psnr = fit_psnr
+                good = snapshot()
+        if failure is not None:
+            restore_last_good(step, failure)
+            if recoveries >= config.max_recoveries:
+                stop_reason = "diverged"
+                detail = (f"stopped at step {step}: {failure}, the {recoveries}th failure "
+                          f"(max_recoveries {config.max_recoveries}); kept the last good state")
+                log.warning("%s", detail)
+                break
+            if not math.isfinite(loss_value):
+                continue  # this step's output is not an image: keep it out of averages
+
         if config.exp_weight is not None:
             if out_avg is None:
                 out_avg = out.clone()
@@ -458,22 +579,6 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
             history["psnr"].append(last_psnr)
             history["psnr_avg"].append(_psnr(out_avg, gt) if out_avg is not None else last_psnr)
 
-        if config.backtrack and step % config.check_every == 0:
-            fit_psnr = -10.0 * math.log10(max(loss.item(), 1e-20))
-            if good_psnr is not None and fit_psnr < good_psnr - config.backtrack_threshold_db:
-                generator.load_state_dict(good[0])
-                optimizer.load_state_dict(good[1])
-                if good[2] is not None:
-                    with torch.no_grad():
-                        z.copy_(good[2])
-                backtracks += 1
-                log.info("step %d: fit PSNR fell %.1f dB, restored the state of the last check",
-                         step, good_psnr - fit_psnr)
-            else:
-                good_psnr = fit_psnr
-                good = (_clone_state(generator), copy.deepcopy(optimizer.state_dict()),
-                        z.detach().clone() if z.requires_grad else None)
-
         if stopper is not None:
             # the variance is watched on the raw outputs; the image kept at the minimum is the
             # one the fit returns (the averaged output when averaging is on)
@@ -482,46 +587,21 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
                 best_state = _clone_state(generator)
             if should_stop:
                 stop_reason = "auto"
+                detail = stopper.reason
                 break
 
         for cb, every in zip(callbacks, cb_every):
             if step % every == 0 or step == config.steps:
                 cb(StepEvent(step, config.steps, loss, out, out_avg, last_psnr))
 
-    seconds = prior_seconds + time.perf_counter() - start
-    steps_run = step
-    image_plain = render(generator, z.detach(), crop, "fp32")  # always rendered in fp32
-    if stopper is not None:
-        stopper.finalize()
-    if stopper is not None and stop_reason == "auto":
-        image = stopper.best_output.detach().float().clone()
-        best_step = int(stopper.returned_step)
-        returned_state = best_state if best_state is not None else _clone_state(generator)
-    else:
-        image = out_avg.clone() if out_avg is not None else image_plain
-        best_step = steps_run
-        returned_state = _clone_state(generator)
+        if stop_event is not None and stop_event.is_set() and step < config.steps:
+            stop_reason = "interrupted"
+            detail = f"interrupted after step {step} of {config.steps}"
+            break
+        if (on_checkpoint is not None and checkpoint_every is not None and step % checkpoint_every == 0
+                and step < config.steps):
+            on_checkpoint(assemble("running", step, f"checkpoint at step {step} of {config.steps}"))
 
-    history["step"] = list(range(1, steps_run + 1))
-    history["loss"] = losses[:steps_run].cpu().tolist()
-    result = FitResult(
-        image=image.cpu(), image_plain=image_plain.cpu(),
-        image_avg=out_avg.cpu() if out_avg is not None else None,
-        history=history, generator=generator, z=z.detach(), returned_state=returned_state,
-        returned_step=best_step, steps_run=steps_run, stop_reason=stop_reason, seconds=seconds,
-        crop=crop, config=config, backtracks=backtracks,
-        optimizer_state=optimizer.state_dict(),
-        stopper_state=stopper.state_dict() if stopper is not None else None,
-        stop_detail=stopper.reason if stop_reason == "auto" else f"ran all {steps_run} steps",
-        rng_state=rng.get_state(),
-        backtrack_state=None if good is None else {"good_psnr": good_psnr, "good_state": good[0],
-                                                   "good_optimizer": good[1], "good_z": good[2]},
-    )
-    if gt is not None:
-        from dip.metrics import psnr as _psnr, ssim as _ssim
-        result.psnr = _psnr(result.image, gt.cpu())
-        try:
-            result.ssim = _ssim(result.image, gt.cpu())
-        except ValueError:
-            result.ssim = None
-    return result
+    if stop_reason == "steps":
+        detail = f"ran all {step} steps"
+    return assemble(stop_reason, step, detail)
