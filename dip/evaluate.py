@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -70,7 +71,8 @@ from dip import metrics, recipes, stopping
 log = logging.getLogger(__name__)
 
 __all__ = ["TASKS", "BUILTIN_IMAGES", "Case", "builtin_images", "load_images", "make_case",
-           "baseline", "run_case", "evaluate", "format_table", "write_csv", "add_arguments", "run"]
+           "baseline", "run_case", "evaluate", "format_table", "write_csv", "write_curves",
+           "CURVES_FORMAT", "add_arguments", "run"]
 
 #: case kind -> (recipe name, task, parameter)
 TASKS: Dict[str, Dict] = {
@@ -288,11 +290,19 @@ def _metric_kwargs(case: Case, metric: str) -> dict:
 
 class _Observer:
     """Fit callback: replays automatic stopping (see the module docstring) and records the
-    PSNR-versus-step curve."""
+    PSNR-versus-step curve.
+
+    With ``curve_windows`` (window sizes W) it also records, at the curve's steps and for each
+    W, the ES-WMV variance of the last W plain outputs (``var``: exactly what a stopper with
+    that window sees; NaN before W outputs) and the PSNR of their mean (``psnr_wmean``): the
+    series from which ``benchmarks/tune_stopping.py`` replays stopping rules offline.  One
+    never-stopping ``WindowedVarianceStopper`` per W observes every step (O(n) per step each,
+    plus W stored outputs)."""
 
     every = 1
 
-    def __init__(self, config, gt: torch.Tensor, metric_kw: dict, curve_every: int):
+    def __init__(self, config, gt: torch.Tensor, metric_kw: dict, curve_every: int,
+                 curve_windows: Sequence[int] = ()):
         self.stopper = stopping.from_config(config)
         self.gt = gt
         self.kw = metric_kw
@@ -302,17 +312,29 @@ class _Observer:
         self.stop_seconds: Optional[float] = None
         self.stop_image: Optional[torch.Tensor] = None
         self.curve: Dict[str, list] = {"step": [], "psnr": [], "psnr_avg": []}
+        self.probes = {int(w): stopping.WindowedVarianceStopper(window=int(w), patience=10 ** 9)
+                       for w in curve_windows}
+        if self.probes:
+            self.curve["var"] = {w: [] for w in self.probes}
+            self.curve["psnr_wmean"] = {w: [] for w in self.probes}
 
     def __call__(self, ev) -> None:
         if self.stop_step is None and self.stopper.update(ev.step, ev.output):
             self.stop_step = ev.step
             self.stop_seconds = time.perf_counter() - self.start
             self.stop_image = self.stopper.best_output.detach().float().clone().cpu()
+        for probe in self.probes.values():
+            probe.update(ev.step, ev.output)
         if ev.step % self.curve_every == 0 or ev.step == ev.steps or ev.step == 1:
             self.curve["step"].append(ev.step)
             self.curve["psnr"].append(metrics.psnr(ev.output, self.gt, **self.kw))
             self.curve["psnr_avg"].append(
                 metrics.psnr(ev.output_avg, self.gt, **self.kw) if ev.output_avg is not None else math.nan)
+            for w, probe in self.probes.items():
+                var, mean = probe.variance, probe.window_mean()
+                self.curve["var"][w].append(math.nan if var is None else var)
+                self.curve["psnr_wmean"][w].append(
+                    math.nan if mean is None else metrics.psnr(mean, self.gt, **self.kw))
 
 
 def _scores(prefix: str, img: Optional[torch.Tensor], gt: torch.Tensor, kw: dict) -> dict:
@@ -323,24 +345,30 @@ def _scores(prefix: str, img: Optional[torch.Tensor], gt: torch.Tensor, kw: dict
 
 def run_case(case: Case, *, steps: Optional[int] = None, metric: str = "rgb",
              stop_window: Optional[int] = None, stop_patience: Optional[int] = None,
-             curve_every: int = 1, plot_path: Optional[str | os.PathLike] = None,
-             **fit_overrides) -> dict:
+             curve_every: int = 1, curve_windows: Sequence[int] = (),
+             plot_path: Optional[str | os.PathLike] = None, **fit_overrides) -> dict:
     """Evaluate one case: degraded input, baseline, DIP fixed steps and DIP auto-stop.
 
     Args:
         steps: step count of the fixed run (and cap of the auto run); default the recipe's.
         stop_window, stop_patience: ES-WMV settings; default the recipe's ``FitConfig``.
         curve_every: PSNR-versus-step sampling (steps).
+        curve_windows: window sizes W for which the curve also records the windowed variance
+            and the PSNR of the window mean (``curve["var"][W]``, ``curve["psnr_wmean"][W]``);
+            when not empty the recipe's own W is always added.  Empty (default): not recorded.
         plot_path: write the PSNR-versus-step plot (PNG) there.
         **fit_overrides: further ``recipes.get`` overrides: ``FitConfig`` fields (device,
             precision, ...) or ``net_options``.
     Returns:
         a flat dict (one table/CSV row): case, image, seed, recipe, size, *_psnr, *_ssim,
         fixed_steps, fixed_seconds, auto_steps, auto_return_step, auto_seconds, peak_psnr,
-        peak_step, stop_reason, and ``curve`` (dict of lists; not written to CSV).
+        peak_step, stop_reason, exp_weight, stop_window, stop_patience, and ``curve``
+        (dict: ``step``, ``psnr``, ``psnr_avg`` lists of equal length, and with
+        ``curve_windows`` ``var`` and ``psnr_wmean``, dicts {W: list}; not written to CSV).
     """
     if isinstance(curve_every, bool) or not isinstance(curve_every, int) or curve_every < 1:
         raise ValueError(f"curve_every must be an integer >= 1, got {curve_every!r}")
+    curve_windows = _windows(curve_windows)
     kw = _metric_kwargs(case, metric)
     overrides = dict(fit_overrides, seed=case.seed, stop="steps")
     if steps is not None:
@@ -350,7 +378,9 @@ def run_case(case: Case, *, steps: Optional[int] = None, metric: str = "rgb",
     if stop_patience is not None:
         overrides["stop_patience"] = stop_patience
     recipe = recipes.get(case.recipe, **overrides)
-    observer = _Observer(recipe.fit, case.gt, kw, curve_every)
+    if curve_windows:
+        curve_windows = sorted(set(curve_windows) | {int(recipe.fit.stop_window)})
+    observer = _Observer(recipe.fit, case.gt, kw, curve_every, curve_windows)
     result = recipes.run(recipe, case.observation, mask=case.mask, gt=case.gt, callbacks=[observer])
     fixed_seconds = time.perf_counter() - observer.start
 
@@ -377,10 +407,21 @@ def run_case(case: Case, *, steps: Optional[int] = None, metric: str = "rgb",
                 "auto_steps": auto_steps, "auto_return_step": auto_ret, "auto_seconds": auto_seconds,
                 "peak_psnr": float(vals[peak_i]) if len(vals) else math.nan,
                 "peak_step": int(curve["step"][peak_i]) if len(vals) else 0,
-                "stop_reason": reason, "curve": curve})
+                "stop_reason": reason, "exp_weight": recipe.fit.exp_weight,
+                "stop_window": int(recipe.fit.stop_window),
+                "stop_patience": int(recipe.fit.stop_patience), "curve": curve})
     if plot_path is not None:
         plot_curve(row, plot_path)
     return row
+
+
+def _windows(values: Sequence[int]) -> List[int]:
+    out = []
+    for w in values:
+        if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 2:
+            raise ValueError(f"curve windows must be integers >= 2, got {w!r} in {list(values)!r}")
+        out.append(int(w))
+    return out
 
 
 def plot_curve(row: dict, path: str | os.PathLike) -> None:
@@ -422,7 +463,8 @@ def evaluate(cases: Iterable[str] = tuple(TASKS), images: Optional[Sequence[Tupl
              *, size: int = 128, steps: Optional[int] = None, seeds: Sequence[int] = (0,),
              metric: str = "rgb", plots: Optional[str | os.PathLike] = None,
              stop_window: Optional[int] = None, stop_patience: Optional[int] = None,
-             curve_every: int = 1, progress: Optional[Callable[[dict], None]] = None,
+             curve_every: int = 1, curve_windows: Sequence[int] = (),
+             progress: Optional[Callable[[dict], None]] = None,
              **fit_overrides) -> List[dict]:
     """Run every (case kind, image, seed) and return one row (dict) per run.
 
@@ -430,7 +472,8 @@ def evaluate(cases: Iterable[str] = tuple(TASKS), images: Optional[Sequence[Tupl
         cases: keys of ``TASKS``.
         images: [(name, (C, H, W) float tensor in [0, 1])]; default ``builtin_images(size)``.
         size: crop size of the built-in images (ignored when ``images`` is given).
-        steps, stop_window, stop_patience, curve_every, **fit_overrides: see ``run_case``.
+        steps, stop_window, stop_patience, curve_every, curve_windows, **fit_overrides: see
+            ``run_case``.
         seeds: seeds to run (degradation and fit).
         metric: "rgb" or "y".
         plots: directory for one PSNR-versus-step PNG per run.
@@ -453,7 +496,7 @@ def evaluate(cases: Iterable[str] = tuple(TASKS), images: Optional[Sequence[Tupl
                 log.info("evaluating %s", case.name)
                 row = run_case(case, steps=steps, metric=metric, stop_window=stop_window,
                                stop_patience=stop_patience, curve_every=curve_every,
-                               plot_path=plot, **fit_overrides)
+                               curve_windows=curve_windows, plot_path=plot, **fit_overrides)
                 rows.append(row)
                 if progress is not None:
                     progress(row)
@@ -516,6 +559,65 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
 
 
+#: value of the "format" key of a curves file
+CURVES_FORMAT = "dip-eval-curves/1"
+
+
+def _round(values: Sequence[float], digits: Optional[int] = None, sig: Optional[int] = None) -> list:
+    """Floats for JSON: NaN/inf -> None; ``digits`` decimals or ``sig`` significant digits."""
+    out = []
+    for v in values:
+        v = float(v)
+        if not math.isfinite(v):
+            out.append(None)
+        elif sig is not None:
+            out.append(float(f"{v:.{sig}g}"))
+        else:
+            out.append(round(v, digits))
+    return out
+
+
+def curves_document(rows: Sequence[dict]) -> dict:
+    """The curves file's content (see ``write_curves``) as a JSON-ready dict."""
+    runs = []
+    for r in rows:
+        c = r["curve"]
+        series = {"step": [int(s) for s in c["step"]], "psnr": _round(c["psnr"], 4),
+                  "psnr_avg": _round(c["psnr_avg"], 4)}
+        if "var" in c:
+            series["var"] = {str(w): _round(v, sig=5) for w, v in c["var"].items()}
+            series["psnr_wmean"] = {str(w): _round(v, 4) for w, v in c["psnr_wmean"].items()}
+        runs.append({
+            "case": r["case"], "image": r["image"], "seed": int(r["seed"]), "recipe": r["recipe"],
+            "size": r["size"], "metric": r["metric"], "exp_weight": r.get("exp_weight"),
+            "stop_window": r.get("stop_window"), "stop_patience": r.get("stop_patience"),
+            "steps_run": int(r["fixed_steps"]), "fixed_psnr": _round([r["fixed_psnr"]], 4)[0],
+            "auto_psnr": _round([r["auto_psnr"]], 4)[0], "auto_steps": int(r["auto_steps"]),
+            "auto_return_step": r["auto_return_step"], "peak_psnr": _round([r["peak_psnr"]], 4)[0],
+            "peak_step": int(r["peak_step"]), "series": series})
+    return {"format": CURVES_FORMAT, "runs": runs}
+
+
+def write_curves(rows: Sequence[dict], path: str | os.PathLike) -> None:
+    """Write the per-step series of ``evaluate`` rows as compact JSON, for replaying stopping
+    rules offline (``benchmarks/tune_stopping.py``).
+
+    Layout: ``{"format": CURVES_FORMAT, "runs": [run, ...]}``, one run per row with its
+    identity (case, image, seed, recipe, size, metric), the fit settings (exp_weight,
+    stop_window, stop_patience), the results (steps_run, fixed_psnr, auto_psnr, auto_steps,
+    auto_return_step, peak_psnr, peak_step) and ``series``: equal-length lists ``step`` (int),
+    ``psnr`` (plain output, dB), ``psnr_avg`` (averaged output, dB; null without averaging),
+    and when recorded (``curve_windows``) ``var`` and ``psnr_wmean``: {str(W): list}, the
+    windowed variance of the last W plain outputs (5 significant digits; null before the
+    window is full) and the PSNR of their mean.  PSNRs are rounded to 1e-4 dB.
+    """
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(curves_document(rows), fh, separators=(",", ":"), allow_nan=False)
+
+
 # ---------------------------------------------------------------------------------- CLI
 
 
@@ -546,11 +648,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated seeds (degradation and fit), default 0")
     parser.add_argument("--metric", choices=("rgb", "y"), default="rgb",
                         help="rgb: all channels; y: luma PSNR/SSIM, 4-px border for sr (the paper's)")
-    parser.add_argument("--stop-window", type=int, default=None, help="ES-WMV window W (default 100)")
-    parser.add_argument("--stop-patience", type=int, default=None, help="ES-WMV patience P (default 1000)")
+    parser.add_argument("--stop-window", type=int, default=None, help="ES-WMV window W (default: the recipe's, 200 for denoising)")
+    parser.add_argument("--stop-patience", type=int, default=None, help="ES-WMV patience P (default: the recipe's, 500 for denoising)")
     parser.add_argument("--curve-every", type=int, default=1, help="PSNR-curve sampling in steps")
     parser.add_argument("--csv", metavar="PATH", default=None, help="write the results as CSV")
     parser.add_argument("--plots", metavar="DIR", default=None, help="write a PSNR-vs-step PNG per run")
+    parser.add_argument("--curves", metavar="FILE.json", default=None,
+                        help="write every run's per-step PSNR (plain, averaged, window means) and "
+                             "windowed output variance as JSON, for benchmarks/tune_stopping.py")
+    parser.add_argument("--curve-windows", type=_int_list, default=[50, 100, 200], metavar="W0,W1,...",
+                        help="with --curves: windows W whose variance and mean are recorded "
+                             "(default 50,100,200; the recipe's W is always added)")
     parser.add_argument("--device", default="cpu", help="torch device for the fits (default cpu)")
 
 
@@ -575,6 +683,7 @@ def run(args: argparse.Namespace) -> int:
         rows = evaluate(args.cases, images, steps=args.steps, seeds=args.seeds, metric=args.metric,
                         plots=args.plots, stop_window=args.stop_window,
                         stop_patience=args.stop_patience, curve_every=args.curve_every,
+                        curve_windows=args.curve_windows if args.curves else (),
                         progress=progress, device=args.device)
     except ValueError as exc:
         sys.stderr.write(f"dip eval: error: {exc}\n")
@@ -582,4 +691,6 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(format_table(rows) + "\n")
     if args.csv:
         write_csv(rows, args.csv)
+    if args.curves:
+        write_curves(rows, args.curves)
     return 0

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 import dip.ops
 from dip.physics import Mask
-from dip.runtime import autocast_context, bf16_is_native, make_adam, use_channels_last
+from dip.runtime import FastStep, autocast_context, make_adam, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -363,9 +363,6 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
     channels_last = config.channels_last and use_channels_last(generator, config.precision, device,
                                                                config.optimizer)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if config.precision == "bf16" and not bf16_is_native(device):
-        log.warning("precision bf16 on a %s without bf16 arithmetic (AVX512-BF16/AMX): it is emulated "
-                    "there and runs many times slower than fp32; use precision fp32", device.type)
     generator.to(device=device, memory_format=memory_format).train()
     physics.to(device)
     y = y.to(device=device, dtype=torch.float32)
@@ -385,9 +382,12 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
     optimizer = make_adam(params, 0.001 if use_lbfgs else config.lr)
     lbfgs_from = min(config.lbfgs_warmup_steps, config.steps) if use_lbfgs else None
 
-    forward = torch.compile(generator) if config.compile else generator
-    noise = torch.zeros_like(z) if config.reg_noise_std > 0 else None
-    net_input = torch.empty_like(z) if noise is not None else z
+    regularizer = (lambda out: config.tv_weight * tv_loss(out)) if config.tv_weight else None
+    # the step itself (reg noise, forward under autocast, loss, backward, optimiser): FastStep
+    fast = FastStep(torch.compile(generator) if config.compile else generator, z,
+                    lambda out: data_loss(physics, out, y), reg_noise_std=config.reg_noise_std,
+                    precision=config.precision, channels_last=channels_last, params=params,
+                    generator_rng=rng, crop=crop, optimizer=optimizer, regularizer=regularizer)
     out_avg: Optional[torch.Tensor] = None
     losses = torch.zeros(config.steps, device=device)
     history: Dict[str, List[float]] = {"psnr_step": [], "psnr": [], "psnr_avg": []}
@@ -413,8 +413,8 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
             raise ValueError(f"cannot resume: the fit already ran {first_step - 1} steps and config.steps is "
                              f"{config.steps}; ask for more steps")
         if lbfgs_from is not None and first_step > lbfgs_from + 1:
-            optimizer = torch.optim.LBFGS(params, lr=config.lr, max_iter=1, tolerance_grad=-1,
-                                          tolerance_change=-1, history_size=100)
+            optimizer = fast.optimizer = torch.optim.LBFGS(params, lr=config.lr, max_iter=1, tolerance_grad=-1,
+                                                           tolerance_change=-1, history_size=100)
         if resume.get("optimizer_state") is not None:
             optimizer.load_state_dict(resume["optimizer_state"])
         if resume.get("rng_state") is not None:
@@ -443,25 +443,6 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
 
     if good is None:  # a state to fall back to before the first check
         good = snapshot()
-
-    def closure_body():
-        nonlocal out_avg
-        if noise is not None:
-            # N(0, std^2) drawn in place, then z + noise: the original's rounding, bit for bit
-            noise.normal_(0.0, config.reg_noise_std, generator=rng)
-            if z.requires_grad:  # the code is optimised too: keep it in the graph
-                net_in = z + noise
-            else:
-                net_in = torch.add(z, noise, out=net_input)
-        else:
-            net_in = z
-        with autocast_context(config.precision, device):
-            out_full = forward(net_in)
-        out = out_full.float()[:, :, crop[0]:crop[0] + crop[2], crop[1]:crop[1] + crop[3]]
-        loss = data_loss(physics, out, y)
-        total = loss + config.tv_weight * tv_loss(out) if config.tv_weight else loss
-        total.backward()
-        return loss, out
 
     def restore_last_good(step: int, why: str) -> None:
         """Parameters, optimiser state (and z) of the last good check; learning rate lowered."""
@@ -525,22 +506,10 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
     detail = ""
     for step in range(first_step, config.steps + 1):
         if lbfgs_from is not None and step == lbfgs_from + 1:
-            optimizer = torch.optim.LBFGS(params, lr=config.lr, max_iter=1, tolerance_grad=-1,
-                                          tolerance_change=-1, history_size=100)
+            optimizer = fast.optimizer = torch.optim.LBFGS(params, lr=config.lr, max_iter=1, tolerance_grad=-1,
+                                                           tolerance_change=-1, history_size=100)
             good = snapshot()  # the Adam state of earlier checks does not fit LBFGS
-        holder = {}
-
-        def closure():
-            optimizer.zero_grad(set_to_none=True)
-            holder["loss"], holder["out"] = closure_body()
-            return holder["loss"]
-
-        if isinstance(optimizer, torch.optim.LBFGS):
-            optimizer.step(closure)
-        else:
-            closure()
-            optimizer.step()
-        loss, out = holder["loss"].detach(), holder["out"].detach()
+        loss, out = fast()
         losses[step - 1] = loss
         loss_value = float(loss)  # one host sync per step: a non-finite loss must not spread
         failure = None

@@ -270,7 +270,10 @@ class FastStep:
             grad); pass z here (with ``requires_grad``) to optimise the input too.
         generator_rng: ``torch.Generator`` for the reg noise (default: a new one seeded 0).
         crop: optional (top, left, h, w) of the output that the loss and ``out`` see.
-        optimizer: an optimiser over ``params`` to use instead of :func:`make_adam`'s.
+        optimizer: an optimiser over ``params`` to use instead of :func:`make_adam`'s (it may be
+            replaced later through the ``optimizer`` attribute, e.g. by LBFGS).
+        regularizer: optional ``regularizer(out) -> 0-dim tensor`` added to the objective that
+            is differentiated (e.g. total variation) but not to the returned loss.
 
     Calling the step runs: ``zero_grad(set_to_none=True)``; noise drawn in place into a
     preallocated NCHW buffer (``noise.normal_(0, std)``) and ``net_input = z + noise`` written
@@ -285,7 +288,8 @@ class FastStep:
                  params: Optional[Sequence[torch.Tensor]] = None,
                  generator_rng: Optional[torch.Generator] = None,
                  crop: Optional[Tuple[int, int, int, int]] = None,
-                 optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+                 optimizer: Optional[torch.optim.Optimizer] = None,
+                 regularizer: Optional[LossFn] = None) -> None:
         check_precision(precision)
         if not isinstance(z, torch.Tensor) or z.dim() != 4:
             raise ValueError(f"z must be a 4-D tensor (N, D, H, W), got "
@@ -302,6 +306,7 @@ class FastStep:
         self.generator = generator.to(memory_format=self.memory_format).train()
         self.z = z if z.requires_grad else z.contiguous(memory_format=self.memory_format)
         self.loss_fn = loss_fn
+        self.regularizer = regularizer
         self.precision = precision
         self.device = z.device
         self.reg_noise_std = float(reg_noise_std)
@@ -341,15 +346,28 @@ class FastStep:
         return out
 
     def closure(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Zero the gradients (to None), forward, loss, backward. Returns (loss, out)."""
+        """Zero the gradients (to None), forward, loss (+ regularizer), backward.
+        Returns (loss, out), the loss without the regularizer."""
         self.optimizer.zero_grad(set_to_none=True)
         out = self.forward()
         loss = self.loss_fn(out)
-        loss.backward()
+        objective = loss + self.regularizer(out) if self.regularizer is not None else loss
+        objective.backward()
         return loss, out
 
     def __call__(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One full step; returns (loss, out) detached (0-dim and (N, C, h, w) float32)."""
-        loss, out = self.closure()
-        self.optimizer.step()
+        """One full step; returns (loss, out) detached (0-dim and (N, C, h, w) float32).
+        Optimisers that re-evaluate (LBFGS) get the closure; the last evaluation is returned."""
+        if isinstance(self.optimizer, torch.optim.LBFGS):
+            held = {}
+
+            def closure():
+                held["loss"], held["out"] = self.closure()
+                return held["loss"]
+
+            self.optimizer.step(closure)
+            loss, out = held["loss"], held["out"]
+        else:
+            loss, out = self.closure()
+            self.optimizer.step()
         return loss.detach(), out.detach()

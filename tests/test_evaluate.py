@@ -151,3 +151,89 @@ def test_run_reports_bad_arguments(capsys):
     assert "--size must be at least 8" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown case"):
         ev.evaluate(["denoise7"], [("x", torch.zeros(3, 8, 8))])
+
+
+def _tune_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tune_stopping.py"
+    spec = importlib.util.spec_from_file_location("tune_stopping", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, mod)  # dataclasses look their module up there
+    spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules[spec.name]
+
+
+def test_observer_records_window_variance_and_window_mean_psnr():
+    """With curve windows the curve holds, per window W and step, the ES-WMV variance of the
+    last W plain outputs and the PSNR of their mean (NaN before the window is full)."""
+    from types import SimpleNamespace
+
+    from dip.stopping import windowed_variance
+
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(3, 8, 8, generator=g)
+    outs = [(gt + 0.05 * (1 + t % 3) * torch.randn(1, 3, 8, 8, generator=g)).clamp(0, 1)
+            for t in range(9)]
+    cfg = recipes.get("denoise", stop_window=3, stop_patience=50).fit
+    obs = ev._Observer(cfg, gt, {}, 1, [2, 3])
+    for t, x in enumerate(outs, start=1):
+        obs(SimpleNamespace(step=t, steps=9, output=x, output_avg=x))
+    c = obs.curve
+    assert c["step"] == list(range(1, 10)) and set(c["var"]) == {2, 3}
+    for w in (2, 3):
+        assert all(math.isnan(v) for v in c["var"][w][:w - 1] + c["psnr_wmean"][w][:w - 1])
+        for i in range(w - 1, 9):
+            win = torch.stack(outs[i - w + 1:i + 1])
+            assert c["var"][w][i] == pytest.approx(windowed_variance(win), rel=1e-9)
+            assert c["psnr_wmean"][w][i] == pytest.approx(metrics.psnr(win.mean(0), gt), abs=1e-4)
+
+
+def test_curves_file_replays_the_recorded_auto_stop(tmp_path):
+    """`evaluate(curve_windows=...)` + `write_curves`: compact JSON whose series replay (with
+    benchmarks/tune_stopping.py) to the auto-stop result the run itself recorded."""
+    import json
+
+    rows = ev.evaluate(["denoise25"], [("astronaut", ev.builtin_images(32, ["astronaut"])[0][1])],
+                       steps=20, stop_window=3, stop_patience=4, curve_windows=[2],
+                       net_options=NARROW)
+    (row,) = rows
+    assert row["auto_steps"] < 20  # the rule fired
+    path = tmp_path / "c.json"
+    ev.write_curves(rows, path)
+    doc = json.loads(path.read_text())
+    assert doc["format"] == ev.CURVES_FORMAT
+    (run,) = doc["runs"]
+    s = run["series"]
+    assert s["step"] == list(range(1, 21)) and sorted(s["var"]) == ["2", "3"]
+    assert len(s["psnr"]) == len(s["psnr_avg"]) == len(s["var"]["3"]) == len(s["psnr_wmean"]["2"]) == 20
+    assert s["var"]["3"][:2] == [None, None] and s["var"]["3"][2] > 0
+    assert all(round(p, 4) == p for p in s["psnr"])
+    assert (run["stop_window"], run["stop_patience"], run["exp_weight"]) == (3, 4, 0.99)
+
+    tune = _tune_module()
+    (loaded,) = tune.load([str(path)])
+    current = next(r for r, mark in tune.reference_rules(3, 4).items() if mark == "*")
+    psnr, steps, returned = tune.replay(loaded, current, {})
+    assert (steps, returned) == (row["auto_steps"], row["auto_return_step"])
+    assert psnr == pytest.approx(row["auto_psnr"], abs=2e-4)
+    assert tune.main([str(path), "--tune-seeds", "0", "--test-seeds", "1", "--top", "3",
+                      "--patience", "4", "--delays", "0,2"]) == 0
+
+
+def test_dip_eval_curves_option(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    ev.add_arguments(parser)
+    args = parser.parse_args(["--size", "32", "--steps", "4", "--cases", "denoise25", "--builtin",
+                              "astronaut", "--stop-window", "3", "--curves", str(tmp_path / "c.json"),
+                              "--curve-windows", "2"])
+    assert ev.run(args) == 0
+    import json
+
+    (run,) = json.loads((tmp_path / "c.json").read_text())["runs"]
+    assert run["image"] == "astronaut" and sorted(run["series"]["var"]) == ["2", "3"]
+    assert ev.run(parser.parse_args(["--size", "32", "--steps", "4", "--curves", "x.json",
+                                     "--curve-windows", "1"])) == 2
+    assert "curve windows must be integers >= 2" in capsys.readouterr().err

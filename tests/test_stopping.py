@@ -270,3 +270,17 @@ def test_policy_from_config():
     assert torch.equal(plain.best_output, outs[b])
     with pytest.raises(TypeError, match="stop_window"):
         from_config(object())
+
+
+def test_window_mean_is_the_mean_of_the_last_w_outputs():
+    outs = v_shaped_sequence(12, 6)
+    s = WindowedVarianceStopper(window=4, patience=100)
+    for t, x in enumerate(outs):
+        s.update(t, x)
+        m = s.window_mean()
+        if t < 3:
+            assert m is None
+        else:
+            want = torch.stack(outs[t - 3:t + 1]).double().mean(0).float()
+            assert m.shape == x.shape and m.dtype == x.dtype
+            torch.testing.assert_close(m, want, rtol=0, atol=1e-6)
