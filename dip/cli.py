@@ -377,9 +377,9 @@ def estimate_fit_memory(recipe, x_hw: Tuple[int, int], channels: int, in_channel
     the elements of the outputs of its leaf modules; every layer's output scales with the
     number of pixels, so the count is scaled to the padded size of the image. Autograd keeps
     those outputs for the backward pass and as many again flow back as gradients (x2); add
-    four copies of the parameters (weights, gradients, two Adam moments), the input code and a
-    few image-sized buffers; fp32 (4 bytes); times 1.25 for allocator slack. It errs high for
-    bf16.
+    four copies of the parameters (weights, gradients, two Adam moments), the input code, a
+    few image-sized buffers and, with automatic stopping, its window of W outputs; fp32 (4 bytes);
+    times 1.25 for allocator slack. It errs high for bf16.
     """
     import torch
 
@@ -408,8 +408,10 @@ def estimate_fit_memory(recipe, x_hw: Tuple[int, int], channels: int, in_channel
             h.remove()
     scale = (out_hw[0] * out_hw[1]) / float(small_out[0] * small_out[1])
     params = sum(p.numel() for p in net.parameters())
+    # automatic stopping keeps the last W outputs (its window) on the fit's device
+    window = int(recipe.fit.stop_window) if recipe.fit.stop == "auto" else 0
     elements = (2 * total[0] * scale + 4 * params + 2 * depth * z_hw[0] * z_hw[1]
-                + 4 * channels * out_hw[0] * out_hw[1])
+                + (4 + window) * channels * out_hw[0] * out_hw[1])
     return int(_MEMORY_SLACK * 4 * elements)
 
 

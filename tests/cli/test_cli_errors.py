@@ -111,6 +111,10 @@ def test_memory_estimate_grows_with_size():
     large = cli.estimate_fit_memory(recipes.get("denoise"), (512, 512), 3)
     assert 3.5 < large / small < 4.0  # activations dominate and scale with pixels
     assert 0.5e9 < small < 2e9  # ~1 GiB for the standard skip net at 256x256
+    # automatic stopping's window of W outputs (fp32, 1.25 slack) is counted too
+    fixed = cli.estimate_fit_memory(recipes.get("denoise", stop="steps"), (256, 256), 3)
+    window = recipes.get("denoise").fit.stop_window
+    assert abs((small - fixed) - 1.25 * 4 * window * 3 * 256 * 256) <= 4  # int() rounding
 
 
 def test_subprocess_bad_input(tmp_path, dip_run, image_maker):
