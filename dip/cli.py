@@ -513,7 +513,11 @@ class _Job:
     title: str = ""
 
 
-def _recipe_for(task: str, args) -> Any:
+def recipe_for(task: str, args) -> Any:
+    """The recipe a fit command's parsed ``args`` ask for, with their overrides applied.
+
+    Raises UsageError (unknown recipe or net, a recipe of another task, a bad override); used
+    by ``dip batch`` to check a batch's options before any fit starts."""
     from dip import models, recipes
 
     name = args.recipe or recipes.DEFAULT_FOR_TASK[task]
@@ -565,7 +569,7 @@ def _prepare(task: str, args) -> _Job:
     if args.frames is not None and args.save_every is None:
         raise UsageError("--frames needs --save-every N", "add --save-every N (e.g. 100)")
 
-    recipe = _recipe_for(task, args)
+    recipe = recipe_for(task, args)
     output = _check_output_path(args.output, "output", force, image=True)
     if args.bit_depth == 16 and io.format_for_path(output) not in ("PNG", "TIFF"):
         raise UsageError(f"--bit-depth 16: {output.suffix} files hold 8 bits per sample", "write a .png or .tif")

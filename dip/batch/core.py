@@ -1,0 +1,232 @@
+"""``run_batch``: restore many images, one fit each, resumably."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from dip.batch import executors
+from dip.batch.manifest import SUMMARY_NAME, Manifest, write_summary_csv
+from dip.batch.plan import DEFAULT_MASK_PATTERN, BatchError, ImageJob, plan
+from dip.batch.work import Command, Runner, StopFlag, read_report, state
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+
+
+@dataclasses.dataclass
+class BatchResult:
+    """What a batch did.
+
+    Attributes:
+        records: one per image, in input order: the record of its attempt in this run (status
+            ``done``, ``failed`` or ``interrupted``; see ``work.run_image``), ``skipped`` for an
+            image done by an earlier run, ``pending`` for one not started because the batch
+            was stopped.
+        ignored: messages about inputs that are not images.
+        signal: the signal (2 SIGINT, 15 SIGTERM) that stopped the batch, or 0.
+        outdir: the output folder.
+    """
+
+    records: List[Dict[str, Any]]
+    ignored: List[str]
+    signal: int
+    outdir: Path
+
+    @property
+    def ok(self) -> bool:
+        """Every image is restored (now or by an earlier run)."""
+        return all(r["status"] in ("done", "skipped") for r in self.records)
+
+    @property
+    def exit_code(self) -> int:
+        """0 all restored; 130/143 stopped by SIGINT/SIGTERM; 1 some image failed."""
+        if self.signal:
+            return 128 + self.signal
+        return EXIT_OK if self.ok else EXIT_SOME_FAILED
+
+
+def default_threads(workers: int) -> int:
+    """CPU threads per fit when ``workers`` fits share this machine: ``cpu_count // workers``."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _skipped_record(job: ImageJob) -> Dict[str, Any]:
+    report = read_report(job.report) or {}
+    return {"image": str(job.input), "stem": job.stem, "output": str(job.output), "report": str(job.report),
+            "mode": None, "status": "skipped", "exit_code": None, "psnr": report.get("psnr"),
+            "steps": report.get("steps_run", report.get("steps")), "seconds": report.get("seconds"),
+            "stop_reason": report.get("stop_reason"), "recoveries": report.get("recoveries"), "error": None}
+
+
+def _pending_record(job: ImageJob) -> Dict[str, Any]:
+    return {"image": str(job.input), "stem": job.stem, "output": str(job.output), "report": None,
+            "mode": state(job), "status": "pending", "exit_code": None, "psnr": None, "steps": None,
+            "seconds": None, "stop_reason": None, "recoveries": None, "error": None}
+
+
+def preflight(command: Command, job: ImageJob) -> None:
+    """Check the single-image command of ``job`` without running it: ``dip``'s own parser and
+    recipe lookup, so that an unknown option, recipe or net fails the batch before any fit.
+
+    Raises:
+        BatchError: with the parser's or the recipe lookup's message.
+    """
+    import contextlib
+    import io
+
+    from dip import cli
+
+    messages = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(messages):
+            args = cli.build_parser().parse_args(command.fresh_argv(job))
+    except SystemExit:
+        lines = [line for line in messages.getvalue().splitlines() if line.strip()]
+        detail = lines[0].split("error:", 1)[-1].strip() if lines else "rejected"
+        raise BatchError(f"the fit options are not valid: {detail}",
+                         f"see 'dip {command.task} --help' for the options of a fit") from None
+    try:
+        cli.recipe_for(command.task, args)
+    except cli.UsageError as exc:
+        raise BatchError(exc.message, exc.hint) from None
+
+
+def _forget(job: ImageJob) -> None:
+    """Remove an image's earlier results so that it is fitted from scratch."""
+    for path in (job.output, job.report, job.checkpoint):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+class _Progress:
+    """A tqdm bar over images on stderr; the postfix shows the last image's PSNR."""
+
+    def __init__(self, total: int, done: int, enabled: bool):
+        from tqdm import tqdm
+
+        disable = not enabled or (not sys.stderr.isatty() and not os.environ.get("DIP_PROGRESS"))
+        self.bar = tqdm(total=total, initial=done, unit="image", desc="batch", file=sys.stderr,
+                        disable=disable, dynamic_ncols=True, leave=False)
+
+    def update(self, record: Dict[str, Any]) -> None:
+        post = {"last": f"{record['stem']} {record['status']}"}
+        if record.get("psnr") is not None:
+            post["psnr"] = f"{float(record['psnr']):.2f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike, *,
+              workers: int = 1, threads: Optional[int] = None, ray_address: Optional[str] = None,
+              retries: int = 3, fit_args: Sequence[str] = (), steps: Optional[int] = None,
+              checkpoint_every: Optional[int] = None, device: Optional[str] = None,
+              gt_dir: Optional[str | os.PathLike] = None, masks_dir: Optional[str | os.PathLike] = None,
+              mask_pattern: str = DEFAULT_MASK_PATTERN, mask_invert: bool = False, ext: str = "png",
+              redo: bool = False, runner: Optional[Runner] = None, progress: bool = False,
+              handle_signals: bool = True) -> BatchResult:
+    """Restore every image of ``inputs`` into ``outdir``, one fit per image.
+
+    Rerunning the same batch skips the images already done and resumes the interrupted ones
+    from their checkpoints. Outputs per image: ``<stem>.<ext>``, ``<stem>.json`` (report),
+    ``<stem>.ckpt`` (checkpoint), ``<stem>.log`` (the fit's messages); per batch:
+    ``manifest.jsonl`` (one line per attempt) and ``summary.csv``.
+
+    Args:
+        task: denoise, jpeg, sr, inpaint or restore.
+        inputs: files, folders or glob patterns (see ``dip.batch.plan``).
+        outdir: output folder (created if missing).
+        workers: local mode: fits run at the same time (child processes).
+        threads: CPU threads per fit; default ``cpu_count // workers`` locally and with
+            ``ray_address="local"``, 1 on a Ray cluster (one image per CPU).
+        ray_address: None for local mode; ``"local"`` (a private Ray instance on this machine,
+            ``workers * threads`` CPUs), ``"auto"`` or a cluster address: one Ray task per image.
+        retries: Ray: how often a task whose worker died is run again.
+        fit_args: further options of the single-image command for fresh fits, e.g.
+            ``["--recipe", "sr4", "--factor", "4", "--seed", "1"]``.
+        steps: total steps per image (fresh and resumed fits).
+        checkpoint_every: save each fit's checkpoint every N steps (what a worker that dies
+            resumes from).
+        device: ``cpu``, ``cuda`` or ``auto`` for every fit; ``cuda`` makes each Ray task ask
+            for one GPU.
+        gt_dir: ground truths, matched by stem: PSNR per image.
+        masks_dir, mask_pattern, mask_invert: masks of inpaint/restore (see ``dip.batch.plan``).
+        ext: output format suffix, or ``"same"`` for the input's.
+        redo: fit every image from scratch, replacing earlier results.
+        runner: runs one image's ``dip`` command (default ``work.CommandRunner()``: a child
+            process); must be picklable for Ray.
+        progress: show a progress bar over images on stderr (when it is a terminal).
+        handle_signals: SIGINT/SIGTERM stop the batch cleanly (main thread only).
+    Returns:
+        a ``BatchResult``.
+    Raises:
+        BatchError: bad inputs or options (nothing has run).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise BatchError(f"workers must be a whole number >= 1, got {workers!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise BatchError(f"threads must be a whole number >= 1, got {threads!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise BatchError(f"retries must be a whole number >= 0, got {retries!r}")
+    if ray_address is not None:
+        executors.import_ray()  # before anything is written
+    jobs, ignored = plan(task, inputs, outdir, mask_pattern=mask_pattern, masks_dir=masks_dir,
+                         gt_dir=gt_dir, ext=ext)
+    out = jobs[0].output.parent
+    for message in ignored:
+        log.warning("ignored %s", message)
+    if threads is None:
+        threads = 1 if ray_address not in (None, "local") else default_threads(workers)
+    extra = list(fit_args) + (["--device", device] if device else [])
+    command = Command(task=task, fit_args=tuple(extra), steps=steps, checkpoint_every=checkpoint_every,
+                      threads=threads, mask_invert=mask_invert)
+    preflight(command, jobs[0])
+    out.mkdir(exist_ok=True)
+    if redo:
+        for job in jobs:
+            _forget(job)
+    todo = [job for job in jobs if state(job) != "done"]
+    log.info("batch: %d image(s), %d done earlier, %d to fit (%d to resume)", len(jobs), len(jobs) - len(todo),
+             len(todo), sum(state(j) == "resume" for j in todo))
+
+    manifest = Manifest(out)
+    attempted: Dict[str, Dict[str, Any]] = {}
+    bar = _Progress(len(jobs), len(jobs) - len(todo), progress)
+
+    def on_record(record: Dict[str, Any]) -> None:
+        record = manifest.append(record)
+        attempted[record["image"]] = record
+        bar.update(record)
+        log.info("%s: %s (exit %s)", record["stem"], record["status"], record["exit_code"])
+
+    stop = StopFlag()
+    try:
+        if ray_address is None:
+            with executors.stop_on_signals(stop, handle_signals):
+                executors.run_local(todo, command, workers=workers, runner=runner, stop=stop, on_record=on_record)
+        else:
+            executors.run_ray(todo, command, address=ray_address, num_cpus=workers * threads, retries=retries,
+                              gpus=1 if device == "cuda" else 0, runner=runner, stop=stop, on_record=on_record,
+                              handle_signals=handle_signals)
+    finally:
+        bar.close()
+    records = []
+    for job in jobs:
+        if str(job.input) in attempted:
+            records.append(attempted[str(job.input)])
+        elif job not in todo:
+            records.append(_skipped_record(job))
+        else:
+            records.append(_pending_record(job))
+    write_summary_csv(out / SUMMARY_NAME, records)
+    return BatchResult(records=records, ignored=ignored, signal=stop.signum, outdir=out)

@@ -1,0 +1,319 @@
+"""One image's fit inside a batch: its state on disk, its command, and running it.
+
+The single-image commands do the work (``dip TASK ...`` for a fresh fit, ``dip resume CKPT``
+for an interrupted one). They write the output, the report and the checkpoint atomically, so a
+file in the output folder is either complete or absent; the state of an image is read from them:
+
+- ``done``: the report exists, says the fit finished (``stop_reason`` other than
+  ``"interrupted"``) and the output exists;
+- ``resume``: not done, and the checkpoint exists (an interrupted fit, or one whose worker died
+  after a periodic checkpoint);
+- ``fresh``: neither.
+
+``run_image`` decides between fresh and resume when it starts, not when the batch is planned,
+so a task retried on another worker continues from whatever checkpoint the first attempt left.
+Everything here is picklable, for Ray workers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from dip.batch.plan import ImageJob
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+#: exit codes of a fit stopped by SIGINT / SIGTERM (after writing its checkpoint)
+INTERRUPTED_CODES = (130, 143, -signal.SIGINT, -signal.SIGTERM)
+#: lines of the fit's log kept in a failed image's record
+_ERROR_LINES = 3
+
+
+class StopFlag:
+    """Set by the batch when it receives SIGINT/SIGTERM: runners forward the signal to their
+    fit and wait for it to save its checkpoint; a second signal is forwarded too (a fit aborts
+    at once on a second Ctrl-C). In memory, for local workers (threads of the batch's process);
+    Ray tasks get a ``StopFile``.
+
+    Attributes:
+        signum: the first signal received, or 0.
+        count: how many signals were received.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.count = 0
+
+    def set(self, signum: int) -> None:
+        """Ask running fits to stop with signal ``signum`` (the first signal is the one
+        forwarded and reported)."""
+        if not self.signum:
+            self.signum = int(signum)
+        self.count += 1
+
+    def __bool__(self) -> bool:
+        return bool(self.signum)
+
+
+@dataclasses.dataclass(frozen=True)
+class StopFile:
+    """A stop flag shared through a file (``OUTDIR/.stop``, holding the signal number), for
+    Ray tasks: they may run on other machines, which see the batch's output folder.
+
+    Attributes:
+        path: the file.
+    """
+
+    path: Path
+
+    @property
+    def signum(self) -> int:
+        """The signal to forward to the running fits, or 0 while the batch goes on."""
+        try:
+            return int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def __bool__(self) -> bool:
+        return bool(self.signum)
+
+    def set(self, signum: int) -> None:
+        """Ask every running fit to stop with ``signum``."""
+        self.path.write_text(f"{int(signum)}\n")
+
+    def clear(self) -> None:
+        """Remove the file (at the start and the end of a batch)."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+# A runner: runner(argv, *, threads, log, stop) -> exit code. argv: the arguments of the ``dip``
+# command (without "dip"); threads: CPU threads of the fit; log: file for the fit's output;
+# stop: a StopFlag, a StopFile or None. It must be picklable to run on Ray.
+Runner = Callable[..., int]
+
+
+def _dip_root() -> str:
+    import dip
+
+    return str(Path(dip.__file__).resolve().parents[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandRunner:
+    """The default runner: the ``dip`` command (``python -m dip.batch._child ARGV``, which is
+    ``python -m dip ARGV`` with SIGINT/SIGTERM restored) as a child process.
+
+    The child gets ``OMP_NUM_THREADS=threads``, this process's ``dip`` first on its
+    ``PYTHONPATH``, its own session (a terminal's Ctrl-C reaches only the batch, which forwards
+    it, and a second one) and its stdout and stderr appended to ``log``. When ``stop`` is set, or a
+    ``KeyboardInterrupt`` arrives (Ray's ``ray.cancel``), the signal is forwarded to the child,
+    which saves its checkpoint and exits with 130/143; the runner waits for it.
+
+    A child process rather than ``dip.cli.main`` in the calling process: a fit that crashes
+    (native code, out of memory) takes only its own process down and is recorded as failed;
+    thread counts, allocator settings and signal handlers stay per fit, where a Ray worker
+    process would otherwise carry them from one image to the next; and the child's signal
+    handling is the single-image command's own. The cost, importing torch once per image
+    (seconds), is small next to a fit (minutes).
+
+    Attributes:
+        python: interpreter of the child (default: the calling process's ``sys.executable``,
+            looked up where the runner runs).
+        poll_s: how often the stop flag is checked (seconds).
+    """
+
+    python: Optional[str] = None
+    poll_s: float = 0.2
+
+    def __call__(self, argv: Sequence[str], *, threads: int, log: Path,
+                 stop: Optional[StopFlag | StopFile] = None) -> int:
+        env = dict(os.environ)
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["PYTHONPATH"] = _dip_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.pop("DIP_PROGRESS", None)
+        # the dip command, with SIGINT/SIGTERM unblocked (see dip.batch._child)
+        command = [self.python or sys.executable, "-m", "dip.batch._child", *map(str, argv)]
+        with open(log, "ab") as fh:
+            fh.write(f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()}] $ dip "
+                     f"{' '.join(map(str, argv))}\n".encode())
+            fh.flush()
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True)
+            return self._wait(proc, stop)
+
+    def _wait(self, proc: subprocess.Popen, stop: Optional[StopFlag | StopFile]) -> int:
+        forwarded = 0
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=self.poll_s)
+                except subprocess.TimeoutExpired:
+                    pass
+                if stop and forwarded < min(getattr(stop, "count", 1), 2):
+                    proc.send_signal(stop.signum)
+                    forwarded += 1
+        except KeyboardInterrupt:
+            if not forwarded:
+                proc.send_signal(signal.SIGINT)
+            return proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """How every image of a batch is fitted.
+
+    Attributes:
+        task: the single-image command (denoise, jpeg, sr, inpaint, restore).
+        fit_args: further options of a fresh fit (``--recipe sr4``, ``--factor 4``, ...).
+        steps: total steps (passed to fresh fits and, as the total, to resumed ones).
+        checkpoint_every: periodic checkpoint interval in steps (None: the command's default).
+        threads: CPU threads per fit.
+        mask_invert: masks mark the missing pixels instead of the known ones.
+    """
+
+    task: str
+    fit_args: Sequence[str] = ()
+    steps: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    threads: int = 1
+    mask_invert: bool = False
+
+    def _common(self, job: ImageJob) -> List[str]:
+        args = ["-o", str(job.output), "--report", str(job.report), "--checkpoint", str(job.checkpoint),
+                "--force", "--threads", str(self.threads)]
+        if job.gt is not None:
+            args += ["--gt", str(job.gt)]
+        if self.steps is not None:
+            args += ["--steps", str(self.steps)]
+        if self.checkpoint_every is not None:
+            args += ["--checkpoint-every", str(self.checkpoint_every)]
+        return args
+
+    def fresh_argv(self, job: ImageJob) -> List[str]:
+        """Arguments of ``dip`` for a fit from scratch."""
+        args = [self.task, str(job.input)]
+        if job.mask is not None:
+            args += ["--mask", str(job.mask)]
+            if self.mask_invert:
+                args.append("--mask-invert")
+        return args + self._common(job) + list(self.fit_args)
+
+    def resume_argv(self, job: ImageJob) -> List[str]:
+        """Arguments of ``dip`` that continue the fit from the image's checkpoint."""
+        return ["resume", str(job.checkpoint)] + self._common(job)
+
+
+def read_report(path: Path) -> Optional[Dict[str, Any]]:
+    """The JSON report at ``path``, or None when it is missing or not a JSON object."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_done(job: ImageJob) -> bool:
+    """Whether the image's fit finished: a report saying so, and the output."""
+    report = read_report(job.report)
+    return (report is not None and report.get("stop_reason") not in (None, "interrupted")
+            and job.output.is_file())
+
+
+def state(job: ImageJob) -> str:
+    """``"done"``, ``"resume"`` or ``"fresh"`` (see the module docstring)."""
+    if is_done(job):
+        return "done"
+    return "resume" if job.checkpoint.is_file() else "fresh"
+
+
+def _last_lines(path: Path, n: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    return " | ".join(lines[-n:])
+
+
+def _status(code: int, report: Optional[Dict[str, Any]], job: ImageJob) -> str:
+    if code in INTERRUPTED_CODES:
+        return "interrupted"
+    if code == EXIT_OK and report is not None and job.output.is_file():
+        return "done"
+    return "failed"
+
+
+def run_image(job: ImageJob, command: Command, runner: Optional[Runner] = None,
+              stop: Optional[StopFlag | StopFile] = None) -> Dict[str, Any]:
+    """Fit one image (fresh, or resumed from its checkpoint) and describe the outcome.
+
+    Args:
+        job: the image and its files.
+        command: how to fit it.
+        runner: runs the ``dip`` command (default ``CommandRunner()``).
+        stop: the batch's stop flag (``StopFlag`` for local workers, ``StopFile`` for Ray), or
+            None.
+    Returns:
+        a record: image, stem, output, report, mode (fresh/resume), status
+        (done/failed/interrupted), exit_code, psnr, steps, seconds (wall-clock of the command),
+        stop_reason, recoveries, error (last lines of the fit's log when it failed), host.
+    """
+    runner = runner if runner is not None else CommandRunner()
+    mode = "resume" if job.checkpoint.is_file() else "fresh"
+    argv = command.resume_argv(job) if mode == "resume" else command.fresh_argv(job)
+    try:
+        job.report.unlink()  # a stale report must not make an unfinished fit look done
+    except FileNotFoundError:
+        pass
+    start = time.monotonic()
+    code = int(runner(argv, threads=command.threads, log=job.log, stop=stop))
+    seconds = time.monotonic() - start
+    report = read_report(job.report)
+    status = _status(code, report, job)
+    if status == "done" and report.get("stop_reason") == "interrupted":
+        status = "interrupted"
+    record: Dict[str, Any] = {
+        "image": str(job.input),
+        "stem": job.stem,
+        "output": str(job.output),
+        "report": str(job.report) if report is not None else None,
+        "mode": mode,
+        "status": status,
+        "exit_code": code,
+        "psnr": (report or {}).get("psnr"),
+        "steps": (report or {}).get("steps_run", (report or {}).get("steps")),
+        "seconds": round(seconds, 3),
+        "stop_reason": (report or {}).get("stop_reason"),
+        "recoveries": (report or {}).get("recoveries"),
+        "error": None,
+        "host": socket.gethostname(),
+    }
+    if status == "failed":
+        detail = _last_lines(job.log, _ERROR_LINES)
+        if code < 0:
+            detail = f"killed by signal {-code}" + (f": {detail}" if detail else "")
+        elif code == EXIT_OK:
+            detail = "the fit exited 0 but left no report or no output" + (f": {detail}" if detail else "")
+        record["error"] = detail or f"exit code {code}"
+    return record
