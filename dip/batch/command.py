@@ -11,6 +11,7 @@ import collections
 import sys
 from typing import List
 
+from dip import cli
 from dip.batch.core import run_batch
 from dip.batch.manifest import MANIFEST_NAME, SUMMARY_NAME, format_table
 from dip.batch.plan import BATCH_TASKS, DEFAULT_MASK_PATTERN, BatchError
@@ -30,24 +31,8 @@ _PASSED = (
 )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+_positive_int = cli.whole_number(1)
+_count = cli.whole_number(0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
