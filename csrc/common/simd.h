@@ -33,6 +33,30 @@ inline bool has_avx2_fma() {
 inline bool has_avx2_fma() { return false; }
 #endif
 
+// Runs Kernel::run(args...) (a static DIP_INLINE function) compiled for AVX2+FMA when the CPU
+// has it, else compiled for the baseline ISA. Arguments are passed by value: outputs through
+// pointers.
+template <typename Kernel, typename... Args>
+void run_baseline(Args... args) {
+  Kernel::run(args...);
+}
+#if DIP_HAVE_AVX2_PATH
+template <typename Kernel, typename... Args>
+DIP_TARGET_AVX2 void run_avx2(Args... args) {
+  Kernel::run(args...);
+}
+#endif
+template <typename Kernel, typename... Args>
+inline void run(Args... args) {
+#if DIP_HAVE_AVX2_PATH
+  if (has_avx2_fma()) {
+    run_avx2<Kernel, Args...>(args...);
+    return;
+  }
+#endif
+  run_baseline<Kernel, Args...>(args...);
+}
+
 #if defined(__GNUC__)
 inline constexpr bool kAvailable = true;
 #else
