@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -22,9 +23,14 @@ namespace simd {
 #if defined(__GNUC__) && defined(__x86_64__)
 #define DIP_HAVE_AVX2_PATH 1
 #define DIP_TARGET_AVX2 __attribute__((target("avx2,fma")))
-// True when the running CPU has AVX2 and FMA (checked once).
+// True when the running CPU has AVX2 and FMA and the environment variable DIP_CPU_ISA is not
+// "baseline" (which forces the baseline kernels, e.g. to test them); checked once.
 inline bool has_avx2_fma() {
-  static const bool value = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool value = [] {
+    const char* isa = std::getenv("DIP_CPU_ISA");
+    if (isa != nullptr && std::strcmp(isa, "baseline") == 0) return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return value;
 }
 #else

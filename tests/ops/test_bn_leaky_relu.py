@@ -109,6 +109,21 @@ def test_opcheck(native):
                               (torch.randn_like(y), x.detach(), w, b, mean, var, 1e-5, 0.2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_matches_reference_many_channels(native, dtype):
+    """37 channels: the channels_last loops run over channels (vector blocks and a tail); the
+    NCHW planes (47 x 45) cross the vector loops' tails too."""
+    bn, _ = _modules(37, dtype, seed=3)
+    base = torch.randn(2, 37, 47, 45, dtype=dtype) * 3 + 1
+    want = _run(ops.bn_leaky_relu_reference, base, bn, negative_slope=0.15)
+    for name, x in _layouts(base):
+        got = _run(ops.bn_leaky_relu, x, bn, negative_slope=0.15)
+        for a, b, what in zip(got, want, ["y", "running_mean", "running_var", "dx", "dw", "db"]):
+            scale = max(1.0, b.abs().max().item())
+            torch.testing.assert_close(a, b, rtol=0, atol=TOL[dtype] * scale,
+                                       msg=f"{name}: {what}")
+
+
 @settings(max_examples=8, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 20), h=st.integers(1, 9), w=st.integers(2, 9),
        channels_last=st.booleans(), slope=st.floats(0.0, 0.5))
