@@ -249,11 +249,14 @@ def bn_leaky_relu(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
     b = bias if bias is not None else x.new_zeros(c)
     y, mean, var = torch.ops.dip.bn_leaky_relu(x, w, b, eps, slope)
     if running_mean is not None and running_var is not None:
+        # running <- running + momentum * (batch - running): two fused in-place updates (this
+        # runs once per BatchNorm layer and step, where every small op costs microseconds)
         count = x.numel() // c
+        if mean.dtype != running_mean.dtype:
+            mean = mean.to(running_mean.dtype)
+        unbiased = var.to(running_var.dtype) * (count / (count - 1))
         with torch.no_grad():
-            running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-            unbiased = var.to(running_var.dtype) * (count / (count - 1))
-            running_var.mul_(1.0 - momentum).add_(unbiased, alpha=momentum)
+            torch._foreach_lerp_([running_mean, running_var], [mean, unbiased], momentum)
     return y
 
 
