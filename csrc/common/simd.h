@@ -11,6 +11,10 @@
 #include <cstring>
 #include <type_traits>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace dip {
 namespace simd {
 
@@ -98,6 +102,38 @@ DIP_INLINE vec_t<T> load(const T* p) {
 template <typename T>
 DIP_INLINE void store(T* p, vec_t<T> v) {
   std::memcpy(p, &v, sizeof(v));
+}
+
+// Non-temporal store of a vector to p (16-byte aligned): written to memory without first
+// reading the line into the cache; worth it for outputs much larger than the cache. Call
+// stream_fence() before the data is handed to another thread. A plain store where
+// unavailable.
+template <typename T>
+DIP_INLINE void stream(T* p, vec_t<T> v) {
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<T, float>) {
+    __m128 lo, hi;
+    std::memcpy(&lo, &v, 16);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 16, 16);
+    _mm_stream_ps(p, lo);
+    _mm_stream_ps(p + 4, hi);
+    return;
+  } else if constexpr (std::is_same_v<T, double>) {
+    __m128d lo, hi;
+    std::memcpy(&lo, &v, 16);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 16, 16);
+    _mm_stream_pd(p, lo);
+    _mm_stream_pd(p + 2, hi);
+    return;
+  }
+#endif
+  store(p, v);
+}
+
+DIP_INLINE void stream_fence() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
 }
 
 template <typename T>

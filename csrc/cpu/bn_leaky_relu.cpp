@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <vector>
 
@@ -98,8 +99,28 @@ struct PlaneStats {
 template <typename scalar_t, typename acc_t>
 struct PlaneForward {
   static DIP_INLINE void run(scalar_t* __restrict y, const scalar_t* __restrict x, int64_t n,
-                             acc_t scale, acc_t offset, acc_t slope) {
-    for (int64_t i = 0; i < n; ++i) {
+                             acc_t scale, acc_t offset, acc_t slope, bool stream) {
+    int64_t i = 0;
+#if defined(__GNUC__)
+    if constexpr (simd::kSupported<scalar_t>) {
+      if (stream) {  // non-temporal vector stores from the first 16-byte aligned element
+        using V = simd::vec_t<scalar_t>;
+        constexpr int W = simd::Vec<scalar_t>::width;
+        for (; i < n && reinterpret_cast<std::uintptr_t>(y + i) % 16 != 0; ++i) {
+          const acc_t z = x[i] * scale + offset;
+          y[i] = z > acc_t(0) ? z : z * slope;
+        }
+        const V sc = simd::broadcast<scalar_t>(scale), of = simd::broadcast<scalar_t>(offset);
+        const V sl = simd::broadcast<scalar_t>(slope), zero = {};
+        for (; i + W <= n; i += W) {
+          const V z = simd::load(x + i) * sc + of;
+          simd::stream(y + i, z > zero ? z : z * sl);
+        }
+        simd::stream_fence();
+      }
+    }
+#endif
+    for (; i < n; ++i) {
       const acc_t z = static_cast<acc_t>(x[i]) * scale + offset;
       y[i] = static_cast<scalar_t>(z > acc_t(0) ? z : z * slope);
     }
@@ -147,8 +168,34 @@ template <typename scalar_t, typename acc_t>
 struct PlaneGrad {
   static DIP_INLINE void run(scalar_t* __restrict gx, const scalar_t* __restrict x,
                              const scalar_t* __restrict g, int64_t n, acc_t scale, acc_t offset,
-                             acc_t mean, acc_t slope, acc_t k_dz, acc_t k_x, acc_t k_c) {
-    for (int64_t i = 0; i < n; ++i) {
+                             acc_t mean, acc_t slope, acc_t k_dz, acc_t k_x, acc_t k_c,
+                             bool stream) {
+    int64_t i = 0;
+#if defined(__GNUC__)
+    if constexpr (simd::kSupported<scalar_t>) {
+      if (stream) {  // non-temporal vector stores from the first 16-byte aligned element
+        using V = simd::vec_t<scalar_t>;
+        constexpr int W = simd::Vec<scalar_t>::width;
+        for (; i < n && reinterpret_cast<std::uintptr_t>(gx + i) % 16 != 0; ++i) {
+          const acc_t z = x[i] * scale + offset;
+          const acc_t dz = z > acc_t(0) ? g[i] : g[i] * slope;
+          gx[i] = k_dz * dz + k_x * (x[i] - mean) + k_c;
+        }
+        const V sc = simd::broadcast<scalar_t>(scale), of = simd::broadcast<scalar_t>(offset);
+        const V sl = simd::broadcast<scalar_t>(slope), mu = simd::broadcast<scalar_t>(mean);
+        const V kd = simd::broadcast<scalar_t>(k_dz), kx = simd::broadcast<scalar_t>(k_x);
+        const V kc = simd::broadcast<scalar_t>(k_c), zero = {};
+        for (; i + W <= n; i += W) {
+          const V v = simd::load(x + i), gv = simd::load(g + i);
+          const V z = v * sc + of;
+          const V dz = z > zero ? gv : gv * sl;
+          simd::stream(gx + i, kd * dz + kx * (v - mu) + kc);
+        }
+        simd::stream_fence();
+      }
+    }
+#endif
+    for (; i < n; ++i) {
       const acc_t v = static_cast<acc_t>(x[i]);
       const acc_t gv = static_cast<acc_t>(g[i]);
       const acc_t z = v * scale + offset;
@@ -271,6 +318,15 @@ void channels_last_sums(int64_t M, int64_t C, Rows rows, std::vector<double>& s0
   }
 }
 
+// Outputs of at least this many bytes are written with non-temporal stores (NCHW): far larger
+// than what the cache would keep for the next layer, they would otherwise be read into the
+// cache before being overwritten (a third more memory traffic for the forward).
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+
+bool stream_output(const at::Tensor& x) {
+  return x.numel() * static_cast<int64_t>(x.element_size()) >= kStreamBytes;
+}
+
 at::ScalarType stat_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -311,6 +367,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_cpu(const at::Tenso
       offset = static_cast<acc_t>(static_cast<double>(b[c]) - mu * sc);
     };
     if (fmt != at::MemoryFormat::ChannelsLast) {
+      const bool stream = stream_output(x);
       // channel by channel: the second pass re-reads the channel while it is still in cache
       at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
@@ -322,7 +379,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_cpu(const at::Tenso
           finish(c, t0, t1, static_cast<double>(shift), scale, offset);
           for (int64_t n = 0; n < N; ++n) {
             const int64_t off = (n * C + c) * HW;
-            simd::run<PlaneForward<scalar_t, acc_t>>(yd + off, xd + off, HW, scale, offset, ns);
+            simd::run<PlaneForward<scalar_t, acc_t>>(yd + off, xd + off, HW, scale, offset, ns,
+                                                     stream);
           }
         }
       });
@@ -404,6 +462,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_backward_cpu(
       gwp[c] = static_cast<scalar_t>(t1 * invstd[c]);
     };
     if (fmt != at::MemoryFormat::ChannelsLast) {
+      const bool stream = stream_output(x);
       // channel by channel, like the forward: the writing pass re-reads the channel's x and dy
       // from cache (L2, or L3 when both planes overflow L2) instead of from memory
       at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
@@ -419,7 +478,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_backward_cpu(
             const int64_t off = (n * C + c) * HW;
             simd::run<PlaneGrad<scalar_t, acc_t>>(gxd + off, xd + off, gd + off, HW, scale[c],
                                                   offset[c], mean_a[c], ns, k_dz[c], k_x[c],
-                                                  k_c[c]);
+                                                  k_c[c], stream);
           }
         }
       });

@@ -124,6 +124,19 @@ def test_native_matches_reference_many_channels(native, dtype):
                                        msg=f"{name}: {what}")
 
 
+def test_native_matches_reference_large_nchw(native):
+    """An NCHW tensor of >= 16 MiB: the kernels write it with non-temporal stores, starting
+    each (odd-sized, so unaligned) plane with scalar stores up to a 16-byte boundary."""
+    bn, _ = _modules(17, torch.float32, seed=5)
+    x = torch.randn(1, 17, 509, 487) * 2 + 0.5
+    assert x.numel() * x.element_size() >= 16 << 20
+    want = _run(ops.bn_leaky_relu_reference, x, bn)
+    got = _run(ops.bn_leaky_relu, x, bn)
+    for a, b, what in zip(got, want, ["y", "running_mean", "running_var", "dx", "dw", "db"]):
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * scale, msg=what)
+
+
 @settings(max_examples=8, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 20), h=st.integers(1, 9), w=st.integers(2, 9),
        channels_last=st.booleans(), slope=st.floats(0.0, 0.5))
