@@ -132,7 +132,13 @@ def test_native_matches_reference_large(native, layout):
     c, h, w = (17, 509, 487) if layout == "nchw" else (20, 460, 457)
     bn, _ = _modules(c, torch.float32, seed=5)
     bn64, _ = _modules(c, torch.float64, seed=5)
-    x = torch.randn(1, c, h, w) * 2 + 0.5
+    x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(1)) * 2 + 0.5
+    # keep the normalised values off LeakyReLU's kink: among millions of values some land
+    # within rounding of 0, where implementations legitimately disagree on the slope (seen:
+    # one value's gradient differing by 0.8 * dy, and its channel's dw, db with it)
+    z = torch.nn.functional.batch_norm(x.double(), None, None, bn64.weight, bn64.bias,
+                                       training=True)
+    x = x + 0.01 * (z.abs() < 1e-3)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     assert x.numel() * x.element_size() >= 16 << 20

@@ -4,6 +4,7 @@ run again in a child process that uses the baseline copies."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,5 +44,7 @@ def test_baseline_kernels_match_reference(native):
            str(tests / "test_downsample.py"), str(tests / "test_masked_mse.py"),
            str(tests / "test_bn_leaky_relu.py"), str(tests / "test_cpu_isa.py")]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
+    report = run.stdout[-4000:] + run.stderr[-2000:]
+    assert run.returncode == 0, report
+    summary = run.stdout.strip().splitlines()[-1]  # e.g. "87 passed, 64 deselected in 5.2s"
+    assert re.search(r"\d+ passed", summary) and "skipped" not in summary, report
