@@ -8,7 +8,9 @@ checking). During ``torch.onnx.export`` the public ops choose the reference auto
 
 ``has_native()`` says whether the library is loaded and ``native_status()`` why (not). Setting
 the environment variable ``DIP_REQUIRE_NATIVE=1`` makes ``import dip.ops`` fail when the
-library is missing.
+library is missing. The CPU kernels are compiled twice, for the baseline x86-64 ISA and for
+AVX2+FMA, and the second is chosen at run time where the CPU has it; ``DIP_CPU_ISA=baseline``
+forces the first, and ``build_info()["cpu_isa"]`` says which one runs.
 """
 from __future__ import annotations
 
