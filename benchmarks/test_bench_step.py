@@ -15,6 +15,9 @@ forward, loss, backward, optimiser, with reg noise 1/30, lr 0.01, 32-channel inp
      pays (AVX-512 CPUs, bf16, CUDA), fused Adam, gradients set to None, in-place reg
      noise, bf16 autocast (fp32 weights and loss) for fast-bf16, native fused BatchNorm +
      LeakyReLU when ``dip.ops.has_native()``, allocator configured.
+(c)  ``fast-fp32-torchbn`` (when ``dip.ops.has_native()``): fast-fp32 with torch's
+     BatchNorm2d + LeakyReLU in place of the native fused op, to see what the fused op gains
+     in a whole step.
 
 Every configuration runs in its own child process (:class:`ChildStep`): glibc's mmap threshold
 cannot be set back once raised (setting it switches glibc's dynamic threshold off for the
@@ -51,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import original_style  # noqa: E402
 
 import dip.models  # noqa: E402
+from dip.models.common import BNAct  # noqa: E402
 import dip.ops  # noqa: E402
 import dip.recipes  # noqa: E402
 from dip import runtime  # noqa: E402
@@ -86,15 +90,22 @@ def make_original(size: int) -> original_style.OriginalStep:
                                        reg_noise_std=REG_NOISE)
 
 
-def make_fast(size: int, precision: str) -> runtime.FastStep:
-    """(b): the fast step on the recipe's generator."""
+def make_fast(size: int, precision: str, fused_bn: bool = True) -> runtime.FastStep:
+    """(b): the fast step on the recipe's generator; ``fused_bn=False`` (c) runs its
+    BatchNorm + LeakyReLU layers as torch's BatchNorm2d and LeakyReLU instead of the native
+    fused op."""
     torch.manual_seed(0)
     z, y = _data(size)
 
     def loss_fn(out):
         return F.mse_loss(out, y)
 
-    return runtime.FastStep(recipe_generator(), z, loss_fn, lr=LR, reg_noise_std=REG_NOISE,
+    generator = recipe_generator()
+    if not fused_bn:
+        for module in generator.modules():
+            if isinstance(module, BNAct):
+                module.fused = False
+    return runtime.FastStep(generator, z, loss_fn, lr=LR, reg_noise_std=REG_NOISE,
                             precision=precision)
 
 
@@ -112,7 +123,7 @@ def step_gflop(kind: str, size: int) -> float:
 def _make(config: str, size: int):
     if config.startswith("original"):
         return make_original(size)
-    return make_fast(size, config.split("-")[1])
+    return make_fast(size, config.split("-")[1], fused_bn=not config.endswith("-torchbn"))
 
 
 def _run_step(step) -> None:
@@ -198,6 +209,8 @@ def test_step(benchmark, step_results, size):
     """(a), (a'), fast-fp32 (and fast-bf16 where the CPU has bf16 arithmetic), each in its own
     process, taking turns one step each per round; the benchmark's own time is a round."""
     configs = ["original", "original+malloc", "fast-fp32"]
+    if dip.ops.has_native():
+        configs.append("fast-fp32-torchbn")
     if runtime.bf16_is_native("cpu") or os.environ.get("DIP_BENCH_EMULATED_BF16") == "1":
         configs.append("fast-bf16")
     need_gib = len(configs) * 1.3 * (size / 256) ** 2

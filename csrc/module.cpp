@@ -6,6 +6,8 @@
 #include <map>
 #include <string>
 
+#include "common/simd.h"
+
 #ifndef DIP_TORCH_VERSION
 #define DIP_TORCH_VERSION "unknown"
 #endif
@@ -27,6 +29,8 @@ std::map<std::string, std::string> build_info() {
   info["compiler"] = "unknown";
 #endif
   info["torch"] = DIP_TORCH_VERSION;
+  // CPU kernels in use: "avx2" (AVX2+FMA copies chosen at run time) or "baseline"
+  info["cpu_isa"] = dip::simd::has_avx2_fma() ? "avx2" : "baseline";
 #ifdef DIP_WITH_CUDA
   info["cuda"] = DIP_CUDA_VERSION;
 #else

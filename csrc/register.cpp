@@ -1,6 +1,6 @@
 // The one place where the schemas of every dip operator are declared. Kernels register per
 // device in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu; fake kernels and autograd formulas are
-// registered from Python (dip/ops/_native.py).
+// registered from Python (dip/ops/_native.py), autograd in C++ (csrc/autograd.cpp).
 #include <torch/library.h>
 
 TORCH_LIBRARY(dip, m) {
@@ -11,8 +11,9 @@ TORCH_LIBRARY(dip, m) {
       "downsample_adjoint(Tensor y, Tensor taps, int factor, str padding, "
       "SymInt[] input_size) -> Tensor");
   // loss = sum(((x - target) * mask)^2) / D, D = numel(x) or the broadcast mask sum. Returns
-  // (loss, u, 1/D) with u = 2 (x - target) mask^2 when with_grad (the gradient is u * grad / D,
-  // computed in the same pass), else an empty u.
+  // (loss, u, s) with the gradient of x equal to u * grad * s: with_grad makes the forward pass
+  // write u (the CPU kernel writes u = 2 (x - target) mask^2 / D and s = 1, the CUDA kernel
+  // u = 2 (x - target) mask^2 and s = 1/D); without it u is empty.
   m.def(
       "masked_mse(Tensor x, Tensor target, Tensor mask, bool normalize_by_mask, bool with_grad) "
       "-> (Tensor, Tensor, Tensor)");

@@ -5,7 +5,9 @@
 // Forward: one reading pass for the per-channel statistics (sums shifted by the channel's
 // first value, widened to double every block), one pass writing y = leaky(x * scale + shift).
 // Backward: one reading pass for sum(dz) and sum(dz * (x - mean)), with dz = leaky'(z) * dy
-// recomputed from x, and one pass writing dx. NCHW and channels_last are handled natively.
+// recomputed from x, and one pass writing dx (NCHW: channel by channel, as the forward).
+// NCHW and channels_last are handled natively; the loops are compiled for the baseline ISA
+// and for AVX2+FMA, chosen at run time (simd.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -15,6 +17,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <vector>
 
@@ -28,177 +31,263 @@ constexpr int kLanes = 16;
 constexpr int64_t kBlock = 2048;  // NCHW: elements summed in working precision per block
 constexpr int64_t kRows = 64;     // channels_last: pixels summed in working precision per block
 
-struct Shape {
-  int64_t N, C, HW;
-  bool channels_last;
-};
+// Every loop below is a struct with a static DIP_INLINE run(), called through simd::run so
+// that it is compiled for the baseline ISA and for AVX2+FMA and chosen at run time. The loops
+// vectorise (restrict parameters, no branches; the build uses -fno-trapping-math so that the
+// LeakyReLU selects become blends).
 
-// ---- NCHW: one channel's planes; the loops below vectorise (restrict parameters, no branches;
-// the build uses -fno-trapping-math so that the LeakyReLU selects become blends).
+// ---- NCHW: contiguous runs of one channel.
 
-// t0 += sum (x - shift), t1 += sum (x - shift)^2 over n contiguous values.
+// *t0 += sum (x - shift), *t1 += sum (x - shift)^2 over n contiguous values.
 template <typename scalar_t, typename acc_t>
-void plane_stats(const scalar_t* __restrict x, int64_t n, acc_t shift, double& t0, double& t1) {
+struct PlaneStats {
+  static DIP_INLINE void run(const scalar_t* __restrict x, int64_t n, acc_t shift, double* t0,
+                             double* t1) {
 #if defined(__GNUC__)
-  if constexpr (simd::kSupported<scalar_t>) {
-    using V = simd::vec_t<scalar_t>;
-    constexpr int W = simd::Vec<scalar_t>::width;
-    const V sv = simd::broadcast<scalar_t>(shift);
+    if constexpr (simd::kSupported<scalar_t>) {
+      using V = simd::vec_t<scalar_t>;
+      constexpr int W = simd::Vec<scalar_t>::width;
+      const V sv = simd::broadcast<scalar_t>(shift);
+      for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+        const int64_t i1 = std::min(n, i0 + kBlock);
+        V a0 = {}, a1 = {}, b0 = {}, b1 = {};
+        int64_t i = i0;
+        for (; i + 2 * W <= i1; i += 2 * W) {
+          const V d = simd::load(x + i) - sv;
+          const V e = simd::load(x + i + W) - sv;
+          a0 += d;
+          a1 += d * d;
+          b0 += e;
+          b1 += e * e;
+        }
+        *t0 += simd::sum<scalar_t>(a0 + b0);
+        *t1 += simd::sum<scalar_t>(a1 + b1);
+        for (; i < i1; ++i) {
+          const double d = static_cast<double>(x[i] - shift);
+          *t0 += d;
+          *t1 += d * d;
+        }
+      }
+      return;
+    }
+#endif
     for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
       const int64_t i1 = std::min(n, i0 + kBlock);
-      V a0 = {}, a1 = {};
+      acc_t r0[kLanes] = {}, r1[kLanes] = {};
       int64_t i = i0;
-      for (; i + W <= i1; i += W) {
-        const V d = simd::load(x + i) - sv;
-        a0 += d;
-        a1 += d * d;
+      for (; i + kLanes <= i1; i += kLanes) {
+        for (int l = 0; l < kLanes; ++l) {
+          const acc_t d = static_cast<acc_t>(x[i + l]) - shift;
+          r0[l] += d;
+          r1[l] += d * d;
+        }
       }
-      t0 += simd::sum<scalar_t>(a0);
-      t1 += simd::sum<scalar_t>(a1);
       for (; i < i1; ++i) {
-        const double d = static_cast<double>(x[i] - shift);
-        t0 += d;
-        t1 += d * d;
+        const acc_t d = static_cast<acc_t>(x[i]) - shift;
+        r0[0] += d;
+        r1[0] += d * d;
+      }
+      for (int l = 0; l < kLanes; ++l) {
+        *t0 += r0[l];
+        *t1 += r1[l];
       }
     }
-    return;
   }
+};
+
+// y = leaky(x * scale + offset)
+template <typename scalar_t, typename acc_t>
+struct PlaneForward {
+  static DIP_INLINE void run(scalar_t* __restrict y, const scalar_t* __restrict x, int64_t n,
+                             acc_t scale, acc_t offset, acc_t slope, bool stream) {
+    int64_t i = 0;
+#if defined(__GNUC__)
+    if constexpr (simd::kSupported<scalar_t>) {
+      if (stream) {  // non-temporal vector stores from the first 16-byte aligned element
+        using V = simd::vec_t<scalar_t>;
+        constexpr int W = simd::Vec<scalar_t>::width;
+        for (; i < n && reinterpret_cast<std::uintptr_t>(y + i) % 16 != 0; ++i) {
+          const acc_t z = x[i] * scale + offset;
+          y[i] = z > acc_t(0) ? z : z * slope;
+        }
+        const V sc = simd::broadcast<scalar_t>(scale), of = simd::broadcast<scalar_t>(offset);
+        const V sl = simd::broadcast<scalar_t>(slope), zero = {};
+        for (; i + W <= n; i += W) {
+          const V z = simd::load(x + i) * sc + of;
+          simd::stream(y + i, z > zero ? z : z * sl);
+        }
+        simd::stream_fence();
+      }
+    }
 #endif
-  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
-    const int64_t i1 = std::min(n, i0 + kBlock);
-    acc_t r0[kLanes] = {}, r1[kLanes] = {};
-    int64_t i = i0;
-    for (; i + kLanes <= i1; i += kLanes) {
-      for (int l = 0; l < kLanes; ++l) {
-        const acc_t d = static_cast<acc_t>(x[i + l]) - shift;
-        r0[l] += d;
-        r1[l] += d * d;
+    for (; i < n; ++i) {
+      const acc_t z = static_cast<acc_t>(x[i]) * scale + offset;
+      y[i] = static_cast<scalar_t>(z > acc_t(0) ? z : z * slope);
+    }
+  }
+};
+
+// *t0 += sum dz, *t1 += sum dz * (x - mean), dz = leaky'(z) * g.
+template <typename scalar_t, typename acc_t>
+struct PlaneGradSums {
+  static DIP_INLINE void run(const scalar_t* __restrict x, const scalar_t* __restrict g,
+                             int64_t n, acc_t scale, acc_t offset, acc_t mean, acc_t slope,
+                             double* t0, double* t1) {
+    for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+      const int64_t i1 = std::min(n, i0 + kBlock);
+      acc_t r0[kLanes] = {}, r1[kLanes] = {};
+      int64_t i = i0;
+      for (; i + kLanes <= i1; i += kLanes) {
+        for (int l = 0; l < kLanes; ++l) {
+          const acc_t v = static_cast<acc_t>(x[i + l]);
+          const acc_t gv = static_cast<acc_t>(g[i + l]);
+          const acc_t z = v * scale + offset;
+          const acc_t dz = z > acc_t(0) ? gv : gv * slope;
+          r0[l] += dz;
+          r1[l] += dz * (v - mean);
+        }
       }
-    }
-    for (; i < i1; ++i) {
-      const acc_t d = static_cast<acc_t>(x[i]) - shift;
-      r0[0] += d;
-      r1[0] += d * d;
-    }
-    for (int l = 0; l < kLanes; ++l) {
-      t0 += r0[l];
-      t1 += r1[l];
-    }
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-void plane_forward(scalar_t* __restrict y, const scalar_t* __restrict x, int64_t n, acc_t scale,
-                   acc_t offset, acc_t slope) {
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t z = static_cast<acc_t>(x[i]) * scale + offset;
-    y[i] = static_cast<scalar_t>(z > acc_t(0) ? z : z * slope);
-  }
-}
-
-// t0 += sum dz, t1 += sum dz * (x - mean), dz = leaky'(z) * g.
-template <typename scalar_t, typename acc_t>
-void plane_grad_sums(const scalar_t* __restrict x, const scalar_t* __restrict g, int64_t n,
-                     acc_t scale, acc_t offset, acc_t mean, acc_t slope, double& t0,
-                     double& t1) {
-  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
-    const int64_t i1 = std::min(n, i0 + kBlock);
-    acc_t r0[kLanes] = {}, r1[kLanes] = {};
-    int64_t i = i0;
-    for (; i + kLanes <= i1; i += kLanes) {
-      for (int l = 0; l < kLanes; ++l) {
-        const acc_t v = static_cast<acc_t>(x[i + l]);
-        const acc_t gv = static_cast<acc_t>(g[i + l]);
+      for (; i < i1; ++i) {
+        const acc_t v = static_cast<acc_t>(x[i]);
+        const acc_t gv = static_cast<acc_t>(g[i]);
         const acc_t z = v * scale + offset;
         const acc_t dz = z > acc_t(0) ? gv : gv * slope;
-        r0[l] += dz;
-        r1[l] += dz * (v - mean);
+        r0[0] += dz;
+        r1[0] += dz * (v - mean);
+      }
+      for (int l = 0; l < kLanes; ++l) {
+        *t0 += r0[l];
+        *t1 += r1[l];
       }
     }
-    for (; i < i1; ++i) {
+  }
+};
+
+// gx = k_dz * dz + k_x * (x - mean) + k_c
+template <typename scalar_t, typename acc_t>
+struct PlaneGrad {
+  static DIP_INLINE void run(scalar_t* __restrict gx, const scalar_t* __restrict x,
+                             const scalar_t* __restrict g, int64_t n, acc_t scale, acc_t offset,
+                             acc_t mean, acc_t slope, acc_t k_dz, acc_t k_x, acc_t k_c,
+                             bool stream) {
+    int64_t i = 0;
+#if defined(__GNUC__)
+    if constexpr (simd::kSupported<scalar_t>) {
+      if (stream) {  // non-temporal vector stores from the first 16-byte aligned element
+        using V = simd::vec_t<scalar_t>;
+        constexpr int W = simd::Vec<scalar_t>::width;
+        for (; i < n && reinterpret_cast<std::uintptr_t>(gx + i) % 16 != 0; ++i) {
+          const acc_t z = x[i] * scale + offset;
+          const acc_t dz = z > acc_t(0) ? g[i] : g[i] * slope;
+          gx[i] = k_dz * dz + k_x * (x[i] - mean) + k_c;
+        }
+        const V sc = simd::broadcast<scalar_t>(scale), of = simd::broadcast<scalar_t>(offset);
+        const V sl = simd::broadcast<scalar_t>(slope), mu = simd::broadcast<scalar_t>(mean);
+        const V kd = simd::broadcast<scalar_t>(k_dz), kx = simd::broadcast<scalar_t>(k_x);
+        const V kc = simd::broadcast<scalar_t>(k_c), zero = {};
+        for (; i + W <= n; i += W) {
+          const V v = simd::load(x + i), gv = simd::load(g + i);
+          const V z = v * sc + of;
+          const V dz = z > zero ? gv : gv * sl;
+          simd::stream(gx + i, kd * dz + kx * (v - mu) + kc);
+        }
+        simd::stream_fence();
+      }
+    }
+#endif
+    for (; i < n; ++i) {
       const acc_t v = static_cast<acc_t>(x[i]);
       const acc_t gv = static_cast<acc_t>(g[i]);
       const acc_t z = v * scale + offset;
       const acc_t dz = z > acc_t(0) ? gv : gv * slope;
-      r0[0] += dz;
-      r1[0] += dz * (v - mean);
-    }
-    for (int l = 0; l < kLanes; ++l) {
-      t0 += r0[l];
-      t1 += r1[l];
+      gx[i] = static_cast<scalar_t>(k_dz * dz + k_x * (v - mean) + k_c);
     }
   }
-}
+};
 
-// gx = k_dz * dz + k_x * (x - mean) + k_c
-template <typename scalar_t, typename acc_t>
-void plane_grad(scalar_t* __restrict gx, const scalar_t* __restrict x,
-                const scalar_t* __restrict g, int64_t n, acc_t scale, acc_t offset, acc_t mean,
-                acc_t slope, acc_t k_dz, acc_t k_x, acc_t k_c) {
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t v = static_cast<acc_t>(x[i]);
-    const acc_t gv = static_cast<acc_t>(g[i]);
-    const acc_t z = v * scale + offset;
-    const acc_t dz = z > acc_t(0) ? gv : gv * slope;
-    gx[i] = static_cast<scalar_t>(k_dz * dz + k_x * (v - mean) + k_c);
-  }
-}
-
-// ---- channels_last: one pixel row of C channels; per-channel constants in arrays.
+// ---- channels_last: `rows` consecutive pixel rows of C channels; per-channel constants in
+// arrays.
 
 template <typename scalar_t, typename acc_t>
-void row_stats(const scalar_t* __restrict x, const acc_t* __restrict shift, acc_t* __restrict q0,
-               acc_t* __restrict q1, int64_t C) {
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t d = static_cast<acc_t>(x[c]) - shift[c];
-    q0[c] += d;
-    q1[c] += d * d;
+struct RowStats {
+  static DIP_INLINE void run(const scalar_t* __restrict x, int64_t rows, int64_t C,
+                             const acc_t* __restrict shift, acc_t* __restrict q0,
+                             acc_t* __restrict q1) {
+    for (int64_t m = 0; m < rows; ++m) {
+      const scalar_t* __restrict xr = x + m * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t d = static_cast<acc_t>(xr[c]) - shift[c];
+        q0[c] += d;
+        q1[c] += d * d;
+      }
+    }
   }
-}
+};
 
 template <typename scalar_t, typename acc_t>
-void row_forward(scalar_t* __restrict y, const scalar_t* __restrict x,
-                 const acc_t* __restrict scale, const acc_t* __restrict offset, acc_t slope,
-                 int64_t C) {
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t z = static_cast<acc_t>(x[c]) * scale[c] + offset[c];
-    y[c] = static_cast<scalar_t>(z > acc_t(0) ? z : z * slope);
+struct RowForward {
+  static DIP_INLINE void run(scalar_t* __restrict y, const scalar_t* __restrict x, int64_t rows,
+                             int64_t C, const acc_t* __restrict scale,
+                             const acc_t* __restrict offset, acc_t slope) {
+    for (int64_t m = 0; m < rows; ++m) {
+      scalar_t* __restrict yr = y + m * C;
+      const scalar_t* __restrict xr = x + m * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t z = static_cast<acc_t>(xr[c]) * scale[c] + offset[c];
+        yr[c] = static_cast<scalar_t>(z > acc_t(0) ? z : z * slope);
+      }
+    }
   }
-}
+};
 
 template <typename scalar_t, typename acc_t>
-void row_grad_sums(const scalar_t* __restrict x, const scalar_t* __restrict g,
-                   const acc_t* __restrict scale, const acc_t* __restrict offset,
-                   const acc_t* __restrict mean, acc_t slope, acc_t* __restrict q0,
-                   acc_t* __restrict q1, int64_t C) {
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t v = static_cast<acc_t>(x[c]);
-    const acc_t gv = static_cast<acc_t>(g[c]);
-    const acc_t z = v * scale[c] + offset[c];
-    const acc_t dz = z > acc_t(0) ? gv : gv * slope;
-    q0[c] += dz;
-    q1[c] += dz * (v - mean[c]);
+struct RowGradSums {
+  static DIP_INLINE void run(const scalar_t* __restrict x, const scalar_t* __restrict g,
+                             int64_t rows, int64_t C, const acc_t* __restrict scale,
+                             const acc_t* __restrict offset, const acc_t* __restrict mean,
+                             acc_t slope, acc_t* __restrict q0, acc_t* __restrict q1) {
+    for (int64_t m = 0; m < rows; ++m) {
+      const scalar_t* __restrict xr = x + m * C;
+      const scalar_t* __restrict gr = g + m * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t v = static_cast<acc_t>(xr[c]);
+        const acc_t gv = static_cast<acc_t>(gr[c]);
+        const acc_t z = v * scale[c] + offset[c];
+        const acc_t dz = z > acc_t(0) ? gv : gv * slope;
+        q0[c] += dz;
+        q1[c] += dz * (v - mean[c]);
+      }
+    }
   }
-}
+};
 
 template <typename scalar_t, typename acc_t>
-void row_grad(scalar_t* __restrict gx, const scalar_t* __restrict x, const scalar_t* __restrict g,
-              const acc_t* __restrict scale, const acc_t* __restrict offset,
-              const acc_t* __restrict mean, const acc_t* __restrict k_dz,
-              const acc_t* __restrict k_x, const acc_t* __restrict k_c, acc_t slope, int64_t C) {
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t v = static_cast<acc_t>(x[c]);
-    const acc_t gv = static_cast<acc_t>(g[c]);
-    const acc_t z = v * scale[c] + offset[c];
-    const acc_t dz = z > acc_t(0) ? gv : gv * slope;
-    gx[c] = static_cast<scalar_t>(k_dz[c] * dz + k_x[c] * (v - mean[c]) + k_c[c]);
+struct RowGrad {
+  static DIP_INLINE void run(scalar_t* __restrict gx, const scalar_t* __restrict x,
+                             const scalar_t* __restrict g, int64_t rows, int64_t C,
+                             const acc_t* __restrict scale, const acc_t* __restrict offset,
+                             const acc_t* __restrict mean, const acc_t* __restrict k_dz,
+                             const acc_t* __restrict k_x, const acc_t* __restrict k_c,
+                             acc_t slope) {
+    for (int64_t m = 0; m < rows; ++m) {
+      scalar_t* __restrict gr_out = gx + m * C;
+      const scalar_t* __restrict xr = x + m * C;
+      const scalar_t* __restrict gr = g + m * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t v = static_cast<acc_t>(xr[c]);
+        const acc_t gv = static_cast<acc_t>(gr[c]);
+        const acc_t z = v * scale[c] + offset[c];
+        const acc_t dz = z > acc_t(0) ? gv : gv * slope;
+        gr_out[c] = static_cast<scalar_t>(k_dz[c] * dz + k_x[c] * (v - mean[c]) + k_c[c]);
+      }
+    }
   }
-}
+};
 
-// Per-channel sums over all pixels of a channels_last tensor: row(m, q0, q1) adds pixel row m
-// into the working-precision accumulators q0, q1 (C each); returns double sums.
-template <typename acc_t, typename Row>
-void channels_last_sums(int64_t M, int64_t C, Row row, std::vector<double>& s0,
+// Per-channel sums over all pixels of a channels_last tensor: rows(m0, m1, q0, q1) adds pixel
+// rows [m0, m1) into the working-precision accumulators q0, q1 (C each); returns double sums.
+template <typename acc_t, typename Rows>
+void channels_last_sums(int64_t M, int64_t C, Rows rows, std::vector<double>& s0,
                         std::vector<double>& s1) {
   const int nthreads = at::get_num_threads();
   std::vector<double> part0(static_cast<size_t>(nthreads) * C, 0.0);
@@ -212,7 +301,7 @@ void channels_last_sums(int64_t M, int64_t C, Row row, std::vector<double>& s0,
       const int64_t b1 = std::min(m1, b0 + kRows);
       std::fill(q0.begin(), q0.end(), acc_t(0));
       std::fill(q1.begin(), q1.end(), acc_t(0));
-      for (int64_t m = b0; m < b1; ++m) row(m, q0.data(), q1.data());
+      rows(b0, b1, q0.data(), q1.data());
       for (int64_t c = 0; c < C; ++c) {
         d0[c] += q0[c];
         d1[c] += q1[c];
@@ -227,6 +316,15 @@ void channels_last_sums(int64_t M, int64_t C, Row row, std::vector<double>& s0,
       s1[c] += part1[static_cast<size_t>(t) * C + c];
     }
   }
+}
+
+// Outputs of at least this many bytes are written with non-temporal stores (NCHW): far larger
+// than what the cache would keep for the next layer, they would otherwise be read into the
+// cache before being overwritten (a third more memory traffic for the forward).
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+
+bool stream_output(const at::Tensor& x) {
+  return x.numel() * static_cast<int64_t>(x.element_size()) >= kStreamBytes;
 }
 
 at::ScalarType stat_type(const at::Tensor& x) {
@@ -269,18 +367,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_cpu(const at::Tenso
       offset = static_cast<acc_t>(static_cast<double>(b[c]) - mu * sc);
     };
     if (fmt != at::MemoryFormat::ChannelsLast) {
+      const bool stream = stream_output(x);
       // channel by channel: the second pass re-reads the channel while it is still in cache
       at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
           const acc_t shift = static_cast<acc_t>(xd[c * HW]);
           double t0 = 0, t1 = 0;
           for (int64_t n = 0; n < N; ++n)
-            plane_stats<scalar_t, acc_t>(xd + (n * C + c) * HW, HW, shift, t0, t1);
+            simd::run<PlaneStats<scalar_t, acc_t>>(xd + (n * C + c) * HW, HW, shift, &t0, &t1);
           acc_t scale, offset;
           finish(c, t0, t1, static_cast<double>(shift), scale, offset);
           for (int64_t n = 0; n < N; ++n) {
             const int64_t off = (n * C + c) * HW;
-            plane_forward<scalar_t, acc_t>(yd + off, xd + off, HW, scale, offset, ns);
+            simd::run<PlaneForward<scalar_t, acc_t>>(yd + off, xd + off, HW, scale, offset, ns,
+                                                     stream);
           }
         }
       });
@@ -291,15 +391,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_cpu(const at::Tenso
     std::vector<double> s0, s1;
     channels_last_sums<acc_t>(
         M, C,
-        [&](int64_t m, acc_t* q0, acc_t* q1) {
-          row_stats<scalar_t, acc_t>(xd + m * C, shift.data(), q0, q1, C);
+        [&](int64_t m0, int64_t m1, acc_t* q0, acc_t* q1) {
+          simd::run<RowStats<scalar_t, acc_t>>(xd + m0 * C, m1 - m0, C,
+                                               static_cast<const acc_t*>(shift.data()), q0, q1);
         },
         s0, s1);
     for (int64_t c = 0; c < C; ++c)
       finish(c, s0[c], s1[c], static_cast<double>(shift[c]), scale[c], offset[c]);
     at::parallel_for(0, M, std::max<int64_t>(1, 32768 / C), [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m)
-        row_forward<scalar_t, acc_t>(yd + m * C, xd + m * C, scale.data(), offset.data(), ns, C);
+      simd::run<RowForward<scalar_t, acc_t>>(yd + m0 * C, xd + m0 * C, m1 - m0, C,
+                                             static_cast<const acc_t*>(scale.data()),
+                                             static_cast<const acc_t*>(offset.data()), ns);
     });
   });
   return {y, mean, var};
@@ -360,24 +462,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_backward_cpu(
       gwp[c] = static_cast<scalar_t>(t1 * invstd[c]);
     };
     if (fmt != at::MemoryFormat::ChannelsLast) {
-      // two streaming passes: x and dy of one channel together overflow a typical L2 cache,
-      // so re-reading them channel by channel does not pay off here (unlike the forward)
+      const bool stream = stream_output(x);
+      // channel by channel, like the forward: the writing pass re-reads the channel's x and dy
+      // from cache (L2, or L3 when both planes overflow L2) instead of from memory
       at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
           double t0 = 0, t1 = 0;
           for (int64_t n = 0; n < N; ++n) {
             const int64_t off = (n * C + c) * HW;
-            plane_grad_sums<scalar_t, acc_t>(xd + off, gd + off, HW, scale[c], offset[c],
-                                             mean_a[c], ns, t0, t1);
+            simd::run<PlaneGradSums<scalar_t, acc_t>>(xd + off, gd + off, HW, scale[c],
+                                                      offset[c], mean_a[c], ns, &t0, &t1);
           }
           finish(c, t0, t1);
-        }
-      });
-      at::parallel_for(0, N * C, std::max<int64_t>(1, 32768 / HW), [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1; ++p) {
-          const int64_t c = p % C, off = p * HW;
-          plane_grad<scalar_t, acc_t>(gxd + off, xd + off, gd + off, HW, scale[c], offset[c],
-                                      mean_a[c], ns, k_dz[c], k_x[c], k_c[c]);
+          for (int64_t n = 0; n < N; ++n) {
+            const int64_t off = (n * C + c) * HW;
+            simd::run<PlaneGrad<scalar_t, acc_t>>(gxd + off, xd + off, gd + off, HW, scale[c],
+                                                  offset[c], mean_a[c], ns, k_dz[c], k_x[c],
+                                                  k_c[c], stream);
+          }
         }
       });
       return;
@@ -385,17 +487,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_backward_cpu(
     std::vector<double> s0, s1;
     channels_last_sums<acc_t>(
         M, C,
-        [&](int64_t m, acc_t* q0, acc_t* q1) {
-          row_grad_sums<scalar_t, acc_t>(xd + m * C, gd + m * C, scale.data(), offset.data(),
-                                         mean_a.data(), ns, q0, q1, C);
+        [&](int64_t m0, int64_t m1, acc_t* q0, acc_t* q1) {
+          simd::run<RowGradSums<scalar_t, acc_t>>(
+              xd + m0 * C, gd + m0 * C, m1 - m0, C, static_cast<const acc_t*>(scale.data()),
+              static_cast<const acc_t*>(offset.data()), static_cast<const acc_t*>(mean_a.data()),
+              ns, q0, q1);
         },
         s0, s1);
     for (int64_t c = 0; c < C; ++c) finish(c, s0[c], s1[c]);
     at::parallel_for(0, M, std::max<int64_t>(1, 32768 / C), [&](int64_t m0, int64_t m1) {
-      for (int64_t m = m0; m < m1; ++m)
-        row_grad<scalar_t, acc_t>(gxd + m * C, xd + m * C, gd + m * C, scale.data(),
-                                  offset.data(), mean_a.data(), k_dz.data(), k_x.data(),
-                                  k_c.data(), ns, C);
+      simd::run<RowGrad<scalar_t, acc_t>>(
+          gxd + m0 * C, xd + m0 * C, gd + m0 * C, m1 - m0, C,
+          static_cast<const acc_t*>(scale.data()), static_cast<const acc_t*>(offset.data()),
+          static_cast<const acc_t*>(mean_a.data()), static_cast<const acc_t*>(k_dz.data()),
+          static_cast<const acc_t*>(k_x.data()), static_cast<const acc_t*>(k_c.data()), ns);
     });
   });
   return {gx, gw, gb};

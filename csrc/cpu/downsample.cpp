@@ -1,9 +1,18 @@
 // CPU kernels of dip::downsample and dip::downsample_adjoint.
 //
-// Both apply out = R * X * C^T per (n, c) plane with sparse 1-D operators R (rows) and C
-// (columns): the downsampler uses the plans of resample_plan.h, its adjoint their transposes.
-// The downsampler's passes add whole rows scaled by a tap (vectorised), its column pass on the
-// transposed intermediate; the adjoint's column pass runs on the transposed input.
+// Both apply out = R * X * C^T per (n, c) plane with sparse 1-D operators R (rows, the
+// vertical pass) and C (columns, the horizontal pass) from resample_plan.h.
+//  - Vertical passes combine whole rows: out row o = sum_k w_k * in row src_k, with the
+//    output accumulated in registers over 32-float column blocks (every row read once per
+//    entry, every output written once).
+//  - Horizontal passes work in polyphase form. The padded row p (padding resolved by an index
+//    map) filtered with stride f is out[j] = sum_t taps[t] * p[f j + t]; with the phases
+//    ph_r[i] = p[f i + r] this is out[j] = sum_t taps[t] * ph_{t mod f}[j + t / f], a sum of
+//    contiguous shifted vectors. The adjoint computes ph_r[i] = sum_s taps[f s + r] * y[i - s]
+//    the same way, then folds the phases back onto the row through the index map.
+// The downsampler runs vertical then horizontal (both on the large input's rows), the adjoint
+// horizontal then vertical. The inner loops are written once and compiled for the baseline ISA
+// and for AVX2+FMA, chosen at run time (simd.h; the build keeps the baseline ISA).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/Dispatch.h>
@@ -14,168 +23,339 @@
 #include <vector>
 
 #include "../common/resample_plan.h"
+#include "../common/simd.h"
 
 namespace dip {
 namespace {
 
-template <typename scalar_t>
-std::vector<scalar_t> entry_weights(const Plan1d& plan, const scalar_t* taps) {
-  std::vector<scalar_t> w(plan.tap.size());
-  for (size_t k = 0; k < w.size(); ++k) w[k] = taps[plan.tap[k]];
-  return w;
-}
-
-struct Strides {
-  int64_t n, c, h, w;
+// Horizontal geometry of one axis in polyphase form.
+struct Phases {
+  int64_t n_in = 0;   // row length
+  int64_t n_out = 0;  // output length (downsampled)
+  int64_t factor = 1;
+  int64_t taps = 0;
+  int64_t m = 0;  // entries per phase: n_out - 1 + ceil(taps / factor)
+  int64_t s = 0;  // ceil(taps / factor): the zero border of the adjoint's input buffer
+  // source pixel of phase entry r * m + i (padded position f i + r), or n_in (a zero slot)
+  std::vector<int64_t> index;
 };
 
-// dst[j] += w * src[j]: the inner loop of every pass. On x86-64 a copy compiled for AVX2+FMA
-// is chosen at run time (the build itself targets the baseline ISA, no -march flags).
-template <typename scalar_t>
-inline void axpy_baseline(scalar_t* __restrict dst, const scalar_t* __restrict src, scalar_t w,
-                          int64_t n) {
-  for (int64_t j = 0; j < n; ++j) dst[j] += w * src[j];
-}
-
-#if defined(__GNUC__) && defined(__x86_64__)
-template <typename scalar_t>
-__attribute__((target("avx2,fma"))) void axpy_avx2(scalar_t* __restrict dst,
-                                                   const scalar_t* __restrict src, scalar_t w,
-                                                   int64_t n) {
-  for (int64_t j = 0; j < n; ++j) dst[j] += w * src[j];
-}
-
-inline bool has_avx2() {
-  static const bool value = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return value;
-}
-#endif
-
-template <typename scalar_t>
-inline void axpy(scalar_t* dst, const scalar_t* src, scalar_t w, int64_t n) {
-#if defined(__GNUC__) && defined(__x86_64__)
-  if (has_avx2()) {
-    axpy_avx2(dst, src, w, n);
-    return;
-  }
-#endif
-  axpy_baseline(dst, src, w, n);
-}
-
-// Vertical pass: dst row o (length len) = sum_k w[k] * source row src[k].
-template <typename scalar_t>
-inline void combine_rows(scalar_t* __restrict dst, const scalar_t* base, int64_t row_stride,
-                         int64_t col_stride, int64_t len, const Plan1d& plan,
-                         const scalar_t* weights, int64_t o) {
-  std::fill(dst, dst + len, scalar_t(0));
-  for (int64_t k = plan.ptr[o]; k < plan.ptr[o + 1]; ++k) {
-    const scalar_t wk = weights[k];
-    const scalar_t* __restrict s = base + plan.src[k] * row_stride;
-    if (col_stride == 1) {
-      axpy(dst, s, wk, len);
-    } else {
-      for (int64_t j = 0; j < len; ++j) dst[j] += wk * s[j * col_stride];
+// Builds the polyphase index map from the downsampling plan of the axis (which already
+// resolves the padding: entry (o, tap b) reads source pixel src, or is absent for zeros).
+Phases make_phases(const Plan1d& plan, int64_t num_taps, int64_t factor) {
+  Phases ph;
+  ph.n_in = plan.n_in;
+  ph.n_out = plan.n_out;
+  ph.factor = factor;
+  ph.taps = num_taps;
+  ph.s = (num_taps + factor - 1) / factor;
+  ph.m = plan.n_out - 1 + ph.s;
+  ph.index.assign(static_cast<size_t>(factor * ph.m), plan.n_in);
+  for (int64_t o = 0; o < plan.n_out; ++o) {
+    for (int64_t k = plan.ptr[o]; k < plan.ptr[o + 1]; ++k) {
+      const int64_t q = o * factor + plan.tap[k];  // padded position
+      ph.index[static_cast<size_t>((q % factor) * ph.m + q / factor)] = plan.src[k];
     }
   }
+  return ph;
 }
 
-// dst (cols x rows) = transpose of src (rows x cols), in cache-sized tiles.
-template <typename scalar_t>
-void transpose(scalar_t* __restrict dst, const scalar_t* __restrict src, int64_t rows,
-               int64_t cols) {
-  constexpr int64_t kTile = 32;
-  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
-    const int64_t r1 = std::min(rows, r0 + kTile);
-    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
-      const int64_t c1 = std::min(cols, c0 + kTile);
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = c0; c < c1; ++c) dst[c * rows + r] = src[r * cols + c];
-    }
-  }
-}
-
-// One (n, c) plane: out (Ho x Wo) = R * X * C^T. Both 1-D passes combine whole rows (the
-// column pass on the transposed intermediate), so every inner loop is a contiguous axpy.
-template <typename scalar_t>
-void apply_plane(scalar_t* out, const scalar_t* x, int64_t row_stride, int64_t col_stride,
-                 const Plan1d& rows, const scalar_t* rw, const Plan1d& cols,
-                 const scalar_t* cw, std::vector<scalar_t>& buf) {
-  const int64_t Ho = rows.n_out, Wi = cols.n_in, Wo = cols.n_out;
-  buf.resize(static_cast<size_t>(2 * Ho * Wi + Wo * Ho));
-  scalar_t* tmp = buf.data();          // Ho x Wi
-  scalar_t* tmp_t = tmp + Ho * Wi;     // Wi x Ho
-  scalar_t* out_t = tmp_t + Ho * Wi;   // Wo x Ho
-  for (int64_t o = 0; o < Ho; ++o)
-    combine_rows(tmp + o * Wi, x, row_stride, col_stride, Wi, rows, rw, o);
-  transpose(tmp_t, tmp, Ho, Wi);
-  for (int64_t j = 0; j < Wo; ++j)
-    combine_rows(out_t + j * Ho, tmp_t, Ho, int64_t(1), Ho, cols, cw, j);
-  transpose(out, out_t, Wo, Ho);
-}
-
-// One plane of an expanding operator (Ho >= Hi): the column pass runs on the transposed input,
-// whose rows are short, then the row pass writes the output rows directly.
-template <typename scalar_t>
-void expand_plane(scalar_t* out, const scalar_t* x, int64_t row_stride, int64_t col_stride,
-                  const Plan1d& rows, const scalar_t* rw, const Plan1d& cols,
-                  const scalar_t* cw, std::vector<scalar_t>& buf) {
-  const int64_t Hi = rows.n_in, Wi = cols.n_in, Wo = cols.n_out;
-  buf.resize(static_cast<size_t>(Wi * Hi + 2 * Wo * Hi));
-  scalar_t* x_t = buf.data();        // Wi x Hi
-  scalar_t* c_t = x_t + Wi * Hi;     // Wo x Hi
-  scalar_t* c = c_t + Wo * Hi;       // Hi x Wo
-  for (int64_t r = 0; r < Hi; ++r)
-    for (int64_t j = 0; j < Wi; ++j) x_t[j * Hi + r] = x[r * row_stride + j * col_stride];
-  for (int64_t j = 0; j < Wo; ++j) combine_rows(c_t + j * Hi, x_t, Hi, int64_t(1), Hi, cols, cw, j);
-  transpose(c, c_t, Wo, Hi);
-  for (int64_t o = 0; o < rows.n_out; ++o)
-    combine_rows(out + o * Wo, c, Wo, int64_t(1), Wo, rows, rw, o);
-}
-
-template <typename scalar_t>
-void apply_separable(const at::Tensor& x, at::Tensor& out, const scalar_t* taps,
-                     const Plan1d& rows, const Plan1d& cols) {
-  const int64_t N = x.size(0), C = x.size(1), P = N * C;
-  const Strides s{x.stride(0), x.stride(1), x.stride(2), x.stride(3)};
-  const scalar_t* xd = x.const_data_ptr<scalar_t>();
-  scalar_t* od = out.mutable_data_ptr<scalar_t>();
-  const std::vector<scalar_t> rw = entry_weights(rows, taps);
-  const std::vector<scalar_t> cw = entry_weights(cols, taps);
-  if (rows.n_out <= rows.n_in) {
-    // reducing (the downsampler): whole-row passes per plane, columns on the transpose
-    const int64_t plane_out = rows.n_out * cols.n_out;
-    at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
-      std::vector<scalar_t> buf;
-      for (int64_t p = p0; p < p1; ++p) {
-        apply_plane(od + p * plane_out, xd + (p / C) * s.n + (p % C) * s.c, s.h, s.w, rows,
-                    rw.data(), cols, cw.data(), buf);
+// ---------------------------------------------------------------- inner loops (two ISAs)
+// dst[0, n) = sum_e w[e] * rows[e][0, n): vertical combination of `count` rows.
+template <typename T>
+DIP_INLINE void combine_body(T* __restrict dst, const T* const* rows, const T* w, int64_t count,
+                             int64_t n) {
+  int64_t j = 0;
+#if defined(__GNUC__)
+  if constexpr (simd::kSupported<T>) {
+    using V = simd::vec_t<T>;
+    constexpr int64_t L = simd::Vec<T>::width;
+    for (; j + 4 * L <= n; j += 4 * L) {
+      V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (int64_t e = 0; e < count; ++e) {
+        const V we = simd::broadcast<T>(w[e]);
+        const T* r = rows[e] + j;
+        a0 += we * simd::load(r);
+        a1 += we * simd::load(r + L);
+        a2 += we * simd::load(r + 2 * L);
+        a3 += we * simd::load(r + 3 * L);
       }
-    });
-    return;
+      simd::store(dst + j, a0);
+      simd::store(dst + j + L, a1);
+      simd::store(dst + j + 2 * L, a2);
+      simd::store(dst + j + 3 * L, a3);
+    }
+    for (; j + L <= n; j += L) {
+      V a0 = {};
+      for (int64_t e = 0; e < count; ++e) a0 += simd::broadcast<T>(w[e]) * simd::load(rows[e] + j);
+      simd::store(dst + j, a0);
+    }
   }
-  // expanding (the adjoint): columns first on the transposed (small) input, then rows
+#endif
+  for (; j < n; ++j) {
+    T a = 0;
+    for (int64_t e = 0; e < count; ++e) a += w[e] * rows[e][j];
+    dst[j] = a;
+  }
+}
+
+// out[j] = sum_t taps[t] * ph[(t mod f) * m + j + t / f] for j in [0, n): the horizontal pass.
+template <typename T>
+DIP_INLINE void polyphase_filter_body(T* __restrict out, const T* __restrict ph, const T* taps,
+                                      int64_t num_taps, int64_t f, int64_t m, int64_t n) {
+  int64_t j = 0;
+#if defined(__GNUC__)
+  if constexpr (simd::kSupported<T>) {
+    using V = simd::vec_t<T>;
+    constexpr int64_t L = simd::Vec<T>::width;
+    for (; j + 4 * L <= n; j += 4 * L) {
+      V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (int64_t t = 0; t < num_taps; ++t) {
+        const V wt = simd::broadcast<T>(taps[t]);
+        const T* p = ph + (t % f) * m + t / f + j;
+        a0 += wt * simd::load(p);
+        a1 += wt * simd::load(p + L);
+        a2 += wt * simd::load(p + 2 * L);
+        a3 += wt * simd::load(p + 3 * L);
+      }
+      simd::store(out + j, a0);
+      simd::store(out + j + L, a1);
+      simd::store(out + j + 2 * L, a2);
+      simd::store(out + j + 3 * L, a3);
+    }
+    for (; j + L <= n; j += L) {
+      V a0 = {};
+      for (int64_t t = 0; t < num_taps; ++t)
+        a0 += simd::broadcast<T>(taps[t]) * simd::load(ph + (t % f) * m + t / f + j);
+      simd::store(out + j, a0);
+    }
+  }
+#endif
+  for (; j < n; ++j) {
+    T a = 0;
+    for (int64_t t = 0; t < num_taps; ++t) a += taps[t] * ph[(t % f) * m + t / f + j];
+    out[j] = a;
+  }
+}
+
+// ph[r * m + i] = sum_{s: f s + r < K} taps[f s + r] * y[i - s] for r < f, i < m, where y
+// points `border` (>= ceil(K / f) - 1) zeros into a zero-bordered buffer: the adjoint's
+// horizontal pass before the fold.
+template <typename T>
+DIP_INLINE void polyphase_spread_body(T* __restrict ph, const T* __restrict y, const T* taps,
+                                      int64_t num_taps, int64_t f, int64_t m) {
+  for (int64_t r = 0; r < f; ++r) {
+    T* dst = ph + r * m;
+    int64_t i = 0;
+#if defined(__GNUC__)
+    if constexpr (simd::kSupported<T>) {
+      using V = simd::vec_t<T>;
+      constexpr int64_t L = simd::Vec<T>::width;
+      for (; i + 4 * L <= m; i += 4 * L) {
+        V a0 = {}, a1 = {}, a2 = {}, a3 = {};
+        for (int64_t t = r, s = 0; t < num_taps; t += f, ++s) {
+          const V wt = simd::broadcast<T>(taps[t]);
+          const T* p = y + i - s;
+          a0 += wt * simd::load(p);
+          a1 += wt * simd::load(p + L);
+          a2 += wt * simd::load(p + 2 * L);
+          a3 += wt * simd::load(p + 3 * L);
+        }
+        simd::store(dst + i, a0);
+        simd::store(dst + i + L, a1);
+        simd::store(dst + i + 2 * L, a2);
+        simd::store(dst + i + 3 * L, a3);
+      }
+    }
+#endif
+    for (; i < m; ++i) {
+      T a = 0;
+      for (int64_t t = r, s = 0; t < num_taps; t += f, ++s) a += taps[t] * y[i - s];
+      dst[i] = a;
+    }
+  }
+}
+
+template <typename T>
+void combine_baseline(T* dst, const T* const* rows, const T* w, int64_t count, int64_t n) {
+  combine_body(dst, rows, w, count, n);
+}
+template <typename T>
+void filter_baseline(T* out, const T* ph, const T* taps, int64_t k, int64_t f, int64_t m,
+                     int64_t n) {
+  polyphase_filter_body(out, ph, taps, k, f, m, n);
+}
+template <typename T>
+void spread_baseline(T* ph, const T* y, const T* taps, int64_t k, int64_t f, int64_t m) {
+  polyphase_spread_body(ph, y, taps, k, f, m);
+}
+
+#if DIP_HAVE_AVX2_PATH
+template <typename T>
+DIP_TARGET_AVX2 void combine_avx2(T* dst, const T* const* rows, const T* w, int64_t count,
+                                  int64_t n) {
+  combine_body(dst, rows, w, count, n);
+}
+template <typename T>
+DIP_TARGET_AVX2 void filter_avx2(T* out, const T* ph, const T* taps, int64_t k, int64_t f,
+                                 int64_t m, int64_t n) {
+  polyphase_filter_body(out, ph, taps, k, f, m, n);
+}
+template <typename T>
+DIP_TARGET_AVX2 void spread_avx2(T* ph, const T* y, const T* taps, int64_t k, int64_t f,
+                                 int64_t m) {
+  polyphase_spread_body(ph, y, taps, k, f, m);
+}
+#endif
+
+template <typename T>
+void combine(T* dst, const T* const* rows, const T* w, int64_t count, int64_t n) {
+#if DIP_HAVE_AVX2_PATH
+  if (simd::has_avx2_fma()) return combine_avx2(dst, rows, w, count, n);
+#endif
+  combine_baseline(dst, rows, w, count, n);
+}
+
+template <typename T>
+void polyphase_filter(T* out, const T* ph, const T* taps, int64_t k, int64_t f, int64_t m,
+                      int64_t n) {
+#if DIP_HAVE_AVX2_PATH
+  if (simd::has_avx2_fma()) return filter_avx2(out, ph, taps, k, f, m, n);
+#endif
+  filter_baseline(out, ph, taps, k, f, m, n);
+}
+
+template <typename T>
+void polyphase_spread(T* ph, const T* y, const T* taps, int64_t k, int64_t f, int64_t m) {
+#if DIP_HAVE_AVX2_PATH
+  if (simd::has_avx2_fma()) return spread_avx2(ph, y, taps, k, f, m);
+#endif
+  spread_baseline(ph, y, taps, k, f, m);
+}
+
+// ---------------------------------------------------------------- planes
+// Vertical pass: dst row o (of `len` values, row stride dst_stride) = sum over the plan's
+// entries of weight * source row (base + src * src_stride, contiguous).
+template <typename T>
+void vertical(T* dst, int64_t dst_stride, const T* base, int64_t src_stride, int64_t len,
+              const Plan1d& plan, const T* weights, std::vector<const T*>& rows) {
+  for (int64_t o = 0; o < plan.n_out; ++o) {
+    const int64_t k0 = plan.ptr[o], count = plan.ptr[o + 1] - k0;
+    rows.resize(static_cast<size_t>(count));
+    for (int64_t e = 0; e < count; ++e) rows[e] = base + plan.src[k0 + e] * src_stride;
+    combine(dst + o * dst_stride, rows.data(), weights + k0, count, len);
+  }
+}
+
+struct Scratch {
+  std::vector<char> bytes;
+  template <typename T>
+  T* get(size_t n) {
+    bytes.resize(n * sizeof(T));
+    return reinterpret_cast<T*>(bytes.data());
+  }
+};
+
+template <typename T>
+struct Operator {
+  const Plan1d* rows;    // vertical plan (the adjoint's: transposed)
+  const T* row_weights;  // weight of each entry of `rows`
+  const Phases* cols;    // horizontal geometry
+  const T* taps;
+};
+
+// One plane of the downsampler: x (H x W, strides rs, cs) -> out (Ho x Wo, contiguous).
+template <typename T>
+void downsample_plane(T* out, const T* x, int64_t rs, int64_t cs, const Operator<T>& op,
+                      Scratch& scratch, std::vector<const T*>& rows) {
+  const Phases& ph = *op.cols;
+  const int64_t H = op.rows->n_in, W = ph.n_in, Ho = op.rows->n_out, Wo = ph.n_out;
+  const int64_t stride = W + 1;  // the extra column is the zero slot of the index map
+  const int64_t nph = ph.factor * ph.m;
+  const size_t need = static_cast<size_t>(Ho * stride + nph + (cs != 1 ? H * W : 0));
+  T* tmp = scratch.get<T>(need);
+  T* phase = tmp + Ho * stride;
+  if (cs != 1) {  // gather a strided plane (e.g. channels_last) into contiguous rows
+    T* xc = phase + nph;
+    for (int64_t r = 0; r < H; ++r)
+      for (int64_t c = 0; c < W; ++c) xc[r * W + c] = x[r * rs + c * cs];
+    x = xc;
+    rs = W;
+  }
+  vertical(tmp, stride, x, rs, W, *op.rows, op.row_weights, rows);
+  const int64_t* index = ph.index.data();
+  for (int64_t o = 0; o < Ho; ++o) {
+    T* row = tmp + o * stride;
+    row[W] = T(0);
+    for (int64_t e = 0; e < nph; ++e) phase[e] = row[index[e]];
+    polyphase_filter(out + o * Wo, phase, op.taps, ph.taps, ph.factor, ph.m, Wo);
+  }
+}
+
+// One plane of the adjoint: y (Ho x Wo, strides rs, cs) -> out (H x W, contiguous).
+template <typename T>
+void adjoint_plane(T* out, const T* y, int64_t rs, int64_t cs, const Operator<T>& op,
+                   Scratch& scratch, std::vector<const T*>& rows) {
+  const Phases& ph = *op.cols;
+  const int64_t W = ph.n_in, Wo = ph.n_out, Ho = op.rows->n_in;
+  const int64_t stride = W + 1;  // the extra column collects the zero slot's contributions
+  const int64_t nph = ph.factor * ph.m;
+  const int64_t border = ph.s;
+  const int64_t ylen = Wo + 2 * border + ph.m;  // room for the spread's reads past Wo
+  T* tmp = scratch.get<T>(static_cast<size_t>(Ho * stride + nph + ylen));
+  T* phase = tmp + Ho * stride;
+  T* ybuf = phase + nph;
+  std::fill(ybuf, ybuf + ylen, T(0));
+  const int64_t* index = ph.index.data();
+  for (int64_t o = 0; o < Ho; ++o) {
+    for (int64_t j = 0; j < Wo; ++j) ybuf[border + j] = y[o * rs + j * cs];
+    polyphase_spread(phase, ybuf + border, op.taps, ph.taps, ph.factor, ph.m);
+    T* row = tmp + o * stride;
+    std::fill(row, row + stride, T(0));
+    for (int64_t e = 0; e < nph; ++e) row[index[e]] += phase[e];
+  }
+  vertical(out, W, tmp, stride, W, *op.rows, op.row_weights, rows);
+}
+
+template <typename T>
+void apply(const at::Tensor& in, at::Tensor& out, const T* taps, const Plan1d& rows,
+           const Phases& cols, bool adjoint) {
+  const int64_t C = in.size(1), P = in.size(0) * C;
+  const int64_t sn = in.stride(0), sc = in.stride(1), rs = in.stride(2), cs = in.stride(3);
+  const T* src = in.const_data_ptr<T>();
+  T* dst = out.mutable_data_ptr<T>();
+  std::vector<T> weights(rows.tap.size());
+  for (size_t k = 0; k < weights.size(); ++k) weights[k] = taps[rows.tap[k]];
+  const Operator<T> op{&rows, weights.data(), &cols, taps};
+  const int64_t plane_out = out.size(2) * out.size(3);
   at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
-    std::vector<scalar_t> buf;
+    Scratch scratch;
+    std::vector<const T*> row_ptrs;
     for (int64_t p = p0; p < p1; ++p) {
-      expand_plane(od + p * rows.n_out * cols.n_out, xd + (p / C) * s.n + (p % C) * s.c, s.h,
-                   s.w, rows, rw.data(), cols, cw.data(), buf);
+      const T* plane = src + (p / C) * sn + (p % C) * sc;
+      if (adjoint) {
+        adjoint_plane(dst + p * plane_out, plane, rs, cs, op, scratch, row_ptrs);
+      } else {
+        downsample_plane(dst + p * plane_out, plane, rs, cs, op, scratch, row_ptrs);
+      }
     }
   });
 }
 
-at::Tensor run(const at::Tensor& x, const at::Tensor& taps, const Plan1d& rows,
-               const Plan1d& cols) {
-  at::Tensor out = at::empty({x.size(0), x.size(1), rows.n_out, cols.n_out}, x.options());
+at::Tensor run(const at::Tensor& in, const at::Tensor& taps, const Plan1d& rows,
+               const Phases& cols, int64_t out_h, int64_t out_w, bool adjoint) {
+  at::Tensor out = at::empty({in.size(0), in.size(1), out_h, out_w}, in.options());
   const at::Tensor t = taps.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dip::downsample", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.scalar_type(), "dip::downsample",
+                                  [&] {
     if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
-      apply_separable<scalar_t>(x, out, t.const_data_ptr<scalar_t>(), rows, cols);
+      apply<scalar_t>(in, out, t.const_data_ptr<scalar_t>(), rows, cols, adjoint);
     } else {
       // reduced precision: compute in float, round once
-      at::Tensor xf = x.to(at::kFloat);
+      const at::Tensor inf = in.to(at::kFloat);
       at::Tensor of = at::empty(out.sizes(), out.options().dtype(at::kFloat));
-      at::Tensor tf = t.to(at::kFloat);
-      apply_separable<float>(xf, of, tf.const_data_ptr<float>(), rows, cols);
+      const at::Tensor tf = t.to(at::kFloat);
+      apply<float>(inf, of, tf.const_data_ptr<float>(), rows, cols, adjoint);
       out.copy_(of);
     }
   });
@@ -188,17 +368,17 @@ at::Tensor downsample_cpu(const at::Tensor& x, const at::Tensor& taps, int64_t f
   const int64_t k = taps.size(0);
   const Geometry g = resample_geometry(x.size(2), x.size(3), k, factor, padding);
   const Plan1d rows = downsample_plan(g.height, k, factor, g.pad, g.mode);
-  const Plan1d cols = downsample_plan(g.width, k, factor, g.pad, g.mode);
-  return run(x, taps, rows, cols);
+  const Phases cols = make_phases(downsample_plan(g.width, k, factor, g.pad, g.mode), k, factor);
+  return run(x, taps, rows, cols, g.out_height, g.out_width, false);
 }
 
 at::Tensor downsample_adjoint_cpu(const at::Tensor& y, const at::Tensor& taps, int64_t factor,
                                   c10::string_view padding, c10::SymIntArrayRef input_size) {
   const Geometry g = adjoint_geometry(y, taps, factor, padding, input_size);
-  const int64_t H = g.height, W = g.width, k = taps.size(0);
-  const Plan1d rows = transpose_plan(downsample_plan(H, k, factor, g.pad, g.mode));
-  const Plan1d cols = transpose_plan(downsample_plan(W, k, factor, g.pad, g.mode));
-  return run(y, taps, rows, cols);
+  const int64_t k = taps.size(0);
+  const Plan1d rows = transpose_plan(downsample_plan(g.height, k, factor, g.pad, g.mode));
+  const Phases cols = make_phases(downsample_plan(g.width, k, factor, g.pad, g.mode), k, factor);
+  return run(y, taps, rows, cols, g.height, g.width, true);
 }
 
 }  // namespace

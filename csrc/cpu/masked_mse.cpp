@@ -1,5 +1,6 @@
-// CPU kernels of dip::masked_mse (one pass: the loss and, when asked, the unit gradient) and
-// dip::masked_mse_backward (one pass writing the gradient). The mask broadcasts over x through TensorIterator.
+// CPU kernels of dip::masked_mse (one pass: the loss and, when asked, the gradient for an
+// upstream gradient of 1) and dip::masked_mse_backward (one pass writing the gradient). The
+// mask broadcasts over x through TensorIterator.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -20,100 +21,88 @@
 namespace dip {
 namespace {
 
-constexpr int kLanes = 16;
 constexpr int64_t kBlock = 4096;  // elements summed in working precision before widening
 
-struct Sums {
-  double squared = 0;  // sum ((x - t) * m)^2
-  double mask = 0;     // sum m over x's elements
-};
-
-// Contiguous x, t (and u when kGrad); mask contiguous (kMaskStride 1) or one broadcast value
-// (kMaskStride 0).
+// sum ((x - t) * m)^2 over n contiguous elements (m contiguous, kMaskStride 1, or one
+// broadcast value, kMaskStride 0); when kGrad also writes the gradient u = c (x - t) m^2.
+// Written once and instantiated for the baseline ISA and for AVX2+FMA (simd.h).
 template <typename scalar_t, int kMaskStride, bool kGrad>
-void accumulate_contiguous(const scalar_t* __restrict x, const scalar_t* __restrict t,
-                           const scalar_t* __restrict m, scalar_t* __restrict u, int64_t n,
-                           Sums& out) {
-  using acc_t = at::opmath_type<scalar_t>;
+DIP_INLINE double contiguous_body(const scalar_t* __restrict x, const scalar_t* __restrict t,
+                                  const scalar_t* __restrict m, scalar_t* __restrict u,
+                                  int64_t n, scalar_t c) {
+  double total = 0;
 #if defined(__GNUC__)
   if constexpr (simd::kSupported<scalar_t>) {
     using V = simd::vec_t<scalar_t>;
     constexpr int W = simd::Vec<scalar_t>::width;
-    const V two = simd::broadcast<scalar_t>(2);
+    const V cv = simd::broadcast<scalar_t>(c);
+    const V m0 = simd::broadcast<scalar_t>(m[0]);
     for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
       const int64_t b1 = std::min(n, b0 + kBlock);
       V a0 = {}, a1 = {};
       int64_t i = b0;
-      for (; i + W <= b1; i += W) {
-        V mv;
-        if constexpr (kMaskStride == 1) {
-          mv = simd::load(m + i);
-        } else {
-          mv = simd::broadcast(m[0]);
+      for (; i + 2 * W <= b1; i += 2 * W) {
+        const V mv0 = kMaskStride ? simd::load(m + i) : m0;
+        const V mv1 = kMaskStride ? simd::load(m + i + W) : m0;
+        const V d0 = (simd::load(x + i) - simd::load(t + i)) * mv0;
+        const V d1 = (simd::load(x + i + W) - simd::load(t + i + W)) * mv1;
+        a0 += d0 * d0;
+        a1 += d1 * d1;
+        if constexpr (kGrad) {
+          simd::store(u + i, cv * d0 * mv0);
+          simd::store(u + i + W, cv * d1 * mv1);
         }
-        const V diff = simd::load(x + i) - simd::load(t + i);
-        const V d = diff * mv;
-        a0 += d * d;
-        a1 += mv;
-        if constexpr (kGrad) simd::store(u + i, two * diff * mv * mv);
       }
-      double s0 = simd::sum<scalar_t>(a0), s1 = simd::sum<scalar_t>(a1);
+      double s = simd::sum<scalar_t>(a0 + a1);
       for (; i < b1; ++i) {
         const scalar_t mv = m[i * kMaskStride];
-        const scalar_t diff = x[i] - t[i];
-        s0 += static_cast<double>(diff * mv) * static_cast<double>(diff * mv);
-        s1 += mv;
-        if constexpr (kGrad) u[i] = scalar_t(2) * diff * mv * mv;
+        const scalar_t d = (x[i] - t[i]) * mv;
+        s += static_cast<double>(d) * static_cast<double>(d);
+        if constexpr (kGrad) u[i] = c * d * mv;
       }
-      out.squared += s0;
-      out.mask += s1;
+      total += s;
     }
-    return;
+    return total;
   }
 #endif
-    for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
-      const int64_t b1 = std::min(n, b0 + kBlock);
-      acc_t l0[kLanes] = {}, l1[kLanes] = {};
-      int64_t i = b0;
-      for (; i + kLanes <= b1; i += kLanes) {
-        for (int l = 0; l < kLanes; ++l) {
-          const acc_t mv = static_cast<acc_t>(m[(i + l) * kMaskStride]);
-          const acc_t d = (static_cast<acc_t>(x[i + l]) - static_cast<acc_t>(t[i + l])) * mv;
-          l0[l] += d * d;
-          l1[l] += mv;
-        }
-        if constexpr (kGrad) {
-          for (int l = 0; l < kLanes; ++l) {
-            const acc_t mv = static_cast<acc_t>(m[(i + l) * kMaskStride]);
-            u[i + l] = static_cast<scalar_t>(
-                acc_t(2) * (static_cast<acc_t>(x[i + l]) - static_cast<acc_t>(t[i + l])) * mv *
-                mv);
-          }
-        }
-      }
-      double s0 = 0, s1 = 0;
-      for (; i < b1; ++i) {
-        const acc_t mv = static_cast<acc_t>(m[i * kMaskStride]);
-        const acc_t diff = static_cast<acc_t>(x[i]) - static_cast<acc_t>(t[i]);
-        const acc_t d = diff * mv;
-        s0 += d * d;
-        s1 += mv;
-        if constexpr (kGrad) u[i] = static_cast<scalar_t>(acc_t(2) * diff * mv * mv);
-      }
-      for (int l = 0; l < kLanes; ++l) {
-        s0 += l0[l];
-        s1 += l1[l];
-      }
-      out.squared += s0;
-      out.mask += s1;
-    }
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t mv = static_cast<acc_t>(m[i * kMaskStride]);
+    const acc_t d = (static_cast<acc_t>(x[i]) - static_cast<acc_t>(t[i])) * mv;
+    total += static_cast<double>(d) * static_cast<double>(d);
+    if constexpr (kGrad) u[i] = static_cast<scalar_t>(static_cast<acc_t>(c) * d * mv);
+  }
+  return total;
 }
 
-// Adds n elements (byte strides sx, st, sm; sm may be 0 for a broadcast mask) to `out` and,
-// when u is given (stride su), writes the unit gradient u = 2 (x - t) m^2.
+template <typename scalar_t, int kMaskStride, bool kGrad>
+double contiguous_baseline(const scalar_t* x, const scalar_t* t, const scalar_t* m,
+                           scalar_t* u, int64_t n, scalar_t c) {
+  return contiguous_body<scalar_t, kMaskStride, kGrad>(x, t, m, u, n, c);
+}
+
+#if DIP_HAVE_AVX2_PATH
+template <typename scalar_t, int kMaskStride, bool kGrad>
+DIP_TARGET_AVX2 double contiguous_avx2(const scalar_t* x, const scalar_t* t, const scalar_t* m,
+                                       scalar_t* u, int64_t n, scalar_t c) {
+  return contiguous_body<scalar_t, kMaskStride, kGrad>(x, t, m, u, n, c);
+}
+#endif
+
+template <typename scalar_t, int kMaskStride, bool kGrad>
+double contiguous(const scalar_t* x, const scalar_t* t, const scalar_t* m, scalar_t* u,
+                  int64_t n, scalar_t c) {
+#if DIP_HAVE_AVX2_PATH
+  if (simd::has_avx2_fma()) return contiguous_avx2<scalar_t, kMaskStride, kGrad>(x, t, m, u, n, c);
+#endif
+  return contiguous_baseline<scalar_t, kMaskStride, kGrad>(x, t, m, u, n, c);
+}
+
+// Sum of ((x - t) m)^2 over n elements (byte strides sx, st, sm; sm may be 0 for a broadcast
+// mask) and, when u is given (stride su), the gradient u = c (x - t) m^2.
 template <typename scalar_t>
-void accumulate(const char* xp, const char* tp, const char* mp, char* up, int64_t sx,
-                int64_t st, int64_t sm, int64_t su, int64_t n, Sums& out) {
+double accumulate(const char* xp, const char* tp, const char* mp, char* up, int64_t sx,
+                  int64_t st, int64_t sm, int64_t su, int64_t n, scalar_t c) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t e = sizeof(scalar_t);
   if (sx == e && st == e && (sm == e || sm == 0) && (up == nullptr || su == e)) {
@@ -122,23 +111,22 @@ void accumulate(const char* xp, const char* tp, const char* mp, char* up, int64_
     const auto* m = reinterpret_cast<const scalar_t*>(mp);
     auto* u = reinterpret_cast<scalar_t*>(up);
     if (sm == 0) {
-      u ? accumulate_contiguous<scalar_t, 0, true>(x, t, m, u, n, out)
-        : accumulate_contiguous<scalar_t, 0, false>(x, t, m, u, n, out);
-    } else {
-      u ? accumulate_contiguous<scalar_t, 1, true>(x, t, m, u, n, out)
-        : accumulate_contiguous<scalar_t, 1, false>(x, t, m, u, n, out);
+      return u ? contiguous<scalar_t, 0, true>(x, t, m, u, n, c)
+               : contiguous<scalar_t, 0, false>(x, t, m, u, n, c);
     }
-    return;
+    return u ? contiguous<scalar_t, 1, true>(x, t, m, u, n, c)
+             : contiguous<scalar_t, 1, false>(x, t, m, u, n, c);
   }
+  double total = 0;
+  const acc_t ca = static_cast<acc_t>(c);
   for (int64_t i = 0; i < n; ++i) {
     const acc_t mv = static_cast<acc_t>(*reinterpret_cast<const scalar_t*>(mp + i * sm));
-    const acc_t diff = static_cast<acc_t>(*reinterpret_cast<const scalar_t*>(xp + i * sx)) -
-                       static_cast<acc_t>(*reinterpret_cast<const scalar_t*>(tp + i * st));
-    const double d = static_cast<double>(diff * mv);
-    out.squared += d * d;
-    out.mask += static_cast<double>(mv);
-    if (up) *reinterpret_cast<scalar_t*>(up + i * su) = static_cast<scalar_t>(acc_t(2) * diff * mv * mv);
+    const acc_t d = (static_cast<acc_t>(*reinterpret_cast<const scalar_t*>(xp + i * sx)) -
+                     static_cast<acc_t>(*reinterpret_cast<const scalar_t*>(tp + i * st))) * mv;
+    total += static_cast<double>(d) * static_cast<double>(d);
+    if (up) *reinterpret_cast<scalar_t*>(up + i * su) = static_cast<scalar_t>(ca * d * mv);
   }
+  return total;
 }
 
 double denominator(const at::Tensor& x, const at::Tensor& mask, bool normalize_by_mask) {
@@ -155,14 +143,18 @@ void check_inputs(const at::Tensor& x, const at::Tensor& target, const at::Tenso
   check_mask(mask, x);
 }
 
-// Returns (loss, u, 1 / D): u = 2 (x - t) m^2 (the gradient is u * grad / D) when with_grad,
-// else an empty tensor; D = numel(x) or the broadcast mask sum, 1 / D := 0 when D = 0.
+// Returns (loss, u, 1): u = 2 (x - t) m^2 / D is the gradient for an upstream gradient of 1
+// (the autograd formula multiplies u by grad and by the third output, here 1) when with_grad,
+// else an empty tensor; D = numel(x) or the broadcast mask sum (computed first, so that u is
+// written already scaled), 1 / D := 0 when D = 0.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_mse_cpu(const at::Tensor& x,
                                                               const at::Tensor& target,
                                                               const at::Tensor& mask,
                                                               bool normalize_by_mask,
                                                               bool with_grad) {
   check_inputs(x, target, mask);
+  const double denom = denominator(x, mask, normalize_by_mask);
+  const double inv = denom > 0 ? 1.0 / denom : 0.0;
   at::Tensor u = with_grad ? at::empty_like(x) : at::empty({0}, x.options());
   at::TensorIteratorConfig config;
   if (with_grad) config.add_output(u);
@@ -171,34 +163,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_mse_cpu(const at::Tensor& 
                                 .add_const_input(mask)
                                 .build();
   const int nthreads = at::get_num_threads();
-  std::vector<Sums> partial(static_cast<size_t>(nthreads) * 4);  // 4: a cache line apart
+  std::vector<double> partial(static_cast<size_t>(nthreads) * 8);  // 8: a cache line apart
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dip::masked_mse",
                                   [&] {
+    const scalar_t c = static_cast<scalar_t>(2.0 * inv);
     iter.for_each([&](char** data, const int64_t* strides, int64_t size0, int64_t size1) {
       const int k = with_grad ? 1 : 0;  // index of x among the operands
       const int nt = 3 + k;
-      Sums local;
+      double local = 0;
       for (int64_t j = 0; j < size1; ++j) {
-        accumulate<scalar_t>(data[k] + j * strides[nt + k], data[k + 1] + j * strides[nt + k + 1],
-                             data[k + 2] + j * strides[nt + k + 2],
-                             with_grad ? data[0] + j * strides[nt] : nullptr, strides[k],
-                             strides[k + 1], strides[k + 2], with_grad ? strides[0] : 0, size0,
-                             local);
+        local += accumulate<scalar_t>(
+            data[k] + j * strides[nt + k], data[k + 1] + j * strides[nt + k + 1],
+            data[k + 2] + j * strides[nt + k + 2], with_grad ? data[0] + j * strides[nt] : nullptr,
+            strides[k], strides[k + 1], strides[k + 2], with_grad ? strides[0] : 0, size0, c);
       }
-      Sums& mine = partial[static_cast<size_t>(at::get_thread_num()) * 4];
-      mine.squared += local.squared;
-      mine.mask += local.mask;
+      partial[static_cast<size_t>(at::get_thread_num()) * 8] += local;
     });
   });
-  Sums total;
-  for (int i = 0; i < nthreads; ++i) {
-    total.squared += partial[static_cast<size_t>(i) * 4].squared;
-    total.mask += partial[static_cast<size_t>(i) * 4].mask;
-  }
-  const double denom = normalize_by_mask ? total.mask : static_cast<double>(x.numel());
-  const double inv = denom > 0 ? 1.0 / denom : 0.0;
-  return {at::scalar_tensor(total.squared * inv, x.options()), u,
-          at::scalar_tensor(inv, x.options())};
+  double total = 0;
+  for (int i = 0; i < nthreads; ++i) total += partial[static_cast<size_t>(i) * 8];
+  return {at::scalar_tensor(total * inv, x.options()), u, at::scalar_tensor(1.0, x.options())};
 }
 
 at::Tensor masked_mse_backward_cpu(const at::Tensor& grad, const at::Tensor& x,

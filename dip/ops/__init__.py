@@ -8,7 +8,9 @@ checking). During ``torch.onnx.export`` the public ops choose the reference auto
 
 ``has_native()`` says whether the library is loaded and ``native_status()`` why (not). Setting
 the environment variable ``DIP_REQUIRE_NATIVE=1`` makes ``import dip.ops`` fail when the
-library is missing.
+library is missing. The CPU kernels are compiled twice, for the baseline x86-64 ISA and for
+AVX2+FMA, and the second is chosen at run time where the CPU has it; ``DIP_CPU_ISA=baseline``
+forces the first, and ``build_info()["cpu_isa"]`` says which one runs.
 """
 from __future__ import annotations
 
@@ -272,11 +274,14 @@ def bn_leaky_relu(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
     b = bias if bias is not None else x.new_zeros(c)
     y, mean, var = torch.ops.dip.bn_leaky_relu(x, w, b, eps, slope)
     if running_mean is not None and running_var is not None:
+        # running <- running + momentum * (batch - running): two fused in-place updates (this
+        # runs once per BatchNorm layer and step, where every small op costs microseconds)
         count = x.numel() // c
+        if mean.dtype != running_mean.dtype:
+            mean = mean.to(running_mean.dtype)
+        unbiased = var.to(running_var.dtype) * (count / (count - 1))
         with torch.no_grad():
-            running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-            unbiased = var.to(running_var.dtype) * (count / (count - 1))
-            running_var.mul_(1.0 - momentum).add_(unbiased, alpha=momentum)
+            torch._foreach_lerp_([running_mean, running_var], [mean, unbiased], momentum)
     return y
 
 

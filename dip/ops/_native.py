@@ -1,7 +1,9 @@
-"""Fake (meta) kernels and autograd formulas for the native ``torch.ops.dip`` operators.
+"""Fake (meta) kernels of the native ``torch.ops.dip`` operators.
 
 Imported by :mod:`dip.ops` only when ``dip._C`` loaded (registering them for operators that do
-not exist would fail). The schemas live in ``csrc/register.cpp``.
+not exist would fail). The schemas live in ``csrc/register.cpp``; autograd is registered in
+C++ (``csrc/autograd.cpp``, the Autograd dispatch key), which keeps the Python
+``autograd.Function`` machinery out of every call.
 """
 from __future__ import annotations
 
@@ -58,82 +60,3 @@ def _bn_leaky_relu_fake(x, weight, bias, eps, negative_slope):
 @torch.library.register_fake("dip::bn_leaky_relu_backward")
 def _bn_leaky_relu_backward_fake(grad_out, x, weight, bias, mean, var, eps, negative_slope):
     return _bn_like(x), torch.empty_like(weight), torch.empty_like(bias)
-
-
-# ----------------------------------------------------------------------------- autograd
-def _downsample_setup(ctx, inputs, output):
-    x, taps, factor, padding = inputs
-    ctx.save_for_backward(taps)
-    ctx.args = (factor, padding, (x.shape[2], x.shape[3]))
-
-
-def _downsample_backward(ctx, grad):
-    (taps,) = ctx.saved_tensors
-    factor, padding, size = ctx.args
-    gx = torch.ops.dip.downsample_adjoint(grad, taps, factor, padding, list(size))
-    return gx, None, None, None
-
-
-def _adjoint_setup(ctx, inputs, output):
-    _, taps, factor, padding, _ = inputs
-    ctx.save_for_backward(taps)
-    ctx.args = (factor, padding)
-
-
-def _adjoint_backward(ctx, grad):
-    (taps,) = ctx.saved_tensors
-    factor, padding = ctx.args
-    return torch.ops.dip.downsample(grad, taps, factor, padding), None, None, None, None
-
-
-torch.library.register_autograd("dip::downsample", _downsample_backward,
-                                setup_context=_downsample_setup)
-torch.library.register_autograd("dip::downsample_adjoint", _adjoint_backward,
-                                setup_context=_adjoint_setup)
-
-
-def _mse_setup(ctx, inputs, output):
-    x, target, mask, normalize_by_mask, with_grad = inputs
-    _, unit, inv_denominator = output
-    ctx.mark_non_differentiable(unit, inv_denominator)
-    ctx.fused = with_grad
-    if with_grad:  # the forward pass already produced the gradient direction
-        ctx.save_for_backward(unit, inv_denominator)
-    else:
-        ctx.save_for_backward(x, target, mask)
-    ctx.normalize_by_mask = normalize_by_mask
-
-
-def _mse_backward(ctx, grad, grad_unit, grad_inv):
-    need_x, need_target = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    if not (need_x or need_target):
-        return None, None, None, None, None
-    if ctx.fused:
-        unit, inv_denominator = ctx.saved_tensors
-        gx = unit * (grad * inv_denominator)
-    else:
-        x, target, mask = ctx.saved_tensors
-        gx = torch.ops.dip.masked_mse_backward(grad, x, target, mask, ctx.normalize_by_mask)
-    return (gx if need_x else None), (-gx if need_target else None), None, None, None
-
-
-torch.library.register_autograd("dip::masked_mse", _mse_backward, setup_context=_mse_setup)
-
-
-def _bn_setup(ctx, inputs, output):
-    x, weight, bias, eps, negative_slope = inputs
-    _, mean, var = output
-    ctx.mark_non_differentiable(mean, var)
-    ctx.save_for_backward(x, weight, bias, mean, var)
-    ctx.args = (eps, negative_slope)
-
-
-def _bn_backward(ctx, grad_out, grad_mean, grad_var):
-    x, weight, bias, mean, var = ctx.saved_tensors
-    eps, negative_slope = ctx.args
-    gx, gw, gb = torch.ops.dip.bn_leaky_relu_backward(grad_out, x, weight, bias, mean, var,
-                                                      eps, negative_slope)
-    return gx, gw, gb, None, None
-
-
-torch.library.register_autograd("dip::bn_leaky_relu", _bn_backward, setup_context=_bn_setup)

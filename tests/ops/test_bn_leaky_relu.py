@@ -109,6 +109,48 @@ def test_opcheck(native):
                               (torch.randn_like(y), x.detach(), w, b, mean, var, 1e-5, 0.2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_matches_reference_many_channels(native, dtype):
+    """37 channels: the channels_last loops run over channels (vector blocks and a tail); the
+    NCHW planes (47 x 45) cross the vector loops' tails too."""
+    bn, _ = _modules(37, dtype, seed=3)
+    base = torch.randn(2, 37, 47, 45, dtype=dtype) * 3 + 1
+    want = _run(ops.bn_leaky_relu_reference, base, bn, negative_slope=0.15)
+    for name, x in _layouts(base):
+        got = _run(ops.bn_leaky_relu, x, bn, negative_slope=0.15)
+        for a, b, what in zip(got, want, ["y", "running_mean", "running_var", "dx", "dw", "db"]):
+            scale = max(1.0, b.abs().max().item())
+            torch.testing.assert_close(a, b, rtol=0, atol=TOL[dtype] * scale,
+                                       msg=f"{name}: {what}")
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_native_matches_reference_large(native, layout):
+    """Tensors of >= 16 MiB. NCHW: the kernels write them with non-temporal stores, starting
+    each odd-sized, so unaligned, plane with scalar stores up to a 16-byte boundary;
+    channels_last: long per-channel sums (in working precision per block of rows)."""
+    c, h, w = (17, 509, 487) if layout == "nchw" else (20, 460, 457)
+    bn, _ = _modules(c, torch.float32, seed=5)
+    bn64, _ = _modules(c, torch.float64, seed=5)
+    x = torch.randn(1, c, h, w, generator=torch.Generator().manual_seed(1)) * 2 + 0.5
+    # keep the normalised values off LeakyReLU's kink: among millions of values some land
+    # within rounding of 0, where implementations legitimately disagree on the slope (seen:
+    # one value's gradient differing by 0.8 * dy, and its channel's dw, db with it)
+    z = torch.nn.functional.batch_norm(x.double(), None, None, bn64.weight, bn64.bias,
+                                       training=True)
+    x = x + 0.01 * (z.abs() < 1e-3)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert x.numel() * x.element_size() >= 16 << 20
+    # the reference in float64: torch's float32 channels_last batch norm is itself off by
+    # ~2e-4 at this size
+    want = _run(ops.bn_leaky_relu_reference, x.double(), bn64)
+    got = _run(ops.bn_leaky_relu, x, bn)
+    for a, b, what in zip(got, want, ["y", "running_mean", "running_var", "dx", "dw", "db"]):
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a, b.float(), rtol=0, atol=1e-5 * scale, msg=what)
+
+
 @settings(max_examples=8, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 20), h=st.integers(1, 9), w=st.integers(2, 9),
        channels_last=st.booleans(), slope=st.floats(0.0, 0.5))

@@ -124,6 +124,25 @@ def test_opcheck(native):
         torch.library.opcheck(native.downsample_adjoint, (y, t, f, m, list(x.shape[2:])))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("factor,k", [(1, 3), (2, 8), (3, 7), (4, 16)])
+def test_native_matches_reference_wide_rows(native, dtype, mode, factor, k):
+    """Rows wide enough for the kernels' 4-vector register blocks and their vector and scalar
+    tails (95 columns: 2 blocks of 32 floats + 3 vectors + 7; the output, 95 to 23 wide)."""
+    taps = _taps(k, dtype, seed=factor)
+    x = torch.randn(1, 2, 41, 95, dtype=dtype)
+    want = ops.downsample_reference(x, taps, factor, mode)
+    y = torch.randn_like(want)
+    want_adj = ops.downsample_adjoint_reference(y, taps, factor, mode, (41, 95))
+    for name, xx in _layouts(x):
+        torch.testing.assert_close(native.downsample(xx, taps, factor, mode), want, rtol=0,
+                                   atol=TOL[dtype], msg=name)
+    for name, yy in _layouts(y):
+        torch.testing.assert_close(native.downsample_adjoint(yy, taps, factor, mode, [41, 95]),
+                                   want_adj, rtol=0, atol=TOL[dtype], msg=name)
+
+
 @settings(max_examples=8, deadline=None)
 @given(n=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(9, 30), w=st.integers(9, 30),
        factor=st.integers(1, 4), k=st.integers(1, 9), mode=st.sampled_from(MODES),
