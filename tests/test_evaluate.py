@@ -196,19 +196,20 @@ def test_curves_file_replays_the_recorded_auto_stop(tmp_path):
     benchmarks/tune_stopping.py) to the auto-stop result the run itself recorded."""
     import json
 
+    STEPS = 60  # room for the rule to fire: where it does depends on the exact trajectory
     rows = ev.evaluate(["denoise25"], [("astronaut", ev.builtin_images(32, ["astronaut"])[0][1])],
-                       steps=20, stop_window=3, stop_patience=4, curve_windows=[2],
+                       steps=STEPS, stop_window=3, stop_patience=4, curve_windows=[2],
                        net_options=NARROW)
     (row,) = rows
-    assert row["auto_steps"] < 20  # the rule fired
+    assert row["auto_steps"] < STEPS  # the rule fired (at step 25 when this was written)
     path = tmp_path / "c.json"
     ev.write_curves(rows, path)
     doc = json.loads(path.read_text())
     assert doc["format"] == ev.CURVES_FORMAT
     (run,) = doc["runs"]
     s = run["series"]
-    assert s["step"] == list(range(1, 21)) and sorted(s["var"]) == ["2", "3"]
-    assert len(s["psnr"]) == len(s["psnr_avg"]) == len(s["var"]["3"]) == len(s["psnr_wmean"]["2"]) == 20
+    assert s["step"] == list(range(1, STEPS + 1)) and sorted(s["var"]) == ["2", "3"]
+    assert len(s["psnr"]) == len(s["psnr_avg"]) == len(s["var"]["3"]) == len(s["psnr_wmean"]["2"]) == STEPS
     assert s["var"]["3"][:2] == [None, None] and s["var"]["3"][2] > 0
     assert all(round(p, 4) == p for p in s["psnr"])
     assert (run["stop_window"], run["stop_patience"], run["exp_weight"]) == (3, 4, 0.99)
