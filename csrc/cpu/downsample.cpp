@@ -19,7 +19,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <vector>
 
 #include "../common/resample_plan.h"
@@ -61,10 +60,12 @@ Phases make_phases(const Plan1d& plan, int64_t num_taps, int64_t factor) {
 }
 
 // ---------------------------------------------------------------- inner loops (two ISAs)
-// dst[0, n) = sum_e w[e] * rows[e][0, n): vertical combination of `count` rows.
-template <typename T>
-DIP_INLINE void combine_body(T* __restrict dst, const T* const* rows, const T* w, int64_t count,
-                             int64_t n) {
+// dst[j] = sum_{e < count} weight(e) * row(e)[j] for j in [0, n): the resampler's one inner
+// loop, four vector registers wide, then one, then scalar. `weight` and `row` are inlined
+// lambdas that say where the terms come from.
+template <typename T, typename Weight, typename Row>
+DIP_INLINE void weighted_rows(T* __restrict dst, int64_t n, int64_t count, const Weight& weight,
+                              const Row& row) {
   int64_t j = 0;
 #if defined(__GNUC__)
   if constexpr (simd::kSupported<T>) {
@@ -73,8 +74,8 @@ DIP_INLINE void combine_body(T* __restrict dst, const T* const* rows, const T* w
     for (; j + 4 * L <= n; j += 4 * L) {
       V a0 = {}, a1 = {}, a2 = {}, a3 = {};
       for (int64_t e = 0; e < count; ++e) {
-        const V we = simd::broadcast<T>(w[e]);
-        const T* r = rows[e] + j;
+        const V we = simd::broadcast<T>(weight(e));
+        const T* r = row(e) + j;
         a0 += we * simd::load(r);
         a1 += we * simd::load(r + L);
         a2 += we * simd::load(r + 2 * L);
@@ -87,55 +88,32 @@ DIP_INLINE void combine_body(T* __restrict dst, const T* const* rows, const T* w
     }
     for (; j + L <= n; j += L) {
       V a0 = {};
-      for (int64_t e = 0; e < count; ++e) a0 += simd::broadcast<T>(w[e]) * simd::load(rows[e] + j);
+      for (int64_t e = 0; e < count; ++e) a0 += simd::broadcast<T>(weight(e)) * simd::load(row(e) + j);
       simd::store(dst + j, a0);
     }
   }
 #endif
   for (; j < n; ++j) {
     T a = 0;
-    for (int64_t e = 0; e < count; ++e) a += w[e] * rows[e][j];
+    for (int64_t e = 0; e < count; ++e) a += weight(e) * row(e)[j];
     dst[j] = a;
   }
+}
+
+// dst[0, n) = sum_e w[e] * rows[e][0, n): vertical combination of `count` rows.
+template <typename T>
+DIP_INLINE void combine_body(T* __restrict dst, const T* const* rows, const T* w, int64_t count,
+                             int64_t n) {
+  weighted_rows(dst, n, count, [w](int64_t e) { return w[e]; },
+                [rows](int64_t e) { return rows[e]; });
 }
 
 // out[j] = sum_t taps[t] * ph[(t mod f) * m + j + t / f] for j in [0, n): the horizontal pass.
 template <typename T>
 DIP_INLINE void polyphase_filter_body(T* __restrict out, const T* __restrict ph, const T* taps,
                                       int64_t num_taps, int64_t f, int64_t m, int64_t n) {
-  int64_t j = 0;
-#if defined(__GNUC__)
-  if constexpr (simd::kSupported<T>) {
-    using V = simd::vec_t<T>;
-    constexpr int64_t L = simd::Vec<T>::width;
-    for (; j + 4 * L <= n; j += 4 * L) {
-      V a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int64_t t = 0; t < num_taps; ++t) {
-        const V wt = simd::broadcast<T>(taps[t]);
-        const T* p = ph + (t % f) * m + t / f + j;
-        a0 += wt * simd::load(p);
-        a1 += wt * simd::load(p + L);
-        a2 += wt * simd::load(p + 2 * L);
-        a3 += wt * simd::load(p + 3 * L);
-      }
-      simd::store(out + j, a0);
-      simd::store(out + j + L, a1);
-      simd::store(out + j + 2 * L, a2);
-      simd::store(out + j + 3 * L, a3);
-    }
-    for (; j + L <= n; j += L) {
-      V a0 = {};
-      for (int64_t t = 0; t < num_taps; ++t)
-        a0 += simd::broadcast<T>(taps[t]) * simd::load(ph + (t % f) * m + t / f + j);
-      simd::store(out + j, a0);
-    }
-  }
-#endif
-  for (; j < n; ++j) {
-    T a = 0;
-    for (int64_t t = 0; t < num_taps; ++t) a += taps[t] * ph[(t % f) * m + t / f + j];
-    out[j] = a;
-  }
+  weighted_rows(out, n, num_taps, [taps](int64_t t) { return taps[t]; },
+                [ph, f, m](int64_t t) { return ph + (t % f) * m + t / f; });
 }
 
 // ph[r * m + i] = sum_{s: f s + r < K} taps[f s + r] * y[i - s] for r < f, i < m, where y
@@ -145,34 +123,10 @@ template <typename T>
 DIP_INLINE void polyphase_spread_body(T* __restrict ph, const T* __restrict y, const T* taps,
                                       int64_t num_taps, int64_t f, int64_t m) {
   for (int64_t r = 0; r < f; ++r) {
-    T* dst = ph + r * m;
-    int64_t i = 0;
-#if defined(__GNUC__)
-    if constexpr (simd::kSupported<T>) {
-      using V = simd::vec_t<T>;
-      constexpr int64_t L = simd::Vec<T>::width;
-      for (; i + 4 * L <= m; i += 4 * L) {
-        V a0 = {}, a1 = {}, a2 = {}, a3 = {};
-        for (int64_t t = r, s = 0; t < num_taps; t += f, ++s) {
-          const V wt = simd::broadcast<T>(taps[t]);
-          const T* p = y + i - s;
-          a0 += wt * simd::load(p);
-          a1 += wt * simd::load(p + L);
-          a2 += wt * simd::load(p + 2 * L);
-          a3 += wt * simd::load(p + 3 * L);
-        }
-        simd::store(dst + i, a0);
-        simd::store(dst + i + L, a1);
-        simd::store(dst + i + 2 * L, a2);
-        simd::store(dst + i + 3 * L, a3);
-      }
-    }
-#endif
-    for (; i < m; ++i) {
-      T a = 0;
-      for (int64_t t = r, s = 0; t < num_taps; t += f, ++s) a += taps[t] * y[i - s];
-      dst[i] = a;
-    }
+    // the terms s with f s + r < K (none, and so zeros, for a phase beyond the taps)
+    const int64_t count = r < num_taps ? (num_taps - r + f - 1) / f : 0;
+    weighted_rows(ph + r * m, m, count, [taps, r, f](int64_t s) { return taps[f * s + r]; },
+                  [y](int64_t s) { return y - s; });
   }
 }
 
