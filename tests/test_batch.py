@@ -156,6 +156,12 @@ def test_state_from_files_and_commands(tmp_path):
     assert state(job) == "resume"  # an interrupted fit's image is not a result
     job.report.write_text(json.dumps({"stop_reason": "steps"}))
     assert state(job) == "done"
+    # a rerun asking for more steps continues a fit that ran all of fewer ...
+    job.report.write_text(json.dumps({"stop_reason": "steps", "steps_run": 3}))
+    assert state(job, steps=3) == "done" and state(job, steps=5) == "resume"
+    # ... but not one that stopped by itself
+    job.report.write_text(json.dumps({"stop_reason": "auto", "steps_run": 3}))
+    assert state(job, steps=5) == "done"
     job.output.unlink()
     assert state(job) == "resume"  # finished report but no image: not done
     command = Command("denoise", fit_args=("--seed", "3"), steps=40, checkpoint_every=10, threads=2)

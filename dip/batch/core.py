@@ -64,9 +64,9 @@ def _skipped_record(job: ImageJob) -> Dict[str, Any]:
             "stop_reason": report.get("stop_reason"), "recoveries": report.get("recoveries"), "error": None}
 
 
-def _pending_record(job: ImageJob) -> Dict[str, Any]:
+def _pending_record(job: ImageJob, steps: Optional[int]) -> Dict[str, Any]:
     return {"image": str(job.input), "stem": job.stem, "output": str(job.output), "report": None,
-            "mode": state(job), "status": "pending", "exit_code": None, "psnr": None, "steps": None,
+            "mode": state(job, steps), "status": "pending", "exit_code": None, "psnr": None, "steps": None,
             "seconds": None, "stop_reason": None, "recoveries": None, "error": None}
 
 
@@ -195,9 +195,9 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
     if redo:
         for job in jobs:
             _forget(job)
-    todo = [job for job in jobs if state(job) != "done"]
+    todo = [job for job in jobs if state(job, steps) != "done"]
     log.info("batch: %d image(s), %d done earlier, %d to fit (%d to resume)", len(jobs), len(jobs) - len(todo),
-             len(todo), sum(state(j) == "resume" for j in todo))
+             len(todo), sum(state(j, steps) == "resume" for j in todo))
 
     manifest = Manifest(out)
     attempted: Dict[str, Dict[str, Any]] = {}
@@ -227,6 +227,6 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
         elif job not in todo:
             records.append(_skipped_record(job))
         else:
-            records.append(_pending_record(job))
+            records.append(_pending_record(job, steps))
     write_summary_csv(out / SUMMARY_NAME, records)
     return BatchResult(records=records, ignored=ignored, signal=stop.signum, outdir=out)

@@ -230,16 +230,23 @@ def read_report(path: Path) -> Optional[Dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
-def is_done(job: ImageJob) -> bool:
-    """Whether the image's fit finished: a report saying so, and the output."""
+def is_done(job: ImageJob, steps: Optional[int] = None) -> bool:
+    """Whether the image's fit finished: a report saying so, and the output. With ``steps``
+    (the batch's requested total), a fit that ran all of fewer steps is not done: it is
+    continued to the new total (a fit that stopped automatically or diverged is done)."""
     report = read_report(job.report)
-    return (report is not None and report.get("stop_reason") not in (None, "interrupted")
-            and job.output.is_file())
+    if report is None or report.get("stop_reason") in (None, "interrupted") or not job.output.is_file():
+        return False
+    ran = report.get("steps_run", report.get("steps"))
+    if steps is not None and report.get("stop_reason") == "steps" and isinstance(ran, int) and ran < steps:
+        return False
+    return True
 
 
-def state(job: ImageJob) -> str:
-    """``"done"``, ``"resume"`` or ``"fresh"`` (see the module docstring)."""
-    if is_done(job):
+def state(job: ImageJob, steps: Optional[int] = None) -> str:
+    """``"done"``, ``"resume"`` or ``"fresh"`` (see the module docstring); ``steps`` as in
+    :func:`is_done`."""
+    if is_done(job, steps):
         return "done"
     return "resume" if job.checkpoint.is_file() else "fresh"
 
