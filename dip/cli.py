@@ -588,13 +588,7 @@ def _prepare(task: str, args) -> _Job:
         raise UsageError(f"plot {plot}: the plot is written as PNG", "give it a .png name")
     checkpoint = _check_output_path(args.checkpoint, "checkpoint", force) if args.checkpoint else None
     checkpoint_path = checkpoint if checkpoint is not None else _implicit_checkpoint(output, force)
-    frames = None
-    if args.frames is not None:
-        frames = Path(args.frames)
-        if frames.exists() and not frames.is_dir():
-            raise UsageError(f"--frames {frames} is a file, not a folder", "give a folder name")
-        if not frames.exists() and not (frames.parent if str(frames.parent) else Path(".")).is_dir():
-            raise UsageError(f"--frames {frames}: its parent folder does not exist", "create it first")
+    frames = _frames_folder(args.frames)
     written = {p.resolve() for p in (output, report, plot, checkpoint) if p is not None}
     if len(written) != len([p for p in (output, report, plot, checkpoint) if p is not None]):
         raise UsageError("two outputs (-o, --report, --plot, --checkpoint) name the same file",
@@ -682,6 +676,18 @@ def _prepare(task: str, args) -> _Job:
 
     job.runner = runner
     return job
+
+
+def _frames_folder(text: Optional[str]) -> Optional[Path]:
+    """The --frames folder: an existing folder, or a new one whose parent exists."""
+    if text is None:
+        return None
+    frames = Path(text)
+    if frames.exists() and not frames.is_dir():
+        raise UsageError(f"--frames {frames} is a file, not a folder", "give a folder name")
+    if not frames.exists() and not (frames.parent if str(frames.parent) else Path(".")).is_dir():
+        raise UsageError(f"--frames {frames}: its parent folder does not exist", "create it first")
+    return frames
 
 
 def _implicit_checkpoint(output: Path, force: bool) -> Path:
@@ -1027,7 +1033,7 @@ def _prepare_resume(args) -> _Job:
     plot = _check_output_path(args.plot, "plot", force) if args.plot else None
     if (args.save_every is None) != (args.frames is None):
         raise UsageError("--save-every and --frames go together", "give both, or neither")
-    frames = Path(args.frames) if args.frames else None
+    frames = _frames_folder(args.frames)
     checkpoint = None
     if args.checkpoint:
         same = Path(args.checkpoint).resolve() == source.resolve()
