@@ -26,49 +26,49 @@ using torch::autograd::variable_list;
 using Triple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // ------------------------------------------------------------------ dispatcher entry points
+// The registered operator `name` with C++ signature Sig, looked up once per call site.
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
 at::Tensor downsample_op(const at::Tensor& x, const at::Tensor& taps, int64_t factor,
                          c10::string_view padding) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("dip::downsample", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t,
-                                               c10::string_view)>();
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t,
+                                            c10::string_view)>("dip::downsample");
   return op.call(x, taps, factor, padding);
 }
 
 at::Tensor downsample_adjoint_op(const at::Tensor& y, const at::Tensor& taps, int64_t factor,
                                  c10::string_view padding, c10::SymIntArrayRef input_size) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("dip::downsample_adjoint", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t,
-                                               c10::string_view, c10::SymIntArrayRef)>();
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t,
+                                            c10::string_view, c10::SymIntArrayRef)>(
+      "dip::downsample_adjoint");
   return op.call(y, taps, factor, padding, input_size);
 }
 
 Triple masked_mse_op(const at::Tensor& x, const at::Tensor& target, const at::Tensor& mask,
                      bool normalize_by_mask, bool with_grad) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("dip::masked_mse", "")
-                             .typed<Triple(const at::Tensor&, const at::Tensor&,
-                                           const at::Tensor&, bool, bool)>();
+  static const auto op =
+      find_op<Triple(const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, bool)>(
+          "dip::masked_mse");
   return op.call(x, target, mask, normalize_by_mask, with_grad);
 }
 
 at::Tensor masked_mse_backward_op(const at::Tensor& grad, const at::Tensor& x,
                                   const at::Tensor& target, const at::Tensor& mask,
                                   bool normalize_by_mask) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("dip::masked_mse_backward", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
-                                               const at::Tensor&, const at::Tensor&, bool)>();
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                            const at::Tensor&, const at::Tensor&, bool)>(
+      "dip::masked_mse_backward");
   return op.call(grad, x, target, mask, normalize_by_mask);
 }
 
 Triple bn_leaky_relu_op(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                         double eps, double negative_slope) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("dip::bn_leaky_relu", "")
-                             .typed<Triple(const at::Tensor&, const at::Tensor&,
-                                           const at::Tensor&, double, double)>();
+  static const auto op =
+      find_op<Triple(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double)>(
+          "dip::bn_leaky_relu");
   return op.call(x, weight, bias, eps, negative_slope);
 }
 
@@ -77,11 +77,9 @@ Triple bn_leaky_relu_backward_op(const at::Tensor& grad_out, const at::Tensor& x
                                  const at::Tensor& mean, const at::Tensor& var, double eps,
                                  double negative_slope) {
   static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("dip::bn_leaky_relu_backward", "")
-          .typed<Triple(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                        const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
-                        double)>();
+      find_op<Triple(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                     const at::Tensor&, const at::Tensor&, double, double)>(
+          "dip::bn_leaky_relu_backward");
   return op.call(grad_out, x, weight, bias, mean, var, eps, negative_slope);
 }
 

@@ -505,7 +505,6 @@ class _Job:
     output: Optional[Path] = None
     report: Optional[Path] = None
     plot: Optional[Path] = None
-    checkpoint: Optional[Path] = None
     frames: Optional[Path] = None
     device: str = "cpu"
     memory_estimate: Optional[int] = None
@@ -660,7 +659,7 @@ def _prepare(task: str, args) -> _Job:
 
     recipe.fit = recipe.fit.updated(device=device)
     job = _Job(task=task, recipe=recipe, observation=observation, info=info, out_hw=out_hw, mask=mask,
-               flash=flash, gt=gt, output=output, report=report, plot=plot, checkpoint=checkpoint,
+               flash=flash, gt=gt, output=output, report=report, plot=plot,
                frames=frames, device=device, memory_estimate=estimate, inputs=inputs,
                checkpoint_path=checkpoint_path,
                checkpoint_requested=checkpoint is not None or args.checkpoint_every is not None,
@@ -705,7 +704,6 @@ def _recorded_options(args, task: str) -> Dict[str, Any]:
     options = {k: v for k, v in vars(args).items()
                if k not in ("argv", "process_wide") and isinstance(v, (str, int, float, bool, type(None)))}
     options["task"] = task
-    options["output"] = str(args.output) if getattr(args, "output", None) else options.get("output")
     return options
 
 
@@ -1068,7 +1066,7 @@ def _prepare_resume(args) -> _Job:
                                 fit=loaded.config)
     recipe.fit = loaded.config.updated(steps=total, device=device)
     job = _Job(task=loaded.task, recipe=recipe, observation=observation, info=info, out_hw=tuple(x_hw),
-               gt=gt, output=output, report=report, plot=plot, checkpoint=checkpoint, frames=frames,
+               gt=gt, output=output, report=report, plot=plot, frames=frames,
                device=device, inputs={"checkpoint": str(source)},
                checkpoint_path=checkpoint if checkpoint is not None else source, checkpoint_requested=True,
                checkpoint_every=args.checkpoint_every, options=options,

@@ -157,7 +157,8 @@ class FitResult:
         image_avg: the averaged output after the last step, or None.
         history: ``step`` (every step), ``loss`` (every step), ``psnr_step``/``psnr``/``psnr_avg``
             (every ``psnr_every`` steps when a ground truth was given).
-        generator, z: the fitted network and its (padded) input code.
+        generator, z: the fitted network and its (padded) input code; physics: the operator
+            it was fitted through; recipe: the ``dip.recipes.Recipe`` when one was run.
         returned_state: state_dict of the generator at the step whose image is returned.
         returned_step, steps_run, stop_reason ("steps" | "auto"), seconds, crop (top, left, H, W).
         psnr, ssim: of ``image`` against the ground truth, when one was given.
@@ -382,6 +383,11 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
     optimizer = make_adam(params, 0.001 if use_lbfgs else config.lr)
     lbfgs_from = min(config.lbfgs_warmup_steps, config.steps) if use_lbfgs else None
 
+    def make_lbfgs() -> torch.optim.LBFGS:
+        """One function evaluation per step, history carried across steps (see the module doc)."""
+        return torch.optim.LBFGS(params, lr=config.lr, max_iter=1, tolerance_grad=-1, tolerance_change=-1,
+                                 history_size=100)
+
     regularizer = (lambda out: config.tv_weight * tv_loss(out)) if config.tv_weight else None
     # the step itself (reg noise, forward under autocast, loss, backward, optimiser): FastStep
     fast = FastStep(torch.compile(generator) if config.compile else generator, z,
@@ -413,8 +419,7 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
             raise ValueError(f"cannot resume: the fit already ran {first_step - 1} steps and config.steps is "
                              f"{config.steps}; ask for more steps")
         if lbfgs_from is not None and first_step > lbfgs_from + 1:
-            optimizer = fast.optimizer = torch.optim.LBFGS(params, lr=config.lr, max_iter=1, tolerance_grad=-1,
-                                                           tolerance_change=-1, history_size=100)
+            optimizer = fast.optimizer = make_lbfgs()
         if resume.get("optimizer_state") is not None:
             optimizer.load_state_dict(resume["optimizer_state"])
         if resume.get("rng_state") is not None:
@@ -484,7 +489,7 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
             history=hist, generator=generator, z=z.detach(), returned_state=returned_state,
             returned_step=ret_step, steps_run=steps_run, stop_reason=stop_reason,
             seconds=prior_seconds + time.perf_counter() - start,
-            crop=crop, config=config, backtracks=backtracks, recoveries=recoveries,
+            crop=crop, config=config, backtracks=backtracks, recoveries=recoveries, physics=physics,
             optimizer_state=copy.deepcopy(optimizer.state_dict()),
             stopper_state=stopper.state_dict() if stopper is not None else None,
             stop_detail=detail, rng_state=rng.get_state(),
@@ -506,8 +511,7 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
     detail = ""
     for step in range(first_step, config.steps + 1):
         if lbfgs_from is not None and step == lbfgs_from + 1:
-            optimizer = fast.optimizer = torch.optim.LBFGS(params, lr=config.lr, max_iter=1, tolerance_grad=-1,
-                                                           tolerance_change=-1, history_size=100)
+            optimizer = fast.optimizer = make_lbfgs()
             good = snapshot()  # the Adam state of earlier checks does not fit LBFGS
         loss, out = fast()
         losses[step - 1] = loss

@@ -223,15 +223,6 @@ def run(recipe: Recipe, observation: torch.Tensor, *, mask: Optional[torch.Tenso
     """Build and fit ``recipe`` on ``observation``; see ``build`` and ``dip.fit.fit`` (which
     takes ``fit_kwargs``: ``stop_event``, ``checkpoint_every``, ``on_checkpoint``)."""
     y, physics, generator, z = build(recipe, observation, mask=mask, flash=flash)
-    if fit_kwargs.get("on_checkpoint") is not None:  # mid-fit results carry recipe and operator too
-        user_hook = fit_kwargs["on_checkpoint"]
-
-        def on_checkpoint(partial: FitResult) -> None:
-            partial.recipe, partial.physics = recipe, physics
-            user_hook(partial)
-
-        fit_kwargs["on_checkpoint"] = on_checkpoint
     result = fit(y, physics, generator, z, recipe.fit, gt=gt, callbacks=callbacks, **fit_kwargs)
     result.recipe = recipe
-    result.physics = physics
     return result

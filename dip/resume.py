@@ -122,18 +122,9 @@ def run(loaded: ResumableFit, *, steps: Optional[int] = None, device: Optional[s
     if device is not None:
         changes["device"] = device
     config = loaded.config.updated(**changes)
-    if fit_kwargs.get("on_checkpoint") is not None:  # mid-fit results carry recipe and operator too
-        user_hook = fit_kwargs["on_checkpoint"]
-
-        def on_checkpoint(partial: FitResult) -> None:
-            partial.recipe, partial.physics = loaded.recipe, loaded.physics
-            user_hook(partial)
-
-        fit_kwargs["on_checkpoint"] = on_checkpoint
     result = fit(loaded.y, loaded.physics, loaded.generator, loaded.z, config, gt=gt,
                  callbacks=callbacks, resume=loaded.state, **fit_kwargs)
     result.recipe = loaded.recipe
-    result.physics = loaded.physics
     return result
 
 

@@ -54,6 +54,28 @@ inline void check_bn(const at::Tensor& x, const at::Tensor& weight, const at::Te
   TORCH_CHECK(eps > 0, "eps must be positive, got ", eps);
 }
 
+// Arguments of bn_leaky_relu_backward: the forward's, plus grad_out like x and the saved
+// per-channel statistics.
+inline void check_bn_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                              const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& var,
+                              double eps) {
+  check_bn(x, weight, bias, eps);
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), "grad_out must have the shape of x ", x.sizes(),
+              ", got ", grad_out.sizes());
+  check_like(grad_out, "grad_out", x, "x");
+  check_channels(mean, "mean", x);
+  check_channels(var, "var", x);
+}
+
+// Arguments of masked_mse (forward and backward): x an image, target like x, mask broadcastable.
+inline void check_masked_mse(const at::Tensor& x, const at::Tensor& target, const at::Tensor& mask) {
+  check_image(x, "x");
+  TORCH_CHECK(target.sizes() == x.sizes(), "target must have the shape of x ", x.sizes(),
+              ", got ", target.sizes());
+  check_like(target, "target", x, "x");
+  check_mask(mask, x);
+}
+
 // Layout the bn kernels compute in: channels_last when x is exactly that, else NCHW.
 inline at::MemoryFormat bn_layout(const at::Tensor& x) {
   return (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast))

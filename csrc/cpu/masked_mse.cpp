@@ -135,14 +135,6 @@ double denominator(const at::Tensor& x, const at::Tensor& mask, bool normalize_b
   return mask_sum * static_cast<double>(x.numel() / mask.numel());
 }
 
-void check_inputs(const at::Tensor& x, const at::Tensor& target, const at::Tensor& mask) {
-  check_image(x, "x");
-  TORCH_CHECK(target.sizes() == x.sizes(), "target must have the shape of x ", x.sizes(),
-              ", got ", target.sizes());
-  check_like(target, "target", x, "x");
-  check_mask(mask, x);
-}
-
 // Returns (loss, u, 1): u = 2 (x - t) m^2 / D is the gradient for an upstream gradient of 1
 // (the autograd formula multiplies u by grad and by the third output, here 1) when with_grad,
 // else an empty tensor; D = numel(x) or the broadcast mask sum (computed first, so that u is
@@ -152,7 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_mse_cpu(const at::Tensor& 
                                                               const at::Tensor& mask,
                                                               bool normalize_by_mask,
                                                               bool with_grad) {
-  check_inputs(x, target, mask);
+  check_masked_mse(x, target, mask);
   const double denom = denominator(x, mask, normalize_by_mask);
   const double inv = denom > 0 ? 1.0 / denom : 0.0;
   at::Tensor u = with_grad ? at::empty_like(x) : at::empty({0}, x.options());
@@ -188,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_mse_cpu(const at::Tensor& 
 at::Tensor masked_mse_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
                                    const at::Tensor& target, const at::Tensor& mask,
                                    bool normalize_by_mask) {
-  check_inputs(x, target, mask);
+  check_masked_mse(x, target, mask);
   TORCH_CHECK(grad.numel() == 1, "grad must be a scalar, got shape ", grad.sizes());
   const double denom = denominator(x, mask, normalize_by_mask);
   const double coef = denom > 0 ? 2.0 * grad.item<double>() / denom : 0.0;

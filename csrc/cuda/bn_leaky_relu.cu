@@ -153,12 +153,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight,
     const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& var, double eps,
     double slope) {
-  check_bn(x_in, weight, bias, eps);
-  TORCH_CHECK(grad_out.sizes() == x_in.sizes(), "grad_out must have the shape of x ",
-              x_in.sizes(), ", got ", grad_out.sizes());
-  check_like(grad_out, "grad_out", x_in, "x");
-  check_channels(mean, "mean", x_in);
-  check_channels(var, "var", x_in);
+  check_bn_backward(grad_out, x_in, weight, bias, mean, var, eps);
   const c10::cuda::CUDAGuard guard(x_in.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor x = x_in.contiguous(), gy = grad_out.contiguous();

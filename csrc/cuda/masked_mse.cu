@@ -81,14 +81,6 @@ __global__ void grad_kernel(const scalar_t* __restrict grad, const double* __res
   }
 }
 
-void check_inputs(const at::Tensor& x, const at::Tensor& target, const at::Tensor& mask) {
-  check_image(x, "x");
-  TORCH_CHECK(target.sizes() == x.sizes(), "target must have the shape of x ", x.sizes(),
-              ", got ", target.sizes());
-  check_like(target, "target", x, "x");
-  check_mask(mask, x);
-}
-
 // Runs sums_kernel (writing u when it is defined); returns the (2,) float64 device buffer.
 at::Tensor sums(const at::Tensor& x, const at::Tensor& t, const at::Tensor& m,
                 cudaStream_t stream, at::Tensor* u = nullptr) {
@@ -109,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_mse_cuda(const at::Tensor&
                                                                const at::Tensor& t_in,
                                                                const at::Tensor& m_in,
                                                                bool by_mask, bool with_grad) {
-  check_inputs(x_in, t_in, m_in);
+  check_masked_mse(x_in, t_in, m_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor x = x_in.contiguous(), t = t_in.contiguous(), m = m_in.contiguous();
@@ -132,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_mse_cuda(const at::Tensor&
 at::Tensor masked_mse_backward_cuda(const at::Tensor& grad, const at::Tensor& x_in,
                                     const at::Tensor& t_in, const at::Tensor& m_in,
                                     bool by_mask) {
-  check_inputs(x_in, t_in, m_in);
+  check_masked_mse(x_in, t_in, m_in);
   TORCH_CHECK(grad.numel() == 1, "grad must be a scalar, got shape ", grad.sizes());
   check_like(grad, "grad", x_in, "x");
   const c10::cuda::CUDAGuard guard(x_in.device());
