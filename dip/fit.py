@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 import dip.ops
 from dip.physics import Mask
-from dip.runtime import FastStep, autocast_context, make_adam, use_channels_last
+from dip.runtime import FastStep, autocast_context, load_optimizer_state, make_adam, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -421,7 +421,7 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
         if lbfgs_from is not None and first_step > lbfgs_from + 1:
             optimizer = fast.optimizer = make_lbfgs()
         if resume.get("optimizer_state") is not None:
-            optimizer.load_state_dict(resume["optimizer_state"])
+            load_optimizer_state(optimizer, resume["optimizer_state"])
         if resume.get("rng_state") is not None:
             rng.set_state(resume["rng_state"].cpu() if device.type == "cpu" else resume["rng_state"])
         if resume.get("image_avg") is not None:
@@ -454,7 +454,7 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
         nonlocal recoveries
         lrs = [group["lr"] for group in optimizer.param_groups]
         generator.load_state_dict(good[0])
-        optimizer.load_state_dict(good[1])
+        load_optimizer_state(optimizer, good[1])
         for group, lr in zip(optimizer.param_groups, lrs):
             group["lr"] = lr * config.recovery_lr_factor
         if good[2] is not None:

@@ -18,10 +18,16 @@ thousands of times, so this module gathers what makes that step cheap:
   pays on AVX-512 CPUs, for bf16 and on CUDA, and costs ≈ 2x on AVX2-only CPUs in fp32.
 * :func:`make_adam` — Adam's fused implementation (else foreach): one kernel over all
   parameters instead of a Python loop of small ops (2.2 M parameters, one thread: 10 ms vs
-  36 ms single-tensor, 31 ms foreach).
+  36 ms single-tensor, 31 ms foreach). :func:`load_optimizer_state` restores its state in
+  each parameter's own layout (the fused kernel requires it).
 * :class:`FastStep` — the step itself: the layout above, fused Adam, gradients set to None
   instead of zero-filled, reg noise drawn in place into a preallocated buffer, optional bf16
   autocast with fp32 master weights and an fp32 loss, no host synchronisation.
+
+Each CPU-dependent choice has one switch that forces it, so that tests cover every branch on
+any CPU: ``DIP_CHANNELS_LAST=0|1`` (:func:`use_channels_last`), ``DIP_BF16_NATIVE=0|1``
+(:func:`bf16_is_native`), ``DIP_CPU_ISA`` (the native kernels' instruction-set copy, see
+``dip.ops``). Unset (or ``auto``) means: decide from the hardware.
 
 What each lever measured is in ``benchmarks/test_bench_step.py`` (one step of the denoise
 recipe's generator against the original-style step, same run).
@@ -32,8 +38,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import platform
-from typing import Callable, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -47,8 +54,10 @@ __all__ = [
     "bf16_is_native",
     "check_precision",
     "configure_allocator",
+    "forced_choice",
     "glibc_version",
     "large_allocations_mmapped",
+    "load_optimizer_state",
     "make_adam",
     "set_threads",
     "use_channels_last",
@@ -173,6 +182,21 @@ def set_threads(n: Optional[int]) -> int:
     return torch.get_num_threads()
 
 
+def forced_choice(variable: str) -> Optional[bool]:
+    """The forced value of a hardware-dependent choice: environment ``variable`` set to
+    ``1``/``true``/``yes``/``on`` → True, ``0``/``false``/``no``/``off`` → False, unset, empty or
+    ``auto`` → None (decide from the hardware). Raises ValueError for any other value."""
+    raw = os.environ.get(variable, "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{variable} must be 0, 1 or auto, got {raw!r}; unset it to let dip decide "
+                     "from the hardware")
+
+
 def check_precision(precision: str) -> str:
     """Return ``precision`` if it is "fp32" or "bf16", else raise ValueError."""
     if precision not in PRECISIONS:
@@ -187,8 +211,13 @@ def bf16_is_native(device: torch.device | str = "cpu") -> bool:
     3x3 conv ran 9x slower than fp32 channels_last and over 100x slower NCHW, and the whole
     denoise step at 256² 18x slower than fp32).
     CUDA: compute capability 8.0 or newer.
+    ``DIP_BF16_NATIVE=0|1`` forces the answer for CPUs (tests use it to cover both branches).
     """
     device = torch.device(device)
+    if device.type == "cpu":
+        forced = forced_choice("DIP_BF16_NATIVE")
+        if forced is not None:
+            return forced
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type != "cpu":
@@ -223,6 +252,9 @@ def use_channels_last(generator: nn.Module, precision: str = "fp32",
     (2 threads) the same conv took 1448 ms channels_last against 593 ms NCHW (oneDNN's NHWC
     weight gradient: ≈ 1320 ms against ≈ 270 ms), and torch's channels_last BatchNorm is less
     accurate in fp32.
+
+    ``DIP_CHANNELS_LAST=0|1`` forces the layout for the CPU and CUDA alike (LBFGS and networks
+    without convolutions still get NCHW), so tests cover both layouts on any machine.
     """
     check_precision(precision)
     if optimizer == "lbfgs":
@@ -230,6 +262,9 @@ def use_channels_last(generator: nn.Module, precision: str = "fp32",
     if not any(isinstance(m, nn.Conv2d) for m in generator.modules()):
         return False
     device = torch.device(device)
+    forced = forced_choice("DIP_CHANNELS_LAST")
+    if forced is not None and device.type in ("cpu", "cuda"):
+        return forced
     if device.type == "cuda":
         return True
     if device.type != "cpu":
@@ -246,6 +281,35 @@ def make_adam(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, ValueError):
         return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """Load ``state`` (an ``optimizer.state_dict()``, e.g. from a checkpoint or an earlier
+    result) into ``optimizer`` so that every restored tensor is the optimiser's own.
+
+    ``Optimizer.load_state_dict`` keeps the given tensors as they are: it shares their storage
+    with the caller (the optimiser then updates the caller's tensors in place) and keeps their
+    strides. torch's fused Adam pairs the elements of a parameter and of its moments by memory
+    order, so a channels_last parameter with contiguous moments (as a checkpoint file stores
+    them) takes wrong steps. Here each state tensor of a parameter's shape is copied into fresh
+    storage laid out exactly like that parameter (``torch.empty_like`` keeps its strides), and
+    every other state tensor (Adam's step count) is cloned. ``state`` itself is left unchanged.
+    """
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            entry = optimizer.state.get(param)
+            if not entry:
+                continue
+            for key, value in entry.items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if value.shape == param.shape:
+                    fresh = torch.empty_like(param, dtype=value.dtype)
+                    fresh.copy_(value)
+                    entry[key] = fresh
+                else:
+                    entry[key] = value.clone()
 
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]

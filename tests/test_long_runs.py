@@ -39,8 +39,16 @@ RESUME_CONFIG = dict(reg_noise_std=0.05, exp_weight=0.9, backtrack=True, check_e
                      stop_window=10, stop_patience=1000, lr=0.01)
 
 
-def test_resume_from_a_checkpoint_file_is_bit_exact(tmp_path):
-    """40 steps, checkpoint file, resume to 80 == 80 straight (same seed, one thread)."""
+@pytest.fixture(params=["nchw", "channels_last"])
+def layout(request, monkeypatch):
+    """Run the test in both memory layouts, whatever this CPU would choose (DIP_CHANNELS_LAST)."""
+    monkeypatch.setenv("DIP_CHANNELS_LAST", "1" if request.param == "channels_last" else "0")
+    return request.param
+
+
+def test_resume_from_a_checkpoint_file_is_bit_exact(tmp_path, layout):
+    """40 steps, checkpoint file, resume to 80 == 80 straight (same seed, one thread), in both
+    layouts: the file holds Adam's moments contiguous, the resumed parameters may be channels_last."""
     y, net, z = problem()
     straight = fit(y, Identity(), net, z.clone(), FitConfig(steps=80, **RESUME_CONFIG))
 
@@ -59,7 +67,7 @@ def test_resume_from_a_checkpoint_file_is_bit_exact(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_mid_fit_checkpoints_resume_exactly():
+def test_mid_fit_checkpoints_resume_exactly(layout):
     """A checkpoint taken every 10 steps is a resumable result; taking it changes nothing."""
     y, net, z = problem()
     straight = fit(y, Identity(), net, z.clone(), FitConfig(steps=30, **RESUME_CONFIG))
@@ -73,7 +81,7 @@ def test_mid_fit_checkpoints_resume_exactly():
     assert torch.equal(watched.image, straight.image)
 
 
-def test_stop_event_interrupts_after_the_current_step_and_resumes_exactly():
+def test_stop_event_interrupts_after_the_current_step_and_resumes_exactly(layout):
     y, net, z = problem()
     straight = fit(y, Identity(), net, z.clone(), FitConfig(steps=20, **RESUME_CONFIG))
 
@@ -183,7 +191,7 @@ def image(tmp_path):
     return path
 
 
-def test_cli_resume_continues_to_the_same_bits(image, tmp_path, capsys):
+def test_cli_resume_continues_to_the_same_bits(image, tmp_path, capsys, layout):
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     assert cli.main(["denoise", str(image), "-o", str(a), "--steps", "6", "--stop", "steps"]) == 0
     assert cli.main(["denoise", str(image), "-o", str(b), "--steps", "3", "--stop", "steps",

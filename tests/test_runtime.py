@@ -137,3 +137,70 @@ def test_fast_step_can_optimise_the_input():
                             params=[z, *net.parameters()], channels_last=False)
     step()
     assert z.grad is not None and not torch.equal(z.detach(), z0)
+
+
+# ----------------------------------------------------------------------------- forced choices
+@pytest.mark.parametrize("value, expected", [("1", True), ("0", False), ("on", True), ("off", False)])
+def test_channels_last_and_native_bf16_can_be_forced_on_any_cpu(monkeypatch, value, expected):
+    monkeypatch.setenv("DIP_CHANNELS_LAST", value)
+    monkeypatch.setenv("DIP_BF16_NATIVE", value)
+    net = _tiny_net()
+    assert runtime.use_channels_last(net, "fp32") is expected
+    assert runtime.use_channels_last(net, "bf16") is expected
+    assert runtime.use_channels_last(net, "fp32", optimizer="lbfgs") is False  # LBFGS needs NCHW
+    assert runtime.bf16_is_native("cpu") is expected
+
+
+def test_auto_or_unset_switches_decide_from_the_hardware(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setenv("DIP_CHANNELS_LAST", "auto")
+    assert runtime.use_channels_last(_tiny_net(), "fp32") is False
+    monkeypatch.delenv("DIP_CHANNELS_LAST")
+    assert runtime.use_channels_last(_tiny_net(), "bf16") is True
+
+
+def test_a_bad_switch_value_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("DIP_CHANNELS_LAST", "maybe")
+    with pytest.raises(ValueError, match="DIP_CHANNELS_LAST must be 0, 1 or auto, got 'maybe'"):
+        runtime.use_channels_last(_tiny_net(), "fp32")
+
+
+# ----------------------------------------------------------------------------- optimiser state
+def _adam_state_after_steps(param: torch.Tensor, grads, fused: bool = True):
+    opt = torch.optim.Adam([param], lr=0.01, fused=fused)
+    for g in grads:
+        param.grad = g.clone(memory_format=torch.preserve_format)
+        opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_restored_adam_state_takes_the_parameter_layout(fused):
+    """The fused-Adam hazard: a channels_last parameter whose moments come back contiguous (as a
+    checkpoint stores them) must still take exactly the uninterrupted step."""
+    gen = torch.Generator().manual_seed(3)
+    shape = (8, 8, 3, 3)
+    grads = [torch.randn(shape, generator=gen).contiguous(memory_format=torch.channels_last) for _ in range(3)]
+    start = torch.randn(shape, generator=gen).contiguous(memory_format=torch.channels_last)
+
+    straight = nn.Parameter(start.clone(memory_format=torch.preserve_format))
+    _adam_state_after_steps(straight, grads, fused)
+
+    first = nn.Parameter(start.clone(memory_format=torch.preserve_format))
+    opt = _adam_state_after_steps(first, grads[:2], fused)
+    saved = opt.state_dict()
+    for entry in saved["state"].values():  # what a checkpoint file holds: contiguous copies
+        for key, value in entry.items():
+            entry[key] = value.contiguous().clone()
+    saved_copy = {k: v.clone() for k, v in saved["state"][0].items()}
+
+    resumed = nn.Parameter(first.detach().clone(memory_format=torch.preserve_format))
+    opt2 = torch.optim.Adam([resumed], lr=0.01, fused=fused)
+    runtime.load_optimizer_state(opt2, saved)
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert opt2.state[resumed][key].stride() == resumed.stride()
+    resumed.grad = grads[2].clone(memory_format=torch.preserve_format)
+    opt2.step()
+    assert torch.equal(resumed, straight)
+    for key, value in saved["state"][0].items():  # the caller's state was not updated in place
+        assert torch.equal(value, saved_copy[key])
