@@ -396,25 +396,13 @@ def payload_from_result(result: Any, *, recipe: Any = None, observation: torch.T
         image_info = image_info.to_dict()
     fit_config = getattr(result, "config", None)
     fit_section: Dict[str, Any] = {
-        "steps_run": int(result.steps_run),
-        "returned_step": int(result.returned_step),
         "stop_reason": str(result.stop_reason),
-        "seconds": _float_or_none(getattr(result, "seconds", None)),
         "psnr": _float_or_none(getattr(result, "psnr", None)),
         "ssim": _float_or_none(getattr(result, "ssim", None)),
-        "backtracks": int(getattr(result, "backtracks", 0)),
-        "recoveries": int(getattr(result, "recoveries", 0)),
         "config": _plain(fit_config) if fit_config is not None else None,
-        "history": _plain(result.history),
         "image_plain": _cpu_or_none(getattr(result, "image_plain", None)),
-        "image_avg": _cpu_or_none(getattr(result, "image_avg", None)),
-        "optimizer_state": _plain(getattr(result, "optimizer_state", None)),
-        "stopper_state": _plain(getattr(result, "stopper_state", None)),
+        **fit_state_section(result.state),
     }
-    for optional in ("rng_state", "backtrack_state"):  # engine state for resuming, when provided
-        value = getattr(result, optional, None)
-        if value is not None:
-            fit_section[optional] = _plain(value)
     crop = getattr(result, "crop", None)
     return {
         "kind": "fit",
@@ -436,6 +424,36 @@ def payload_from_result(result: Any, *, recipe: Any = None, observation: torch.T
     }
 
 
+def fit_state_section(state: Any) -> Dict[str, Any]:
+    """The ``fit`` section's engine-state keys for a ``dip.engine.FitState`` (one member):
+    its :meth:`~dip.engine.FitState.to_dict` schema with ``step`` stored as ``steps_run``; the
+    returned state lives in the payload's ``returned`` section instead (stored once)."""
+    if len(state.members) != 1:
+        raise ValueError("a checkpoint holds one fit; save each member of a packed fit on its own")
+    section = {k: _plain(v) for k, v in state.to_dict().items() if k not in ("step", "returned_state")}
+    section["steps_run"] = int(state.step)
+    section["returned_step"] = int(state.member.returned_step if state.member.returned_step is not None
+                                   else state.step)
+    section["seconds"] = _float_or_none(state.seconds)
+    section["image_avg"] = _cpu_or_none(state.member.image_avg)
+    return section
+
+
+def fit_state_from_payload(payload: Mapping[str, Any]) -> Any:
+    """The ``dip.engine.FitState`` that a fit checkpoint's payload holds (inverse of
+    :func:`fit_state_section` plus the ``returned`` section)."""
+    from dip.engine.state import FitState
+
+    fit_section = dict(payload["fit"])
+    returned = payload.get("returned") or {}
+    fit_section["step"] = int(fit_section.pop("steps_run"))
+    fit_section["returned_state"] = returned.get("state")
+    fit_section["returned_step"] = returned.get("step")
+    for derived in ("stop_reason", "psnr", "ssim", "config", "image_plain"):
+        fit_section.pop(derived, None)
+    return FitState.from_dict(fit_section)
+
+
 def require(payload: Mapping[str, Any], *keys: str, path: str | os.PathLike | None = None) -> None:
     """Raise :class:`CheckpointError` naming the first of the dotted ``keys`` missing from ``payload``."""
     where = f"{path}: " if path is not None else ""
@@ -449,4 +467,4 @@ def require(payload: Mapping[str, Any], *keys: str, path: str | os.PathLike | No
 
 
 __all__ = ["CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "save", "load", "read_header",
-           "payload_from_result", "physics_settings", "require"]
+           "payload_from_result", "fit_state_section", "fit_state_from_payload", "physics_settings", "require"]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dip import checkpoint as ckpt
-from dip.fit import FitConfig, FitResult, fit
+from dip.engine import FitConfig, FitResult, FitState, fit
 
 
 @dataclasses.dataclass
@@ -28,7 +28,7 @@ class ResumableFit:
         y: observation (1, C, h, w) float32; physics: the operator; generator: the network with
             the weights of the last step run; z: its input code (1, D, Hz, Wz).
         config: the ``FitConfig`` the fit ran with; steps_run: steps already taken.
-        state: the ``resume`` dict of :func:`dip.fit.fit`.
+        state: the engine's ``dip.engine.FitState`` (``resume`` of :func:`dip.fit.fit`).
         recipe: the ``dip.recipes.Recipe`` or None; task: its task ("denoise", ...) or "";
         options: the options recorded with the checkpoint (e.g. the command line's);
         image_info: ``dip.io.ImageInfo`` dict of the input image (may be empty).
@@ -40,7 +40,7 @@ class ResumableFit:
     z: torch.Tensor
     config: FitConfig
     steps_run: int
-    state: Dict[str, Any]
+    state: FitState
     recipe: Any
     task: str
     options: Dict[str, Any]
@@ -81,22 +81,8 @@ def load(path: str | os.PathLike) -> ResumableFit:
             recipe = recipes.Recipe.from_dict(dict(payload["recipe"]))
         except (TypeError, ValueError, KeyError):
             recipe = None  # informative only: the fit runs from the recorded FitConfig
-    returned = payload.get("returned") or {}
-    steps_run = int(fit_section["steps_run"])
-    state = {
-        "step": steps_run,
-        "optimizer_state": fit_section.get("optimizer_state"),
-        "rng_state": fit_section.get("rng_state"),
-        "image_avg": fit_section.get("image_avg"),
-        "stopper_state": fit_section.get("stopper_state"),
-        "backtrack_state": fit_section.get("backtrack_state"),
-        "history": fit_section.get("history"),
-        "returned_state": returned.get("state"),
-        "returned_step": returned.get("step"),
-        "backtracks": int(fit_section.get("backtracks") or 0),
-        "recoveries": int(fit_section.get("recoveries") or fit_section.get("backtracks") or 0),
-        "seconds": float(fit_section.get("seconds") or 0.0),
-    }
+    state = ckpt.fit_state_from_payload(payload)
+    steps_run = state.step
     options = dict(payload.get("options") or {})
     task = str(options.get("task") or (recipe.task if recipe is not None else ""))
     return ResumableFit(y=payload["observation"].float(), physics=physics, generator=generator,

@@ -1,0 +1,34 @@
+"""The fitting engine: optimise a generator so that A(G(z)) matches the observation y.
+
+One module per job:
+
+===================  ==========================================================================
+``config``           :class:`FitConfig`, the settings of a fit, checked on construction
+``geometry``         padded sizes, the crop box, z's size for a generator
+``losses``           the data term through the operator, total variation
+``step``             :class:`FastStep` (one step: reg noise, forward, loss, backward, Adam),
+                     :func:`make_adam`, :func:`load_optimizer_state`
+``state``            :class:`FitState` / :class:`MemberState` / :class:`Snapshot`: the state
+                     between two steps, one dictionary schema for results, resume, checkpoints
+``recovery``         :class:`Recovery`: snapshot at good checks, detect a failed step, restore
+``render``           :func:`render`: G(z) in training mode without side effects
+``result``           :class:`FitResult`, :class:`StepEvent`
+``loop``             :func:`fit`: the orchestration
+===================  ==========================================================================
+"""
+from dip.engine.config import OPTIMIZE, OPTIMIZERS, PRECISIONS, STOPS, FitConfig
+from dip.engine.geometry import center_crop_box, generator_geometry, pad_to, padded_size
+from dip.engine.losses import data_loss, tv_loss
+from dip.engine.loop import fit
+from dip.engine.recovery import Recovery
+from dip.engine.render import render
+from dip.engine.result import FitResult, StepEvent
+from dip.engine.state import FitState, MemberState, Snapshot
+from dip.engine.step import FastStep, load_optimizer_state, make_adam
+
+__all__ = [
+    "OPTIMIZE", "OPTIMIZERS", "PRECISIONS", "STOPS", "FastStep", "FitConfig", "FitResult", "FitState",
+    "MemberState", "Recovery", "Snapshot", "StepEvent", "center_crop_box", "data_loss", "fit",
+    "generator_geometry", "load_optimizer_state", "make_adam", "pad_to", "padded_size", "render",
+    "tv_loss",
+]

@@ -1,0 +1,97 @@
+"""``FitConfig``: the settings of one fit, checked on construction."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+PRECISIONS = ("fp32", "bf16")
+OPTIMIZE = ("net", "input", "both")
+OPTIMIZERS = ("adam", "lbfgs")
+STOPS = ("steps", "auto")
+
+
+@dataclass
+class FitConfig:
+    """Settings of one fit. Learning rate is Adam's; ``reg_noise_std`` is the standard deviation
+    of the fresh Gaussian noise added to z at every step; ``exp_weight`` enables output averaging
+    (out_avg <- w * out_avg + (1 - w) * out); ``psnr_every`` is how often (in steps) metrics that
+    need a host sync are computed; ``stop="auto"`` enables windowed-variance early stopping with
+    ``stop_window``/``stop_patience`` steps; ``compile`` runs the generator through
+    ``torch.compile`` (pays off only for long fits: compiling takes tens of seconds).
+
+    Divergence recovery: a non-finite loss (checked every step), or with ``backtrack`` a fit
+    PSNR that fell by more than ``backtrack_threshold_db`` since the last check (every
+    ``check_every`` steps), restores the parameters and optimiser state of the last good check
+    and multiplies the learning rate by ``recovery_lr_factor`` (1.0 keeps it, as the original
+    does); the ``max_recoveries``-th failure stops the fit with the last good state
+    (``stop_reason == "diverged"``)."""
+
+    steps: int = 3000
+    lr: float = 0.01
+    reg_noise_std: float = 1.0 / 30.0
+    exp_weight: Optional[float] = None
+    backtrack: bool = False
+    backtrack_threshold_db: float = 5.0
+    check_every: int = 10
+    recovery_lr_factor: float = 0.5
+    max_recoveries: int = 8
+    tv_weight: float = 0.0
+    optimize: str = "net"
+    optimizer: str = "adam"
+    lbfgs_warmup_steps: int = 100
+    seed: int = 0
+    psnr_every: int = 50
+    stop: str = "steps"
+    stop_window: int = 100
+    stop_patience: int = 1000
+    precision: str = "fp32"
+    channels_last: bool = True
+    device: str = "cpu"
+    compile: bool = False
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name, value, what):
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            bad("steps", self.steps, "an integer >= 1")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            bad("lr", self.lr, "a positive number")
+        if not (isinstance(self.reg_noise_std, (int, float)) and self.reg_noise_std >= 0):
+            bad("reg_noise_std", self.reg_noise_std, "a number >= 0")
+        if self.exp_weight is not None and not (0.0 <= self.exp_weight < 1.0):
+            bad("exp_weight", self.exp_weight, "None or in [0, 1)")
+        if not (isinstance(self.recovery_lr_factor, (int, float)) and 0 < self.recovery_lr_factor <= 1):
+            bad("recovery_lr_factor", self.recovery_lr_factor, "a number in (0, 1]")
+        for name in ("check_every", "psnr_every", "stop_window", "stop_patience", "max_recoveries"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                bad(name, v, "an integer >= 1")
+        if self.tv_weight < 0:
+            bad("tv_weight", self.tv_weight, "a number >= 0")
+        if self.optimize not in OPTIMIZE:
+            bad("optimize", self.optimize, f"one of {OPTIMIZE}")
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        if self.stop not in STOPS:
+            bad("stop", self.stop, f"one of {STOPS}")
+        if self.precision not in PRECISIONS:
+            bad("precision", self.precision, f"one of {PRECISIONS}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FitConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown fit option(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def updated(self, **changes) -> "FitConfig":
+        return self.from_dict({**self.to_dict(), **changes})

@@ -1,0 +1,43 @@
+"""Sizes: the generator renders a padded image whose centre is the result; z is sized to it."""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def padded_size(hw: Tuple[int, int], multiple: int, minimum: int = 1) -> Tuple[int, int]:
+    """Smallest size >= max(hw, minimum) per side that is a multiple of ``multiple``."""
+    return tuple(int(math.ceil(max(s, minimum) / multiple) * multiple) for s in hw)
+
+
+def center_crop_box(padded_hw, hw) -> Tuple[int, int, int, int]:
+    """(top, left, H, W) of a centred H x W window inside ``padded_hw``."""
+    return ((padded_hw[0] - hw[0]) // 2, (padded_hw[1] - hw[1]) // 2, int(hw[0]), int(hw[1]))
+
+
+def pad_to(img: torch.Tensor, size_hw: Tuple[int, int]) -> torch.Tensor:
+    """Pad (1, C, H, W) centrally to ``size_hw``: reflection where the image is large enough,
+    else edge replication (used when the generator's input is an image, e.g. flash/no-flash)."""
+    h, w = img.shape[-2:]
+    top, left = (size_hw[0] - h) // 2, (size_hw[1] - w) // 2
+    pads = (left, size_hw[1] - w - left, top, size_hw[0] - h - top)
+    if pads == (0, 0, 0, 0):
+        return img
+    mode = "reflect" if max(pads[0], pads[1]) < w and max(pads[2], pads[3]) < h else "replicate"
+    return F.pad(img, pads, mode=mode)
+
+
+def generator_geometry(generator: nn.Module, x_hw: Tuple[int, int]):
+    """Padded output size and input-code size that ``generator`` needs for an image of ``x_hw``.
+
+    Returns ((Hp, Wp), (Hz, Wz)): the network renders Hp x Wp, which is cropped back to x_hw.
+    """
+    multiple = int(getattr(generator, "size_multiple", 1))
+    minimum = int(getattr(generator, "min_input_size", 1))
+    scale = int(getattr(generator, "input_scale", 1))
+    out_hw = padded_size(x_hw, multiple * scale, minimum * scale)
+    return out_hw, (out_hw[0] // scale, out_hw[1] // scale)

@@ -1,0 +1,338 @@
+"""The optimisation loop: ``fit`` and the run it orchestrates.
+
+``fit`` runs the loop of the original notebooks — Adam (or LBFGS), reg-noise on the input,
+output averaging, backtracking — plus what they lack: any image size (the code z is sized
+to the network's multiple and the output cropped back), automatic stopping, callbacks that do
+not force a host sync, bf16 autocast, exact resume, and a result object.
+
+Differences from the original, on purpose:
+
+- The returned plain image is G(z) on the clean code z (BatchNorm in training mode), rendered
+  after the last step; the original shows the output of the last *perturbed* input
+  z + reg-noise.  The averaged image (``exp_weight``) averages the perturbed outputs, as the
+  original does.
+- Backtracking checks the fit every ``check_every`` steps (default 10): when the PSNR of the
+  fit to the observation has dropped by more than ``backtrack_threshold_db`` since the last
+  check, parameters *and optimiser state* are restored from that check (the original restores
+  parameters only, and because of its ``if i % show_every`` test checks at almost every step).
+  See :mod:`dip.engine.recovery`.
+- LBFGS runs one function evaluation per step (``max_iter=1`` per call, state carried
+  across calls) after the original's 100 Adam steps at lr 1e-3.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from dip.engine.config import FitConfig
+from dip.engine.geometry import center_crop_box, generator_geometry
+from dip.engine.losses import data_loss, tv_loss
+from dip.engine.recovery import Recovery, clone_state
+from dip.engine.render import render
+from dip.engine.result import FitResult, StepEvent
+from dip.engine.state import FitState, MemberState
+from dip.engine.step import FastStep, load_optimizer_state, make_adam
+from dip.runtime import use_channels_last
+
+log = logging.getLogger("dip.fit")
+
+Callback = Callable[[StepEvent], None]
+
+
+def _check_observation(y: torch.Tensor) -> torch.Tensor:
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"observation y must be a torch.Tensor, got {type(y).__name__}")
+    if y.dim() == 3:
+        y = y[None]
+    if y.dim() != 4 or y.shape[0] != 1:
+        raise ValueError(f"observation y must have shape (C, H, W) or (1, C, H, W), got {tuple(y.shape)}")
+    if y.numel() == 0:
+        raise ValueError(f"observation y is empty (shape {tuple(y.shape)})")
+    if not y.is_floating_point():
+        raise TypeError(f"observation y must be a float tensor in [0, 1], got dtype {y.dtype}")
+    if not bool(torch.isfinite(y).all()):
+        bad = int((~torch.isfinite(y)).sum())
+        raise ValueError(f"observation y has {bad} non-finite value(s) (NaN or inf); replace them "
+                         "(e.g. mark them missing with a mask and inpaint)")
+    return y
+
+
+def _check_checkpoint_every(checkpoint_every: Optional[int]) -> None:
+    if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
+                                         or checkpoint_every < 1):
+        raise ValueError(f"checkpoint_every must be an integer >= 1 or None, got {checkpoint_every!r}")
+
+
+def _device(config: FitConfig) -> torch.device:
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available; use device='cpu'")
+    return device
+
+
+class _FitRun:
+    """One fit in progress: the generator placed on its device, the step, the member's state
+    (average, stopping rule, recovery, history) and the loop over steps."""
+
+    def __init__(self, y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tensor,
+                 config: FitConfig, gt: Optional[torch.Tensor]) -> None:
+        self.config, self.physics, self.generator = config, physics, generator
+        self.device = _device(config)
+        y = _check_observation(y)
+        x_hw = physics.x_size(tuple(y.shape[-2:]))
+        out_hw, z_hw = generator_geometry(generator, x_hw)
+        if tuple(z.shape[-2:]) != tuple(z_hw):
+            raise ValueError(f"z must have spatial size {z_hw} for an image of {x_hw} with this generator, "
+                             f"got {tuple(z.shape[-2:])}; build it with dip.fit.generator_geometry")
+        self.crop = center_crop_box(out_hw, x_hw)
+        self.gt = self._place_ground_truth(gt, x_hw)
+        self._place(y, z)
+        self.fast = self._build_step()
+        self.losses = torch.zeros(config.steps, device=self.device)
+        self.history: Dict[str, List[float]] = {"psnr_step": [], "psnr": [], "psnr_avg": []}
+        self.out_avg: Optional[torch.Tensor] = None
+        self.last_psnr: Optional[float] = None
+        self.stopper = None
+        if config.stop == "auto":
+            from dip.stopping import from_config as stopper_from_config
+            self.stopper = stopper_from_config(config)
+        self.best_state: Optional[Dict[str, torch.Tensor]] = None
+        self.first_step = 1
+        self.prior_seconds = 0.0
+        self.recovery: Optional[Recovery] = None
+        self.start = time.perf_counter()
+
+    # ------------------------------------------------------------------ set-up
+    def _place_ground_truth(self, gt: Optional[torch.Tensor], x_hw: Tuple[int, int]) -> Optional[torch.Tensor]:
+        if gt is None:
+            return None
+        gt = gt[None] if gt.dim() == 3 else gt
+        if tuple(gt.shape[-2:]) != tuple(x_hw):
+            raise ValueError(f"ground truth must have size {x_hw}, got {tuple(gt.shape[-2:])}")
+        return gt.to(device=self.device, dtype=torch.float32)
+
+    def _place(self, y: torch.Tensor, z: torch.Tensor) -> None:
+        """Generator, operator, y and z on the device, in the layout the hardware prefers."""
+        config = self.config
+        # LBFGS flattens gradients with view(), which needs contiguous (NCHW) parameters
+        self.channels_last = config.channels_last and use_channels_last(self.generator, config.precision,
+                                                                        self.device, config.optimizer)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.generator.to(device=self.device, memory_format=memory_format).train()
+        self.physics.to(self.device)
+        self.y = y.to(device=self.device, dtype=torch.float32)
+        self.z = z.to(device=self.device, dtype=torch.float32).contiguous(memory_format=memory_format)
+        self.rng = torch.Generator(device=self.device)
+        self.rng.manual_seed(int(config.seed) + 1)
+
+    def _build_step(self) -> FastStep:
+        config = self.config
+        self.params: List[torch.Tensor] = []
+        if config.optimize in ("net", "both"):
+            self.params += [p for p in self.generator.parameters() if p.requires_grad]
+        if config.optimize in ("input", "both"):
+            self.z.requires_grad_(True)
+            self.params.append(self.z)
+        use_lbfgs = config.optimizer == "lbfgs"
+        self.lbfgs_from = min(config.lbfgs_warmup_steps, config.steps) if use_lbfgs else None
+        regularizer = (lambda out: config.tv_weight * tv_loss(out)) if config.tv_weight else None
+        network = torch.compile(self.generator) if config.compile else self.generator
+        return FastStep(network, self.z, lambda out: data_loss(self.physics, out, self.y),
+                        reg_noise_std=config.reg_noise_std, precision=config.precision,
+                        channels_last=self.channels_last, params=self.params, generator_rng=self.rng,
+                        crop=self.crop, optimizer=make_adam(self.params, 0.001 if use_lbfgs else config.lr),
+                        regularizer=regularizer)
+
+    def _switch_to_lbfgs(self) -> None:
+        """One function evaluation per step, history carried across steps (see the module doc)."""
+        self.fast.optimizer = torch.optim.LBFGS(self.params, lr=self.config.lr, max_iter=1, tolerance_grad=-1,
+                                                tolerance_change=-1, history_size=100)
+
+    def restore(self, resume: Optional[Mapping[str, Any] | FitState]) -> None:
+        """Continue from ``resume`` (a ``FitState`` or its dict), or start afresh when None."""
+        if resume is None:
+            self.recovery = Recovery(self.generator, lambda: self.fast.optimizer, self.z, self.config)
+            return
+        state = FitState.from_dict(resume)
+        member = state.member
+        config = self.config
+        self.first_step = state.step + 1
+        if self.first_step > config.steps + 1:
+            raise ValueError(f"cannot resume: the fit already ran {state.step} steps and config.steps is "
+                             f"{config.steps}; ask for more steps")
+        if self.lbfgs_from is not None and self.first_step > self.lbfgs_from + 1:
+            self._switch_to_lbfgs()
+        if state.optimizer_state is not None:
+            load_optimizer_state(self.fast.optimizer, state.optimizer_state)
+        if member.rng_state is not None:
+            self.rng.set_state(member.rng_state.cpu() if self.device.type == "cpu" else member.rng_state)
+        if member.image_avg is not None:
+            self.out_avg = member.image_avg.to(device=self.device, dtype=torch.float32).clone()
+        if self.stopper is not None and member.stopper_state is not None:
+            self.stopper.load_state_dict(member.stopper_state)
+            self.best_state = member.returned_state
+        self.recovery = Recovery(self.generator, lambda: self.fast.optimizer, self.z, config, member.snapshot,
+                                 member.backtracks, member.recoveries)
+        self.prior_seconds = state.seconds
+        old_losses = member.history.get("loss", [])[:config.steps]
+        self.losses[:len(old_losses)] = torch.tensor(old_losses, dtype=self.losses.dtype)
+        for key in ("psnr_step", "psnr", "psnr_avg"):
+            self.history[key] = list(member.history.get(key, []))
+
+    # ------------------------------------------------------------------ one step
+    def step(self, step: int) -> Tuple[Optional[str], str, Optional[StepEvent]]:
+        """Take step ``step``. Returns (stop reason or None, detail, the event for callbacks —
+        None when the step's output is not an image)."""
+        if self.lbfgs_from is not None and step == self.lbfgs_from + 1:
+            self._switch_to_lbfgs()
+            self.recovery.take(self.recovery.snapshot.psnr)  # earlier Adam snapshots do not fit LBFGS
+        loss, out = self.fast()
+        self.losses[step - 1] = loss
+        loss_value = float(loss)  # one host sync per step: a non-finite loss must not spread
+        failure = self.recovery.check(step, loss_value)
+        if failure is not None:
+            self.recovery.restore(step, failure)
+            if self.recovery.exhausted:
+                detail = (f"stopped at step {step}: {failure}, the {self.recovery.recoveries}th failure "
+                          f"(max_recoveries {self.config.max_recoveries}); kept the last good state")
+                log.warning("%s", detail)
+                return "diverged", detail, None
+            if not math.isfinite(loss_value):
+                return None, "", None  # this step's output is not an image: keep it out of averages
+        self._average(out)
+        self._record_psnr(step, out)
+        if self._watch_stopping(step, out):
+            return "auto", self.stopper.reason, None
+        return None, "", StepEvent(step, self.config.steps, loss, out, self.out_avg, self.last_psnr)
+
+    def _average(self, out: torch.Tensor) -> None:
+        if self.config.exp_weight is None:
+            return
+        if self.out_avg is None:
+            self.out_avg = out.clone()
+        else:
+            self.out_avg.lerp_(out, 1.0 - self.config.exp_weight)
+
+    def _record_psnr(self, step: int, out: torch.Tensor) -> None:
+        if self.gt is None or (step % self.config.psnr_every and step != self.config.steps):
+            return
+        from dip.metrics import psnr
+        self.last_psnr = psnr(out, self.gt)
+        self.history["psnr_step"].append(step)
+        self.history["psnr"].append(self.last_psnr)
+        self.history["psnr_avg"].append(psnr(self.out_avg, self.gt) if self.out_avg is not None else self.last_psnr)
+
+    def _watch_stopping(self, step: int, out: torch.Tensor) -> bool:
+        """Feed the stopping rule; whether it says stop. The variance is watched on the raw
+        outputs; the image kept at the minimum is the one the fit returns (the averaged output
+        when averaging is on)."""
+        if self.stopper is None:
+            return False
+        should_stop = self.stopper.update(step, out, returned=self.out_avg if self.out_avg is not None else out)
+        if self.stopper.returned_step == step:
+            self.best_state = clone_state(self.generator)
+        return should_stop
+
+    # ------------------------------------------------------------------ result
+    def result(self, stop_reason: str, steps_run: int, detail: str) -> FitResult:
+        """The fit as it stands after ``steps_run`` steps (no state of the run is changed)."""
+        image_plain = render(self.generator, self.z.detach(), self.crop, "fp32")  # always rendered in fp32
+        stopper = self.stopper
+        if stopper is not None:
+            stopper.finalize()
+        held = stopper is not None and (stop_reason == "auto" or (
+            stop_reason == "interrupted" and stopper.best_output is not None))
+        if held:  # the image at the variance minimum: the best guess so far
+            image = stopper.best_output.detach().float().clone()
+            returned_step = int(stopper.returned_step)
+            returned_state = self.best_state if self.best_state is not None else clone_state(self.generator)
+        else:
+            image = self.out_avg.clone() if self.out_avg is not None else image_plain
+            returned_step = steps_run
+            returned_state = clone_state(self.generator)
+        history = {key: list(value) for key, value in self.history.items()}
+        history["step"] = list(range(1, steps_run + 1))
+        history["loss"] = self.losses[:steps_run].cpu().tolist()
+        member = MemberState(
+            rng_state=self.rng.get_state(),
+            image_avg=self.out_avg.cpu().clone() if self.out_avg is not None else None,
+            stopper_state=stopper.state_dict() if stopper is not None else None,
+            returned_state=returned_state, returned_step=returned_step, snapshot=self.recovery.snapshot,
+            backtracks=self.recovery.backtracks, recoveries=self.recovery.recoveries, history=history)
+        state = FitState(step=steps_run, seconds=self.prior_seconds + time.perf_counter() - self.start,
+                         optimizer_state=copy.deepcopy(self.fast.optimizer.state_dict()), members=[member])
+        res = FitResult(image=image.cpu(), image_plain=image_plain.cpu(), generator=self.generator,
+                        z=self.z.detach(), stop_reason=stop_reason, crop=self.crop, config=self.config,
+                        state=state, physics=self.physics, stop_detail=detail)
+        if self.gt is not None:
+            from dip.metrics import psnr, ssim
+            res.psnr = psnr(res.image, self.gt.cpu())
+            try:
+                res.ssim = ssim(res.image, self.gt.cpu())
+            except ValueError:
+                res.ssim = None
+        return res
+
+
+def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tensor,
+        config: FitConfig, *, gt: Optional[torch.Tensor] = None, callbacks: Sequence[Callback] = (),
+        resume: Optional[Mapping[str, Any] | FitState] = None, stop_event: Optional[Any] = None,
+        checkpoint_every: Optional[int] = None,
+        on_checkpoint: Optional[Callable[[FitResult], None]] = None) -> FitResult:
+    """Fit ``generator`` so that ``physics(G(z))`` matches ``y``.
+
+    Args:
+        y: observation (C, h, w) or (1, C, h, w), float in [0, 1].
+        physics: forward operator (``dip.physics``); the image size is ``physics.x_size(h, w)``.
+        generator: a ``dip.models`` network (its ``size_multiple``/``input_scale`` attributes are
+            honoured); it is trained in place, in training mode, and returned in the result.
+        z: the input code, (1, D, Hz, Wz) with the size given by ``generator_geometry``.
+        config: ``FitConfig``.
+        gt: optional ground truth (C, H, W) or (1, C, H, W) for PSNR every ``psnr_every`` steps.
+        callbacks: callables taking a ``StepEvent``; a callback's ``every`` attribute (int,
+            default 1) sets how often it is called.
+        resume: ``FitResult.resume_state()`` of an earlier fit (a ``FitState`` or its dict, e.g.
+            from a checkpoint) to continue it up to ``config.steps``; ``generator`` and ``z``
+            must be that fit's. Same seed, CPU, same threads: a resumed fit equals an
+            uninterrupted one bit for bit, in either memory layout. The state is copied, never
+            updated in place.
+        stop_event: anything with ``is_set() -> bool`` (e.g. ``threading.Event``), polled after
+            every step; once set the fit ends with ``stop_reason == "interrupted"`` and a result
+            that ``resume_state()`` continues exactly.
+        checkpoint_every, on_checkpoint: every ``checkpoint_every`` steps ``on_checkpoint`` gets
+            the result so far (``stop_reason == "running"``; resumable like a finished one).
+
+    Returns:
+        ``FitResult``.
+    """
+    config.validate()
+    _check_checkpoint_every(checkpoint_every)
+    run = _FitRun(y, physics, generator, z, config, gt)
+    run.restore(resume)
+    cb_every = [max(1, int(getattr(cb, "every", 1))) for cb in callbacks]
+    run.start = time.perf_counter()
+    step, stop_reason, detail = run.first_step - 1, None, ""
+    for step in range(run.first_step, config.steps + 1):
+        stop_reason, detail, event = run.step(step)
+        if stop_reason is not None:
+            break
+        if event is None:
+            continue
+        for cb, every in zip(callbacks, cb_every):
+            if step % every == 0 or step == config.steps:
+                cb(event)
+        if stop_event is not None and stop_event.is_set() and step < config.steps:
+            stop_reason, detail = "interrupted", f"interrupted after step {step} of {config.steps}"
+            break
+        if (on_checkpoint is not None and checkpoint_every is not None and step % checkpoint_every == 0
+                and step < config.steps):
+            on_checkpoint(run.result("running", step, f"checkpoint at step {step} of {config.steps}"))
+    if stop_reason is None:
+        stop_reason, detail = "steps", f"ran all {step} steps"
+    return run.result(stop_reason, step, detail)
