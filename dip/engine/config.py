@@ -10,12 +10,22 @@ OPTIMIZE = ("net", "input", "both")
 OPTIMIZERS = ("adam", "lbfgs")
 STOPS = ("steps", "auto")
 
+# Longer fits than this are mistakes (ten million steps take days even on a GPU); the loss of
+# every step is kept, so the cap also bounds that record (40 MB).
+MAX_STEPS = 10_000_000
+# The reg-noise generator is seeded with seed + 1, a 64-bit integer.
+MAX_SEED = 2**63 - 2
+
 
 @dataclass
 class FitConfig:
     """Settings of one fit. Learning rate is Adam's; ``reg_noise_std`` is the standard deviation
     of the fresh Gaussian noise added to z at every step; ``exp_weight`` enables output averaging
-    (out_avg <- w * out_avg + (1 - w) * out); ``psnr_every`` is how often (in steps) metrics that
+    (out_avg <- w_t * out_avg + (1 - w_t) * out with w_t = min(exp_weight, (t - 1) / (t + 7)) at
+    step t: while the run is short the average remembers about its last t/8 outputs instead of
+    the first, grey ones; from step 793 on (w = 0.99) it is the original's average; a fit that
+    ends before step 100 returns its plain output, which is the better estimate there, and keeps
+    the average in ``image_avg``); ``psnr_every`` is how often (in steps) metrics that
     need a host sync are computed; ``stop="auto"`` enables windowed-variance early stopping with
     ``stop_window``/``stop_patience`` steps; ``compile`` runs the generator through
     ``torch.compile`` (pays off only for long fits: compiling takes tens of seconds).
@@ -57,8 +67,10 @@ class FitConfig:
         def bad(name, value, what):
             raise ValueError(f"{name} must be {what}, got {value!r}")
 
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            bad("steps", self.steps, "an integer >= 1")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            bad("steps", self.steps, f"an integer from 1 to {MAX_STEPS}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            bad("seed", self.seed, f"an integer from 0 to {MAX_SEED} (2**63 - 2)")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             bad("lr", self.lr, "a positive number")
         if not (isinstance(self.reg_noise_std, (int, float)) and self.reg_noise_std >= 0):

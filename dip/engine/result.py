@@ -32,8 +32,8 @@ class FitResult:
 
     Attributes:
         image: the returned image (1, C, H, W) float32 in [0, 1]: the averaged output when
-            averaging is on, else ``image_plain``; with automatic stopping, the image at the
-            detected step.
+            averaging is on and the fit ran at least 100 steps, else ``image_plain``; with
+            automatic stopping, the image at the detected step.
         image_plain: G(z) on the clean code after the last step (BatchNorm in training mode).
         generator, z: the fitted network and its (padded) input code; physics: the operator
             it was fitted through; recipe: the ``dip.recipes.Recipe`` when one was run.
