@@ -2,12 +2,14 @@
 
 ``step_results`` (session) maps (configuration, size) to the median ms/step and its extra
 information; at the end of the run the table of ms, GFLOP/s and ratios to the baselines of the
-same size (``original``: the original-style step as shipped, ``original+malloc``: with the
-allocator setting) is printed.
+same size (``original``: the original's step as shipped, ``original+malloc``: with the
+allocator setting) is printed. Benchmarks marked ``cuda`` are skipped without a CUDA device.
 """
 from __future__ import annotations
 
 import pytest
+
+from tests import markers
 
 _RESULTS: dict = {}
 _CUDA_RESULTS: dict = {}
@@ -51,6 +53,10 @@ def _summary_lines(results: dict) -> list[str]:
                      f"{r['gflop'] / r['ms'] * 1e3:>9.1f}{ratios[0]:>8}{ratios[1]:>9}{peak:>10}"
                      f"{r['threads']:>5}")
     return lines
+
+
+def pytest_collection_modifyitems(config, items):
+    markers.skip_cuda_without_device(items)
 
 
 def pytest_terminal_summary(terminalreporter):

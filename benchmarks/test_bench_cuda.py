@@ -15,7 +15,7 @@ BN + LeakyReLU on 128 x 256² (NCHW and channels_last).
 
 Step (forward, loss, backward, Adam) of the denoise recipe's generator at 256² and 512²
 (``DIP_BENCH_SIZES``):
-  original           benchmarks/original_style.py: NCHW fp32, per-parameter Adam, zero-filled grads,
+  original           the original's step (tests/oracle.py): NCHW fp32, per-parameter Adam, zero-filled grads,
   fast-fp32          dip.runtime.FastStep (channels_last on CUDA, fused Adam, native fused BN),
   fast-bf16          the same under bf16 autocast (fp32 weights, loss and output),
   graph-fp32/-bf16   the fast step captured once as a CUDA graph and replayed (reg noise drawn
@@ -25,23 +25,18 @@ cuDNN's defaults are kept (TF32 allowed for fp32 convolutions, as torch ships).
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dip.ops as ops
+from benchmarks import test_bench_step as cpu_step
+from dip import runtime
+from dip.physics.kernels import downsampler_taps
+from tests import oracle
 
-import original_style  # noqa: E402
-import test_bench_step as cpu_step  # noqa: E402
-
-import dip.ops as ops  # noqa: E402
-from dip import runtime  # noqa: E402
-from dip.physics.kernels import downsampler_taps  # noqa: E402
-
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.cuda
 
 CUDA = torch.device("cuda")
 ITERS = int(os.environ.get("DIP_BENCH_CUDA_ITERS", "50"))
@@ -76,11 +71,7 @@ def _bench(benchmark, cuda_results, group: str, name: str, fn, iters: int, extra
 def _downsample_cases():
     taps = torch.from_numpy(downsampler_taps(4, "lanczos2", 0.5)).float().to(CUDA)
     x = torch.rand(1, 3, 512, 512, device=CUDA, requires_grad=True)
-    k = taps.shape[0]
-    weight = torch.zeros(3, 3, k, k, device=CUDA)
-    for i in range(3):
-        weight[i, i] = torch.outer(taps, taps)
-    pad = (k - 4) // 2
+    dense = oracle.Downsampler(3, 4, "lanczos2").to(CUDA).requires_grad_(False)  # no weight gradient
 
     def native():
         ops.downsample(x, taps, 4).sum().backward()
@@ -89,7 +80,7 @@ def _downsample_cases():
         ops.downsample_reference(x, taps, 4).sum().backward()
 
     def original():
-        F.conv2d(F.pad(x, (pad,) * 4, mode="replicate"), weight, stride=4).sum().backward()
+        dense(x).sum().backward()
 
     return {"native": native, "reference": reference, "original": original}
 
@@ -187,8 +178,8 @@ def _make_step(config: str, size: int):
     z, y = cpu_step._data(size)
     z, y = z.to(CUDA), y.to(CUDA)
     if config == "original":
-        net = original_style.denoise_skip(cpu_step.INPUT_DEPTH).to(CUDA)
-        step = original_style.OriginalStep(net, z, y, lr=cpu_step.LR, reg_noise_std=cpu_step.REG_NOISE)
+        net = oracle.denoise_skip(cpu_step.INPUT_DEPTH).to(CUDA)
+        step = oracle.OriginalStep(net, z, y, lr=cpu_step.LR, reg_noise_std=cpu_step.REG_NOISE)
         return step.step
     precision = config.split("-")[1]
     rng = torch.Generator(device=CUDA)

@@ -7,7 +7,7 @@ Run (2 threads, one size, the summary table at the end):
 Configurations, each at 128², 256², 512² (``DIP_BENCH_SIZES`` picks a subset), one step =
 forward, loss, backward, optimiser, with reg noise 1/30, lr 0.01, 32-channel input:
 
-(a)  ``original``: benchmarks/original_style.py as the original ships: glibc's default
+(a)  ``original``: the original's step (tests/oracle.py) as the original ships: glibc's default
      allocator.
 (a') ``original+malloc``: the same step after :func:`dip.runtime.configure_allocator`.
 (b)  ``fast-fp32`` / ``fast-bf16``: :class:`dip.runtime.FastStep` on ``dip.models`` (the
@@ -49,15 +49,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import original_style  # noqa: E402
-
-import dip.models  # noqa: E402
-from dip.models.common import BNAct  # noqa: E402
-import dip.ops  # noqa: E402
-import dip.recipes  # noqa: E402
-from dip import runtime  # noqa: E402
+import dip.models
+import dip.ops
+import dip.recipes
+from dip import runtime
+from dip.models.common import BNAct
+from tests import oracle
 
 SIZES = tuple(int(s) for s in os.environ.get("DIP_BENCH_SIZES", "128,256,512").split(","))
 THREADS = int(os.environ.get("DIP_BENCH_THREADS", "2"))
@@ -82,11 +79,11 @@ def _data(size: int):
     return z, y
 
 
-def make_original(size: int) -> original_style.OriginalStep:
+def make_original(size: int) -> oracle.OriginalStep:
     """(a)/(a'): the original-style step on the original-style denoise generator."""
     torch.manual_seed(0)
     z, y = _data(size)
-    return original_style.OriginalStep(original_style.denoise_skip(INPUT_DEPTH), z, y, lr=LR,
+    return oracle.OriginalStep(oracle.denoise_skip(INPUT_DEPTH), z, y, lr=LR,
                                        reg_noise_std=REG_NOISE)
 
 
@@ -112,7 +109,7 @@ def make_fast(size: int, precision: str, fused_bn: bool = True) -> runtime.FastS
 def step_gflop(kind: str, size: int) -> float:
     """GFLOP of one forward + backward (FlopCounterMode: convolutions, on the meta device)."""
     with torch.device("meta"):
-        net = original_style.denoise_skip(INPUT_DEPTH) if kind == "original" \
+        net = oracle.denoise_skip(INPUT_DEPTH) if kind == "original" \
             else recipe_generator()
         x = torch.empty(1, INPUT_DEPTH, size, size)
     with FlopCounterMode(display=False) as counter:
@@ -132,11 +129,10 @@ def _run_step(step) -> None:
 
 _CHILD = r"""
 import json, resource, sys, time
-sys.path.insert(0, {bench!r})
 import torch
 torch.set_num_threads({threads})
 from dip import runtime
-import test_bench_step as b
+from benchmarks import test_bench_step as b
 if {configure!r}:
     runtime.configure_allocator()
 step = b._make({config!r}, {size})
@@ -164,8 +160,7 @@ class ChildStep:
     """
 
     def __init__(self, config: str, size: int, configure: bool) -> None:
-        code = _CHILD.format(bench=str(Path(__file__).resolve().parent), threads=THREADS,
-                             configure=configure, config=config, size=size)
+        code = _CHILD.format(threads=THREADS, configure=configure, config=config, size=size)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,

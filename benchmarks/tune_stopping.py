@@ -42,8 +42,8 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -64,15 +64,15 @@ class Run:
     peak: float
     psnr: np.ndarray
     psnr_avg: np.ndarray
-    var: Dict[int, np.ndarray]
-    wmean: Dict[int, np.ndarray]
+    var: dict[int, np.ndarray]
+    wmean: dict[int, np.ndarray]
 
 
-def _arr(values: Sequence[Optional[float]]) -> np.ndarray:
+def _arr(values: Sequence[float | None]) -> np.ndarray:
     return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def load(paths: Iterable[str]) -> List[Run]:
+def load(paths: Iterable[str]) -> list[Run]:
     """Read curves files written by ``dip eval --curves`` (``dip.evaluate.write_curves``)."""
     runs = []
     for path in paths:
@@ -118,7 +118,7 @@ class Rule:
         return f"W={self.window:<4d}P={self.patience:<5d}{self.source}@{anchor}+{self.delay}"
 
 
-def detect(var: np.ndarray, patience: int) -> Tuple[Optional[int], Optional[int]]:
+def detect(var: np.ndarray, patience: int) -> tuple[int | None, int | None]:
     """(index of the stop step, index of the variance minimum at that time), or (None, None)
     when the rule does not fire.  Indices are step - 1; NaN (window not full) never improves."""
     best_i, best_v = -1, math.inf
@@ -130,7 +130,7 @@ def detect(var: np.ndarray, patience: int) -> Tuple[Optional[int], Optional[int]
     return None, None
 
 
-def replay(run: Run, rule: Rule, cache: dict) -> Tuple[float, int, Optional[int]]:
+def replay(run: Run, rule: Rule, cache: dict) -> tuple[float, int, int | None]:
     """(PSNR of the returned image, steps run, returned step or None) of ``rule`` on ``run``."""
     key = (id(run), rule.window, rule.patience)
     if key not in cache:
@@ -173,7 +173,7 @@ def score(runs: Sequence[Run], rule: Rule, cache: dict) -> Score:
 
 
 def candidate_rules(runs: Sequence[Run], patience: Sequence[int], tols: Sequence[float],
-                    delays: Sequence[int], sources: Sequence[str]) -> List[Rule]:
+                    delays: Sequence[int], sources: Sequence[str]) -> list[Rule]:
     windows = sorted(set.intersection(*(set(r.var) for r in runs)))
     rules = []
     for w in windows:
@@ -196,7 +196,7 @@ def candidate_rules(runs: Sequence[Run], patience: Sequence[int], tols: Sequence
     return rules
 
 
-def reference_rules(window: int, patience: int) -> Dict[Rule, str]:
+def reference_rules(window: int, patience: int) -> dict[Rule, str]:
     """The rules ``dip.stopping.from_config`` builds (current default and the paper's)."""
     return {Rule(window, patience, 0.0, f"wmean{window}", window - 1): "*",
             Rule(window, patience, 0.0, "plain", 0): "paper"}
@@ -205,22 +205,22 @@ def reference_rules(window: int, patience: int) -> Dict[Rule, str]:
 # -------------------------------------------------------------------------------- CLI
 
 
-def _ints(text: str) -> List[int]:
+def _ints(text: str) -> list[int]:
     return [int(t) for t in text.split(",") if t.strip()]
 
 
-def _floats(text: str) -> List[float]:
+def _floats(text: str) -> list[float]:
     return [float(t) for t in text.split(",") if t.strip()]
 
 
-def _fmt(s: Optional[Score]) -> str:
+def _fmt(s: Score | None) -> str:
     if s is None or s.n == 0:
         return f"{'-':>38}"
     return (f"{s.within:>2d}/{s.n:<2d} {s.mean_psnr:6.2f} {s.mean_gap:5.2f} {s.worst_gap:5.2f} "
             f"{s.mean_steps:6.0f}")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("curves", nargs="+", help="curves files from `dip eval --curves`")

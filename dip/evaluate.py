@@ -60,8 +60,9 @@ import os
 import sys
 import time
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ __all__ = ["TASKS", "BUILTIN_IMAGES", "Case", "builtin_images", "load_images", "
            "CURVES_FORMAT", "add_arguments", "run"]
 
 #: case kind -> (recipe name, task, parameter)
-TASKS: Dict[str, Dict] = {
+TASKS: dict[str, dict] = {
     "denoise25": {"recipe": "denoise", "task": "denoise", "sigma": 25.0},
     "denoise50": {"recipe": "denoise-50", "task": "denoise", "sigma": 50.0},
     "sr4": {"recipe": "sr4", "task": "sr", "factor": 4},
@@ -84,7 +85,7 @@ TASKS: Dict[str, Dict] = {
 }
 
 #: skimage.data image -> crop centre (row, column) as fractions of the photograph's size
-BUILTIN_IMAGES: Dict[str, Tuple[float, float]] = {
+BUILTIN_IMAGES: dict[str, tuple[float, float]] = {
     "astronaut": (0.25, 0.45),
     "chelsea": (0.40, 0.50),
     "coffee": (0.45, 0.50),
@@ -114,8 +115,8 @@ class Case:
     gt: torch.Tensor
     observation: torch.Tensor
     degraded: torch.Tensor
-    mask: Optional[torch.Tensor] = None
-    factor: Optional[int] = None
+    mask: torch.Tensor | None = None
+    factor: int | None = None
 
     @property
     def recipe(self) -> str:
@@ -139,7 +140,7 @@ def _to_chw(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
 
 
-def _crop_at(img: torch.Tensor, size: Optional[int], centre=(0.5, 0.5)) -> torch.Tensor:
+def _crop_at(img: torch.Tensor, size: int | None, centre=(0.5, 0.5)) -> torch.Tensor:
     """Square crop of side ``size`` (C, size, size) around ``centre`` (fractions), clamped to
     the image; the image itself when ``size`` is None."""
     if size is None:
@@ -152,7 +153,7 @@ def _crop_at(img: torch.Tensor, size: Optional[int], centre=(0.5, 0.5)) -> torch
     return img[:, top:top + size, left:left + size].contiguous()
 
 
-def builtin_images(size: int = 128, names: Optional[Sequence[str]] = None) -> List[Tuple[str, torch.Tensor]]:
+def builtin_images(size: int = 128, names: Sequence[str] | None = None) -> list[tuple[str, torch.Tensor]]:
     """Crops of scikit-image's bundled photographs: [(name, (3, size, size) float32 in [0, 1])]."""
     from skimage import data
 
@@ -163,7 +164,7 @@ def builtin_images(size: int = 128, names: Optional[Sequence[str]] = None) -> Li
     return [(n, _crop_at(_to_chw(getattr(data, n)()), size, BUILTIN_IMAGES[n])) for n in names]
 
 
-def load_images(directory: str | os.PathLike, size: Optional[int] = None) -> List[Tuple[str, torch.Tensor]]:
+def load_images(directory: str | os.PathLike, size: int | None = None) -> list[tuple[str, torch.Tensor]]:
     """Every readable image in ``directory`` (sorted by name) as [(stem, (C, H, W) float32)],
     centre-cropped to ``size`` × ``size`` when given and the image is larger."""
     from dip.io import SUPPORTED_SUFFIXES, read_image
@@ -190,17 +191,17 @@ def _rng(kind: str, image: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(image.encode()), zlib.crc32(kind.encode())])
 
 
-def _pil_resize(img: torch.Tensor, hw: Tuple[int, int], method: str) -> torch.Tensor:
+def _pil_resize(img: torch.Tensor, hw: tuple[int, int], method: str) -> torch.Tensor:
     """Per-channel float resize with PIL (mode 'F'), (C, H, W) -> (C, h, w)."""
     from PIL import Image
 
-    resample = {"lanczos": Image.LANCZOS, "bicubic": Image.BICUBIC}[method]
+    resample = {"lanczos": Image.Resampling.LANCZOS, "bicubic": Image.Resampling.BICUBIC}[method]
     chans = [np.asarray(Image.fromarray(c.numpy().astype(np.float32), mode="F")
                         .resize((hw[1], hw[0]), resample), dtype=np.float32) for c in img]
     return torch.from_numpy(np.stack(chans))
 
 
-def text_mask(hw: Tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
+def text_mask(hw: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
     """(1, H, W) float32 mask, 0 under lines of text drawn with PIL, 1 elsewhere."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -249,16 +250,16 @@ def make_case(kind: str, image: str, gt: torch.Tensor, seed: int = 0) -> Case:
     if spec["task"] == "restore":
         mask = torch.from_numpy((rng.random(tuple(gt.shape[1:])) >= spec["missing"]).astype(np.float32))[None]
     else:
-        mask = text_mask(tuple(gt.shape[1:]), rng)
+        mask = text_mask((gt.shape[1], gt.shape[2]), rng)
     y = gt * mask
     return Case(kind, image, seed, gt, y, y, mask=mask)
 
 
-def baseline(case: Case) -> Optional[torch.Tensor]:
+def baseline(case: Case) -> torch.Tensor | None:
     """Classical result for ``case`` (C, H, W), or None (denoising without ``bm3d``)."""
     task = TASKS[case.kind]["task"]
     if task == "sr":
-        return _pil_resize(case.observation, tuple(case.gt.shape[1:]), "bicubic").clamp(0, 1)
+        return _pil_resize(case.observation, (case.gt.shape[1], case.gt.shape[2]), "bicubic").clamp(0, 1)
     if task in ("restore", "inpaint"):
         from scipy.ndimage import distance_transform_edt
 
@@ -308,10 +309,10 @@ class _Observer:
         self.kw = metric_kw
         self.curve_every = curve_every
         self.start = time.perf_counter()
-        self.stop_step: Optional[int] = None
-        self.stop_seconds: Optional[float] = None
-        self.stop_image: Optional[torch.Tensor] = None
-        self.curve: Dict[str, list] = {"step": [], "psnr": [], "psnr_avg": []}
+        self.stop_step: int | None = None
+        self.stop_seconds: float | None = None
+        self.stop_image: torch.Tensor | None = None
+        self.curve: dict[str, Any] = {"step": [], "psnr": [], "psnr_avg": []}
         self.probes = {int(w): stopping.WindowedVarianceStopper(window=int(w), patience=10 ** 9)
                        for w in curve_windows}
         if self.probes:
@@ -337,16 +338,16 @@ class _Observer:
                     math.nan if mean is None else metrics.psnr(mean, self.gt, **self.kw))
 
 
-def _scores(prefix: str, img: Optional[torch.Tensor], gt: torch.Tensor, kw: dict) -> dict:
+def _scores(prefix: str, img: torch.Tensor | None, gt: torch.Tensor, kw: dict) -> dict:
     if img is None:
         return {f"{prefix}_psnr": math.nan, f"{prefix}_ssim": math.nan}
     return {f"{prefix}_psnr": metrics.psnr(img, gt, **kw), f"{prefix}_ssim": metrics.ssim(img, gt, **kw)}
 
 
-def run_case(case: Case, *, steps: Optional[int] = None, metric: str = "rgb",
-             stop_window: Optional[int] = None, stop_patience: Optional[int] = None,
+def run_case(case: Case, *, steps: int | None = None, metric: str = "rgb",
+             stop_window: int | None = None, stop_patience: int | None = None,
              curve_every: int = 1, curve_windows: Sequence[int] = (),
-             plot_path: Optional[str | os.PathLike] = None, **fit_overrides) -> dict:
+             plot_path: str | os.PathLike | None = None, **fit_overrides) -> dict:
     """Evaluate one case: degraded input, baseline, DIP fixed steps and DIP auto-stop.
 
     Args:
@@ -415,7 +416,7 @@ def run_case(case: Case, *, steps: Optional[int] = None, metric: str = "rgb",
     return row
 
 
-def _windows(values: Sequence[int]) -> List[int]:
+def _windows(values: Sequence[int]) -> list[int]:
     out = []
     for w in values:
         if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 2:
@@ -459,13 +460,13 @@ def plot_curve(row: dict, path: str | os.PathLike) -> None:
 # ------------------------------------------------------------------------------- many
 
 
-def evaluate(cases: Iterable[str] = tuple(TASKS), images: Optional[Sequence[Tuple[str, torch.Tensor]]] = None,
-             *, size: int = 128, steps: Optional[int] = None, seeds: Sequence[int] = (0,),
-             metric: str = "rgb", plots: Optional[str | os.PathLike] = None,
-             stop_window: Optional[int] = None, stop_patience: Optional[int] = None,
+def evaluate(cases: Iterable[str] = tuple(TASKS), images: Sequence[tuple[str, torch.Tensor]] | None = None,
+             *, size: int = 128, steps: int | None = None, seeds: Sequence[int] = (0,),
+             metric: str = "rgb", plots: str | os.PathLike | None = None,
+             stop_window: int | None = None, stop_patience: int | None = None,
              curve_every: int = 1, curve_windows: Sequence[int] = (),
-             progress: Optional[Callable[[dict], None]] = None,
-             **fit_overrides) -> List[dict]:
+             progress: Callable[[dict], None] | None = None,
+             **fit_overrides) -> list[dict]:
     """Run every (case kind, image, seed) and return one row (dict) per run.
 
     Args:
@@ -527,8 +528,9 @@ def format_table(rows: Sequence[dict]) -> str:
         lines.append("-" * len(head))
         for k in kinds:
             sel = [r for r in rows if r["case"] == k]
-            mean = lambda key: float(np.nanmean([r[key] for r in sel])) if any(
-                math.isfinite(r[key]) for r in sel) else math.nan
+            def mean(key: str, sel: list = sel) -> float:
+                return float(np.nanmean([r[key] for r in sel])) if any(
+                    math.isfinite(r[key]) for r in sel) else math.nan
             within = sum(1 for r in sel if r["peak_psnr"] - r["auto_psnr"] <= 0.5)
             lines.append(
                 f"{k:<13} {'mean of ' + str(len(sel)):<21} {'':>4}  "
@@ -563,9 +565,9 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
 CURVES_FORMAT = "dip-eval-curves/1"
 
 
-def _round(values: Sequence[float], digits: Optional[int] = None, sig: Optional[int] = None) -> list:
+def _round(values: Sequence[float], digits: int | None = None, sig: int | None = None) -> list:
     """Floats for JSON: NaN/inf -> None; ``digits`` decimals or ``sig`` significant digits."""
-    out = []
+    out: list[float | None] = []
     for v in values:
         v = float(v)
         if not math.isfinite(v):
@@ -582,7 +584,7 @@ def curves_document(rows: Sequence[dict]) -> dict:
     runs = []
     for r in rows:
         c = r["curve"]
-        series = {"step": [int(s) for s in c["step"]], "psnr": _round(c["psnr"], 4),
+        series: dict[str, Any] = {"step": [int(s) for s in c["step"]], "psnr": _round(c["psnr"], 4),
                   "psnr_avg": _round(c["psnr_avg"], 4)}
         if "var" in c:
             series["var"] = {str(w): _round(v, sig=5) for w, v in c["var"].items()}
@@ -621,14 +623,14 @@ def write_curves(rows: Sequence[dict], path: str | os.PathLike) -> None:
 # ---------------------------------------------------------------------------------- CLI
 
 
-def _int_list(text: str) -> List[int]:
+def _int_list(text: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _name_list(text: str) -> List[str]:
+def _name_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
@@ -648,8 +650,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated seeds (degradation and fit), default 0")
     parser.add_argument("--metric", choices=("rgb", "y"), default="rgb",
                         help="rgb: all channels; y: luma PSNR/SSIM, 4-px border for sr (the paper's)")
-    parser.add_argument("--stop-window", type=int, default=None, help="ES-WMV window W (default: the recipe's, 200 for denoising)")
-    parser.add_argument("--stop-patience", type=int, default=None, help="ES-WMV patience P (default: the recipe's, 500 for denoising)")
+    parser.add_argument("--stop-window", type=int, default=None,
+                        help="ES-WMV window W (default: the recipe's, 200 for denoising)")
+    parser.add_argument("--stop-patience", type=int, default=None,
+                        help="ES-WMV patience P (default: the recipe's, 500 for denoising)")
     parser.add_argument("--curve-every", type=int, default=1, help="PSNR-curve sampling in steps")
     parser.add_argument("--csv", metavar="PATH", default=None, help="write the results as CSV")
     parser.add_argument("--plots", metavar="DIR", default=None, help="write a PSNR-vs-step PNG per run")

@@ -34,9 +34,10 @@ import operator as _operator
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ _SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".pt2": "pt2"}
 _STANDARD_ONNX_DOMAINS = ("", "ai.onnx")
 _STANDARD_TORCH_NAMESPACES = {"torchscript": ("aten", "prim"), "pt2": ("aten",)}
 
-Crop = Tuple[int, int, int, int]
+Crop = tuple[int, int, int, int]
 
 
 class ExportError(RuntimeError):
@@ -78,15 +79,15 @@ class ExportReport:
         extra_files: other files written (e.g. ONNX external data), format -> paths.
     """
 
-    paths: Dict[str, Path]
-    max_abs_diff: Dict[str, float]
-    image_diff: Optional[float]
+    paths: dict[str, Path]
+    max_abs_diff: dict[str, float]
+    image_diff: float | None
     input_z: bool
-    output_shape: Tuple[int, ...]
+    output_shape: tuple[int, ...]
     tolerance: float = TOLERANCE
-    extra_files: Dict[str, List[Path]] = field(default_factory=dict)
+    extra_files: dict[str, list[Path]] = field(default_factory=dict)
 
-    def lines(self) -> List[str]:
+    def lines(self) -> list[str]:
         """Human-readable summary, one line per artefact plus the image difference."""
         out = []
         for fmt, path in self.paths.items():
@@ -120,7 +121,7 @@ def _standard_copy(generator: nn.Module) -> nn.Module:
         net = to_standard(generator)
     else:
         net = copy.deepcopy(generator)
-    return net.to(device="cpu", dtype=torch.float32, memory_format=torch.contiguous_format)
+    return net.to(device="cpu", dtype=torch.float32, memory_format=torch.contiguous_format)  # type: ignore[call-overload]
 
 
 def train_mode_output(generator: nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -142,11 +143,11 @@ def freeze_batch_statistics(net: nn.Module, z: torch.Tensor) -> nn.Module:
         ExportError: a BatchNorm module runs more than once per forward pass (shared module),
             so no single set of statistics reproduces it; export with ``input_z=True``.
     """
-    stats: Dict[nn.Module, Tuple[torch.Tensor, torch.Tensor]] = {}
-    shared: List[str] = []
+    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+    shared: list[str] = []
     names = {m: n for n, m in net.named_modules()}
 
-    def hook(module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> None:
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         if module in stats:
             shared.append(names[module])
         x = inputs[0].detach().double()
@@ -171,7 +172,7 @@ def freeze_batch_statistics(net: nn.Module, z: torch.Tensor) -> nn.Module:
         mean, var = stats[m]
         m.running_mean = mean.to(torch.float32)
         m.running_var = var.to(torch.float32)
-        m.track_running_stats = True
+        m.track_running_stats = True  # type: ignore[assignment]
     return net.eval()
 
 
@@ -181,7 +182,7 @@ def use_batch_statistics(net: nn.Module) -> nn.Module:
     Modifies and returns ``net``."""
     for m in net.modules():
         if _is_bn(m):
-            m.track_running_stats = False
+            m.track_running_stats = False  # type: ignore[assignment]
             m.running_mean = None
             m.running_var = None
             m.num_batches_tracked = None
@@ -189,7 +190,7 @@ def use_batch_statistics(net: nn.Module) -> nn.Module:
 
 
 class _Crop(nn.Module):
-    def __init__(self, crop: Optional[Crop]):
+    def __init__(self, crop: Crop | None):
         super().__init__()
         self.box = crop
 
@@ -203,7 +204,7 @@ class _Crop(nn.Module):
 class RenderImage(nn.Module):
     """No inputs: returns ``crop(net(z))`` with z stored as a buffer. Output (1, C, H, W)."""
 
-    def __init__(self, net: nn.Module, z: torch.Tensor, crop: Optional[Crop]):
+    def __init__(self, net: nn.Module, z: torch.Tensor, crop: Crop | None):
         super().__init__()
         self.net = net
         self.register_buffer("z", z.detach().clone())
@@ -216,7 +217,7 @@ class RenderImage(nn.Module):
 class RenderFromCode(nn.Module):
     """Input z (the shape of the fit's code): returns ``crop(net(z))``. Output (1, C, H, W)."""
 
-    def __init__(self, net: nn.Module, crop: Optional[Crop]):
+    def __init__(self, net: nn.Module, crop: Crop | None):
         super().__init__()
         self.net = net
         self.crop = _Crop(crop)
@@ -235,7 +236,7 @@ def _check_z(z: torch.Tensor) -> torch.Tensor:
     return z.detach().to(device="cpu", dtype=torch.float32).contiguous()
 
 
-def _check_crop(crop, out_shape: Sequence[int]) -> Optional[Crop]:
+def _check_crop(crop, out_shape: Sequence[int]) -> Crop | None:
     if crop is None:
         return None
     try:
@@ -253,7 +254,7 @@ def _check_crop(crop, out_shape: Sequence[int]) -> Optional[Crop]:
 
 
 def prepare(generator: nn.Module, z: torch.Tensor, *, input_z: bool = False,
-            crop: Optional[Crop] = None) -> nn.Module:
+            crop: Crop | None = None) -> nn.Module:
     """The standard-op module that :func:`export` writes: :class:`RenderImage` (no inputs, BN
     statistics of z frozen) or, with ``input_z``, :class:`RenderFromCode` (BN batch statistics).
 
@@ -292,7 +293,7 @@ def _torchscript_kinds(module: torch.jit.ScriptModule) -> set:
     return kinds
 
 
-def nonstandard_ops(artefact) -> List[str]:
+def nonstandard_ops(artefact) -> list[str]:
     """Operators of a loaded artefact that are not standard (e.g. ``dip::downsample``).
 
     ``artefact``: a ``torch.jit.ScriptModule``, a ``torch.export.ExportedProgram`` or an
@@ -336,7 +337,7 @@ def _require_standard(fmt: str, path: Path, artefact) -> None:
 # writing
 # --------------------------------------------------------------------------------------------
 
-def _write_torchscript(module: nn.Module, args: Tuple[torch.Tensor, ...], path: Path) -> None:
+def _write_torchscript(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> None:
     with warnings.catch_warnings():
         # shapes are fixed by design; tracing warnings about shape-dependent Python code and
         # TorchScript's deprecation notice say nothing about this model
@@ -347,7 +348,7 @@ def _write_torchscript(module: nn.Module, args: Tuple[torch.Tensor, ...], path: 
         torch.jit.save(traced, str(path))
 
 
-def _exported_program(module: nn.Module, args: Tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+def _exported_program(module: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
     return torch.export.export(module, args, strict=False)
 
 
@@ -366,8 +367,8 @@ class _QuietLogger:
         self.logger.setLevel(self.saved)
 
 
-def _write_onnx(program: torch.export.ExportedProgram, args: Tuple[torch.Tensor, ...], path: Path,
-                names: Tuple[List[str], str], external: bool) -> None:
+def _write_onnx(program: torch.export.ExportedProgram, args: tuple[torch.Tensor, ...], path: Path,
+                names: tuple[list[str], str], external: bool) -> None:
     # the exporter's op registry warns about every torchvision op when torchvision is absent
     with warnings.catch_warnings(), _QuietLogger("torch.onnx._internal.exporter._registration", logging.ERROR):
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -406,13 +407,13 @@ class LoadedModel:
         self.format = format_of(self.path)
         if not self.path.is_file():
             raise FileNotFoundError(f"model file {str(self.path)!r} does not exist")
-        self.input_shape: Optional[Tuple[int, ...]] = None
+        self.input_shape: tuple[int, ...] | None = None
         if self.format == "onnx":
             import onnx
             import onnxruntime
 
             self.proto = onnx.load(str(self.path), load_external_data=False)
-            self.artefact = self.proto
+            self.artefact: Any = self.proto
             self._session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
             inputs = self._session.get_inputs()
             self.input_names = [i.name for i in inputs]
@@ -437,7 +438,7 @@ class LoadedModel:
         if len(inputs) != self.num_inputs:
             raise ValueError(f"{self.path} takes {self.num_inputs} input(s), got {len(inputs)}")
         if self.format == "onnx":
-            feed = {n: x.detach().cpu().float().numpy() for n, x in zip(self.input_names, inputs)}
+            feed = {n: x.detach().cpu().float().numpy() for n, x in zip(self.input_names, inputs, strict=True)}
             return torch.from_numpy(self._session.run(None, feed)[0])
         with torch.no_grad():
             if self.format == "torchscript":
@@ -445,7 +446,7 @@ class LoadedModel:
             return self._module(*inputs)
 
 
-def render(path: str | os.PathLike, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+def render(path: str | os.PathLike, z: torch.Tensor | None = None) -> torch.Tensor:
     """Run an exported model: the image (1, C, H, W) float32.
 
     Args:
@@ -473,7 +474,7 @@ def render(path: str | os.PathLike, z: Optional[torch.Tensor] = None) -> torch.T
 # export with verification
 # --------------------------------------------------------------------------------------------
 
-def _targets(onnx, torchscript, pt2) -> Dict[str, Path]:
+def _targets(onnx, torchscript, pt2) -> dict[str, Path]:
     targets = {}
     for fmt, value in (("onnx", onnx), ("torchscript", torchscript), ("pt2", pt2)):
         if value is None:
@@ -491,15 +492,15 @@ def _targets(onnx, torchscript, pt2) -> Dict[str, Path]:
     return targets
 
 
-def _write_and_verify(module: nn.Module, example: Tuple[torch.Tensor, ...], targets: Dict[str, Path],
-                      cases: List[Tuple[Tuple[torch.Tensor, ...], torch.Tensor]], tolerance: float,
-                      names: Tuple[List[str], str]) -> Tuple[Dict[str, float], Dict[str, List[Path]]]:
+def _write_and_verify(module: nn.Module, example: tuple[torch.Tensor, ...], targets: dict[str, Path],
+                      cases: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]], tolerance: float,
+                      names: tuple[list[str], str]) -> tuple[dict[str, float], dict[str, list[Path]]]:
     """Write every target, load each back, compare with the references; remove all on failure.
 
     ``names``: (ONNX input names, ONNX output name)."""
-    written: List[Path] = []
-    extra: Dict[str, List[Path]] = {}
-    diffs: Dict[str, float] = {}
+    written: list[Path] = []
+    extra: dict[str, list[Path]] = {}
+    diffs: dict[str, float] = {}
     try:
         program = None
         if "pt2" in targets or "onnx" in targets:
@@ -547,7 +548,7 @@ def _write_and_verify(module: nn.Module, example: Tuple[torch.Tensor, ...], targ
 
 def export(generator: nn.Module, z: torch.Tensor, *, onnx: str | os.PathLike | None = None,
            torchscript: str | os.PathLike | None = None, pt2: str | os.PathLike | None = None,
-           input_z: bool = False, crop: Optional[Crop] = None, image: Optional[torch.Tensor] = None,
+           input_z: bool = False, crop: Crop | None = None, image: torch.Tensor | None = None,
            tolerance: float = TOLERANCE) -> ExportReport:
     """Export a fitted generator and verify every file written.
 
@@ -577,13 +578,14 @@ def export(generator: nn.Module, z: torch.Tensor, *, onnx: str | os.PathLike | N
     targets = _targets(onnx, torchscript, pt2)
     z = _check_z(z)
     module = prepare(generator, z, input_z=input_z, crop=crop)
-    box = module.crop.box
+    box: Crop | None = module.crop.box  # type: ignore[union-attr,assignment]
     reference = _Crop(box)(train_mode_output(generator, z))
+    cases: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]]
     if input_z:
         other = z.flip(-1, -2).contiguous()
         cases = [((z,), reference), ((other,), _Crop(box)(train_mode_output(generator, other)))]
-        example: Tuple[torch.Tensor, ...] = (z,)
-        names: Tuple[List[str], str] = (["z"], "image")
+        example: tuple[torch.Tensor, ...] = (z,)
+        names: tuple[list[str], str] = (["z"], "image")
     else:
         cases = [((), reference)]
         example = ()
@@ -640,8 +642,8 @@ def export_payload(payload: dict, *, onnx: str | os.PathLike | None = None,
 
 def generator_from_payload(payload: dict, *, path=None) -> nn.Module:
     """Rebuild the checkpoint's generator with the weights of the returned step."""
-    from dip import checkpoint as ckpt
     import dip.models
+    from dip import checkpoint as ckpt
 
     config = dict(payload["generator"]["config"])
     try:
@@ -673,7 +675,7 @@ class DownsampleGraph(nn.Module):
         self.op = copy.deepcopy(op).float().cpu()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op.forward_standard(x)
+        return self.op.forward_standard(x)  # type: ignore[operator]
 
 
 def _standard_operator(op: nn.Module) -> nn.Module:

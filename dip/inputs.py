@@ -8,15 +8,13 @@ Kinds (as in the original's ``get_noise``):
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 
 INPUT_KINDS = ("noise", "noise_normal", "meshgrid")
 
 
-def make_input(kind: str, channels: int, size_hw: Tuple[int, int], *, scale: float = 0.1,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def make_input(kind: str, channels: int, size_hw: tuple[int, int], *, scale: float = 0.1,
+               generator: torch.Generator | None = None) -> torch.Tensor:
     """Return z of shape (1, channels, H, W), float32, on the CPU.
 
     Args:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from types import FrameType
-from typing import Dict, Optional, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+_NAMES: dict[int, str] = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
 
 class SignalStop:
@@ -33,10 +34,10 @@ class SignalStop:
 
     def __init__(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
         self.signals = tuple(signals)
-        self.signal_number: Optional[int] = None
+        self.signal_number: int | None = None
         self.installed = False
         self._event = threading.Event()
-        self._previous: Dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ flag
     def is_set(self) -> bool:
@@ -62,14 +63,14 @@ class SignalStop:
         return 128 + (self.signal_number if self.signal_number is not None else int(signal.SIGINT))
 
     # --------------------------------------------------------------- handlers
-    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for the step to finish
         self.set(signum)
         log.warning("%s received: stopping after the current step (Ctrl-C again to abort at once)",
                     _NAMES.get(signum, signum))
 
-    def __enter__(self) -> "SignalStop":
+    def __enter__(self) -> SignalStop:
         if threading.current_thread() is threading.main_thread():
             try:
                 for sig in self.signals:

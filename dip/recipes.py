@@ -8,8 +8,9 @@ always follow the image (grey or colour).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields, replace
-from typing import Callable, Dict, Optional, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -39,10 +40,10 @@ class Recipe:
 
     name: str
     task: str
-    net: Dict
+    net: dict
     input_kind: str
     input_depth: int
-    physics: Dict
+    physics: dict
     fit: FitConfig
     description: str = ""
 
@@ -52,25 +53,28 @@ class Recipe:
                 "physics": dict(self.physics), "fit": self.fit.to_dict(), "description": self.description}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
+    def from_dict(cls, d: dict) -> Recipe:
         d = dict(d)
         d["fit"] = FitConfig.from_dict(d["fit"])
         return cls(**d)
 
 
-def _table() -> Dict[str, Recipe]:
+def _table() -> dict[str, Recipe]:
     # stop window 200, patience 500 (not the paper's 100 / 1000): with outputs averaged at 0.99 the
     # 200-output mean from the variance minimum lands within 0.5 dB of the run's peak on 15/15
     # runs at sigma 25 and 15/15 at sigma 50 (W = 100: 12/15 and 9/15); no run found a later
     # minimum more than 75 steps on, so P = 500 returns the same images ~500 steps sooner
     # (128² crops, 5 images x 3 seeds, benchmarks/tune_stopping.py on recorded curves)
-    denoise_fit = dict(steps=3000, lr=0.01, reg_noise_std=1.0 / 30, exp_weight=0.99, backtrack=True, stop="auto",
-                       stop_window=200, stop_patience=500)
-    sr = lambda factor, steps, reg: Recipe(
-        f"sr{factor}", "sr", {"name": "skip", **_STANDARD_SKIP}, "noise", 32,
-        {"name": "downsample", "factor": factor, "kernel": "lanczos2", "phase": 0.5, "preserve_size": True},
-        FitConfig(steps=steps, lr=0.01, reg_noise_std=reg),
-        f"super-resolution x{factor}: loss on lanczos2(out) vs the low-resolution image")
+    denoise_fit: dict[str, Any] = dict(steps=3000, lr=0.01, reg_noise_std=1.0 / 30, exp_weight=0.99, backtrack=True,
+                                       stop="auto", stop_window=200, stop_patience=500)
+
+    def sr(factor: int, steps: int, reg: float) -> Recipe:
+        return Recipe(
+            f"sr{factor}", "sr", {"name": "skip", **_STANDARD_SKIP}, "noise", 32,
+            {"name": "downsample", "factor": factor, "kernel": "lanczos2", "phase": 0.5, "preserve_size": True},
+            FitConfig(steps=steps, lr=0.01, reg_noise_std=reg),
+            f"super-resolution x{factor}: loss on lanczos2(out) vs the low-resolution image")
+
     no_skip_nearest = dict(num_channels_down=[128] * 5, num_channels_up=[128] * 5, num_channels_skip=[0] * 5,
                            upsample_mode="nearest", pad="reflection")
     recipes = [
@@ -126,9 +130,9 @@ DEFAULT_FOR_TASK = {"denoise": "denoise", "jpeg": "jpeg", "sr": "sr4", "inpaint"
                     "restore": "restore-50", "flash": "flash"}
 
 
-def get(name: str, *, net: Optional[str] = None, input_kind: Optional[str] = None,
-        input_depth: Optional[int] = None, factor: Optional[int] = None,
-        net_options: Optional[Dict] = None, **fit_overrides) -> Recipe:
+def get(name: str, *, net: str | None = None, input_kind: str | None = None,
+        input_depth: int | None = None, factor: int | None = None,
+        net_options: dict | None = None, **fit_overrides) -> Recipe:
     """Recipe ``name`` with overrides.
 
     Args:
@@ -151,7 +155,8 @@ def get(name: str, *, net: Optional[str] = None, input_kind: Optional[str] = Non
             r.net = {"name": net}
     if net_options:
         if not isinstance(net_options, dict) or "name" in net_options:
-            raise ValueError("net_options must be a dict of generator keyword arguments (use net= to change the generator)")
+            raise ValueError("net_options must be a dict of generator keyword arguments "
+                             "(use net= to change the generator)")
         r.net = {**r.net, **net_options}
     if input_kind is not None:
         if input_kind not in INPUT_KINDS:
@@ -184,8 +189,8 @@ def _as_batch(img: torch.Tensor, what: str) -> torch.Tensor:
     return img.float()
 
 
-def build(recipe: Recipe, observation: torch.Tensor, *, mask: Optional[torch.Tensor] = None,
-          flash: Optional[torch.Tensor] = None):
+def build(recipe: Recipe, observation: torch.Tensor, *, mask: torch.Tensor | None = None,
+          flash: torch.Tensor | None = None):
     """Build (y, physics, generator, z) for ``recipe`` and an observation (C, h, w) in [0, 1].
 
     The generator's weights and z are drawn from ``recipe.fit.seed`` without touching the
@@ -217,8 +222,8 @@ def build(recipe: Recipe, observation: torch.Tensor, *, mask: Optional[torch.Ten
     return y, physics, generator, z
 
 
-def run(recipe: Recipe, observation: torch.Tensor, *, mask: Optional[torch.Tensor] = None,
-        flash: Optional[torch.Tensor] = None, gt: Optional[torch.Tensor] = None,
+def run(recipe: Recipe, observation: torch.Tensor, *, mask: torch.Tensor | None = None,
+        flash: torch.Tensor | None = None, gt: torch.Tensor | None = None,
         callbacks: Sequence[Callable] = (), **fit_kwargs) -> FitResult:
     """Build and fit ``recipe`` on ``observation``; see ``build`` and ``dip.fit.fit`` (which
     takes ``fit_kwargs``: ``stop_event``, ``checkpoint_every``, ``on_checkpoint``)."""

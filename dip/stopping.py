@@ -69,7 +69,7 @@ render for inpaint-text).  ``steps`` stays the default for the noise-free recipe
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -137,7 +137,7 @@ class WindowedVarianceStopper:
 
     def __init__(self, window: int = 100, patience: int = 1000, *, every: int = 1,
                  return_delay: int = 0, return_mean: bool = False,
-                 sync_every: Optional[int] = None, recompute_every: Optional[int] = None):
+                 sync_every: int | None = None, recompute_every: int | None = None):
         self.window = _positive_int("window", window, 2)
         self.patience = _positive_int("patience", patience, 1)
         self.return_delay = _positive_int("return_delay", return_delay, 0)
@@ -157,24 +157,24 @@ class WindowedVarianceStopper:
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forget every observed output (buffers are freed)."""
-        self._buf: Optional[torch.Tensor] = None          # (W, n) ring buffer, output dtype
-        self._sqnorm: Optional[torch.Tensor] = None       # (W,) float64, ||slot||^2
-        self._sum: Optional[torch.Tensor] = None          # (n,) float64
-        self._scratch: Optional[torch.Tensor] = None      # (n,) float64 work space
-        self._var: Optional[torch.Tensor] = None          # () float64, latest VAR (nan before full)
-        self._best_var: Optional[torch.Tensor] = None     # () float64
-        self._best_step_dev: Optional[torch.Tensor] = None  # () int64, -1 = none yet
-        self._capture_dev: Optional[torch.Tensor] = None  # () int64, best_step + return_delay
-        self._held_dev: Optional[torch.Tensor] = None     # () int64, step of the held image
-        self._best_out: Optional[torch.Tensor] = None     # returned-output shaped copy
-        self._shape: Optional[Tuple[int, ...]] = None
+        self._buf: torch.Tensor | None = None          # (W, n) ring buffer, output dtype
+        self._sqnorm: torch.Tensor | None = None       # (W,) float64, ||slot||^2
+        self._sum: torch.Tensor | None = None          # (n,) float64
+        self._scratch: torch.Tensor | None = None      # (n,) float64 work space
+        self._var: torch.Tensor | None = None          # () float64, latest VAR (nan before full)
+        self._best_var: torch.Tensor | None = None     # () float64
+        self._best_step_dev: torch.Tensor | None = None  # () int64, -1 = none yet
+        self._capture_dev: torch.Tensor | None = None  # () int64, best_step + return_delay
+        self._held_dev: torch.Tensor | None = None     # () int64, step of the held image
+        self._best_out: torch.Tensor | None = None     # returned-output shaped copy
+        self._shape: tuple[int, ...] | None = None
         self._count = 0                                   # observed updates
-        self._last_step: Optional[int] = None
-        self._best_step_host: Optional[int] = None
+        self._last_step: int | None = None
+        self._best_step_host: int | None = None
         self._stopped = False
         self._reason = ""
-        self._hist_steps: List[int] = []
-        self._hist_vars: List[torch.Tensor] = []
+        self._hist_steps: list[int] = []
+        self._hist_vars: list[torch.Tensor] = []
 
     def _allocate(self, x: torch.Tensor, returned: torch.Tensor) -> None:
         n = x.numel()
@@ -205,7 +205,7 @@ class WindowedVarianceStopper:
         return step % self.every == 0
 
     def update(self, step: int, output: torch.Tensor,
-               returned: Optional[torch.Tensor] = None) -> bool:
+               returned: torch.Tensor | None = None) -> bool:
         """Observe the output of one step; returns True when the fit should stop now.
 
         Args:
@@ -298,7 +298,7 @@ class WindowedVarianceStopper:
         """Mean of the window's outputs, in the outputs' shape and dtype."""
         return (self._sum / self.window).to(self._buf.dtype).reshape(self._shape)
 
-    def window_mean(self) -> Optional[torch.Tensor]:
+    def window_mean(self) -> torch.Tensor | None:
         """Mean of the last W observed outputs (a new tensor in the outputs' shape and dtype,
         on their device), None before the window is full.  O(n): one division of the running
         sum, no pass over the window."""
@@ -338,13 +338,13 @@ class WindowedVarianceStopper:
         return self._stopped
 
     @property
-    def best_step(self) -> Optional[int]:
+    def best_step(self) -> int | None:
         """Step of the variance minimum so far (None before the window is full); syncs."""
         self.finalize()
         return self._best_step_host
 
     @property
-    def returned_step(self) -> Optional[int]:
+    def returned_step(self) -> int | None:
         """Step whose ``returned`` image ``best_output`` holds: ``best_step + return_delay``
         once that step has been observed, else ``best_step``; None before the window is full."""
         if self.best_step is None:
@@ -352,7 +352,7 @@ class WindowedVarianceStopper:
         return int(self._held_dev)
 
     @property
-    def best_output(self) -> Optional[torch.Tensor]:
+    def best_output(self) -> torch.Tensor | None:
         """The ``returned`` image of step ``returned_step`` (the variance minimum, or
         ``return_delay`` steps after it), on the output's device; None before
         the window first fills.  A copy owned by the stopper: clone it to keep it past the
@@ -362,14 +362,14 @@ class WindowedVarianceStopper:
         return self._best_out
 
     @property
-    def best_variance(self) -> Optional[float]:
+    def best_variance(self) -> float | None:
         """The minimum windowed variance so far (float), None before the window is full."""
         if self.best_step is None:
             return None
         return float(self._best_var)
 
     @property
-    def variance(self) -> Optional[float]:
+    def variance(self) -> float | None:
         """The latest windowed variance, None before the window is full."""
         if self._var is None or self._count < self.window:
             return None
@@ -385,7 +385,7 @@ class WindowedVarianceStopper:
         """Why the rule stopped ("" while it has not)."""
         return self._reason
 
-    def history(self) -> Tuple[np.ndarray, np.ndarray]:
+    def history(self) -> tuple[np.ndarray, np.ndarray]:
         """(steps int64 (k,), variances float64 (k,)) for every step with a full window."""
         steps = np.asarray(self._hist_steps, dtype=np.int64)
         if not self._hist_vars:
@@ -393,7 +393,7 @@ class WindowedVarianceStopper:
         return steps, torch.stack(self._hist_vars).cpu().numpy()
 
     # ------------------------------------------------------------ checkpoints
-    def state_dict(self) -> Dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything needed to resume, as a flat dict of tensors (safetensors-compatible;
         the tensors are those of the stopper's device — move them as needed).  Includes the
         ring buffer (W copies of the output)."""
@@ -403,7 +403,7 @@ class WindowedVarianceStopper:
             "count": self._count, "stopped": int(self._stopped),
             "last_step": -1 if self._last_step is None else self._last_step,
         }
-        sd: Dict[str, torch.Tensor] = {k: torch.tensor(v, dtype=torch.int64) for k, v in meta.items()}
+        sd: dict[str, torch.Tensor] = {k: torch.tensor(v, dtype=torch.int64) for k, v in meta.items()}
         sd["history_step"] = torch.tensor(self._hist_steps, dtype=torch.int64)
         sd["history_var"] = (torch.stack(self._hist_vars).detach().clone() if self._hist_vars
                              else torch.zeros(0, dtype=torch.float64))
@@ -419,8 +419,8 @@ class WindowedVarianceStopper:
         sd["reason"] = torch.tensor(list(self._reason.encode("utf-8")), dtype=torch.uint8)
         return sd
 
-    def load_state_dict(self, state: Dict[str, torch.Tensor],
-                        device: Optional[torch.device | str] = None) -> None:
+    def load_state_dict(self, state: dict[str, torch.Tensor],
+                        device: torch.device | str | None = None) -> None:
         """Restore from ``state_dict()``; tensors go to ``device`` (default: where they are).
 
         Raises ValueError if the window/patience/every recorded differ from this stopper's

@@ -6,16 +6,14 @@ recipe (``dip.recipes``) with any ``FitConfig`` overrides, and returns a ``FitRe
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from dip import recipes
 from dip.fit import FitResult
 
 
-def denoise(img: torch.Tensor, *, sigma: Optional[float] = None, recipe: Optional[str] = None,
-            gt: Optional[torch.Tensor] = None, callbacks=(), **overrides) -> FitResult:
+def denoise(img: torch.Tensor, *, sigma: float | None = None, recipe: str | None = None,
+            gt: torch.Tensor | None = None, callbacks=(), **overrides) -> FitResult:
     """Denoise ``img``. ``sigma`` (noise level in 0..255 units) picks ``denoise-50`` for
     sigma >= 37.5, else ``denoise``; ``recipe`` names one directly."""
     name = recipe or ("denoise-50" if sigma is not None and sigma >= 37.5 else "denoise")
@@ -27,7 +25,7 @@ def remove_jpeg_artifacts(img: torch.Tensor, *, recipe: str = "jpeg", gt=None, c
     return recipes.run(recipes.get(recipe, **overrides), img, gt=gt, callbacks=callbacks)
 
 
-def super_resolve(img: torch.Tensor, factor: int = 4, *, recipe: Optional[str] = None, gt=None,
+def super_resolve(img: torch.Tensor, factor: int = 4, *, recipe: str | None = None, gt=None,
                   callbacks=(), **overrides) -> FitResult:
     """Upscale the low-resolution ``img`` (C, h, w) by an integer ``factor`` >= 2; the result
     has size (h * factor, w * factor). Uses recipe ``sr{factor}`` where one exists (2, 4, 8),

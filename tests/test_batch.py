@@ -16,31 +16,24 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-import dip
 from dip import cli, io
-from dip.batch import (BatchError, Command, CommandRunner, ImageJob, Manifest, plan, read_manifest, run_batch,
-                       state)
+from dip.batch import BatchError, Command, CommandRunner, ImageJob, Manifest, plan, read_manifest, run_batch, state
+from tests import oracle
 
-DIP_ROOT = Path(dip.__file__).resolve().parents[1]
 SIZE = 24
 STEPS = 8
 FIT = ["--stop", "steps"]
 
 
-def make_image(path: Path, seed: int = 0, size: int = SIZE) -> None:
-    """A smooth random RGB image (bilinear upsampling of random pixels)."""
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(3, size // 4, size // 4, generator=g)
-    image = torch.nn.functional.interpolate(base[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-    io.write_image(path, image)
+def make_image(path: Path, seed: int = 0) -> None:
+    """A smooth random SIZE x SIZE RGB image (tests/oracle.py)."""
+    oracle.write_image(path, SIZE, SIZE, seed=seed)
 
 
-def make_mask(path: Path, size: int = SIZE) -> None:
-    mask = torch.ones(1, size, size)
-    mask[:, size // 4: size // 2, size // 4: size // 2] = 0
-    io.write_image(path, mask)
+def make_mask(path: Path) -> None:
+    """A SIZE x SIZE mask with a missing block (tests/oracle.py)."""
+    oracle.write_mask(path, SIZE, SIZE)
 
 
 @pytest.fixture
@@ -51,13 +44,6 @@ def three(tmp_path) -> Path:
     for seed, stem in enumerate("abc"):
         make_image(folder / f"{stem}.png", seed)
     return folder
-
-
-def child_env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(DIP_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("DIP_PROGRESS", None)
-    return env
 
 
 def fresh_attempts(records, stem):
@@ -184,14 +170,14 @@ def test_manifest_counts_attempts_and_survives_a_torn_line(tmp_path):
     assert again.append({"image": "/a.png", "status": "done"})["attempt"] == 2
 
 
-def test_without_ray_installed(tmp_path, three):
+def test_without_ray_installed(tmp_path, three, child_env):
     """``--ray`` without the ray package: exit 2, how to install it, nothing written."""
     code = ("import sys, dip.batch, dip.cli\n"
             "assert not [m for m in sys.modules if m.split('.')[0] == 'ray'], 'importing dip imported ray'\n"
             "sys.modules['ray'] = None  # as if it were not installed\n"
             "from dip.cli import main\n"
             f"sys.exit(main(['batch', 'denoise', {str(three)!r}, '-o', {str(tmp_path / 'out')!r}, '--ray', 'local']))")
-    proc = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], env=child_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "pip install 'dip[ray]'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
@@ -257,11 +243,12 @@ def _wait_for_second_fit(proc, out: Path, timeout: float = 180.0) -> None:
     pytest.fail("the batch did not reach its second image in time")
 
 
-def test_local_batch_interrupted_then_rerun_fits_each_image_once(tmp_path, three):
+@pytest.mark.slow
+def test_local_batch_interrupted_then_rerun_fits_each_image_once(tmp_path, three, child_env):
     out = tmp_path / "out"
     argv = ["batch", "denoise", str(three), "-o", str(out), "--steps", str(STEPS), *FIT, "--threads", "1",
             "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "dip", *argv], env=child_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "dip", *argv], env=child_env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     _wait_for_second_fit(proc, out)
     proc.send_signal(signal.SIGINT)
@@ -332,6 +319,7 @@ def ray_local():
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = previous
 
 
+@pytest.mark.slow
 def test_ray_batch_retries_a_dead_worker_and_reruns_as_skips(tmp_path, three, ray_local, capsys):
     out = tmp_path / "out"
     marker = tmp_path / "crashed"

@@ -1,6 +1,6 @@
 """Fits on a CUDA device: they run, improve the image, and agree with the CPU on the first step.
 
-Skipped where CUDA is not available (the CPU-only CI).
+Marked ``cuda``: skipped where CUDA is not available (the CPU-only CI).
 """
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 
 import dip
+from tests import oracle
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.cuda
 
 
 def _noisy(size: int = 48):
     gen = torch.Generator().manual_seed(0)
-    base = torch.rand(3, size // 8, size // 8, generator=gen)
-    clean = F.interpolate(base[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    clean = oracle.smooth_image(size, size, 3, generator=gen, coarse=8)
     return clean, (clean + torch.randn(clean.shape, generator=gen) * 25 / 255).clamp(0, 1)
 
 

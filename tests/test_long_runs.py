@@ -14,9 +14,7 @@ import torch
 from dip import checkpoint, cli, io, models, resume
 from dip.fit import FitConfig, fit, generator_geometry
 from dip.inputs import make_input
-from dip.physics import Identity, Mask
-
-from tests.cli.conftest import DIP_ROOT, make_image
+from dip.physics import Identity
 
 
 def small_net():
@@ -63,7 +61,7 @@ def test_resume_from_a_checkpoint_file_is_bit_exact(tmp_path, layout):
     assert rest.steps_run == 80 and rest.history["loss"] == straight.history["loss"]
     assert torch.equal(rest.image, straight.image) and torch.equal(rest.image_avg, straight.image_avg)
     assert torch.equal(rest.image_plain, straight.image_plain)
-    for a, b in zip(rest.generator.state_dict().values(), straight.generator.state_dict().values()):
+    for a, b in zip(rest.generator.state_dict().values(), straight.generator.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -185,9 +183,9 @@ def test_recovery_settings_are_checked(field, value):
 
 # ----------------------------------------------------------------------------- command line
 @pytest.fixture
-def image(tmp_path):
+def image(tmp_path, image_maker):
     path = tmp_path / "in.png"
-    make_image(path, 24, 24, "RGB")
+    image_maker(path, 24, 24, "RGB")
     return path
 
 
@@ -222,13 +220,13 @@ def test_cli_resume_errors(image, tmp_path, capsys):
     assert "dip resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_during_a_fit_leaves_a_checkpoint_that_resume_finishes(image, tmp_path, sig, code):
+def test_a_signal_during_a_fit_leaves_a_checkpoint_that_resume_finishes(image, tmp_path, sig, code, child_env):
     out = tmp_path / "out.png"
     ckpt = tmp_path / "out.png.ckpt"
-    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(DIP_ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "dip", "denoise", str(image), "-o", str(out), "--steps", "500",
-                             "--stop", "steps", "--checkpoint-every", "2", "-q"], env=env,
+                             "--stop", "steps", "--checkpoint-every", "2", "-q"], env=child_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

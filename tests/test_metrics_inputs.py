@@ -1,6 +1,5 @@
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -50,7 +49,8 @@ def test_noise_input_is_uniform_scaled_and_seeded():
 
 def test_meshgrid_input():
     z = make_input("meshgrid", 2, (3, 5))
-    assert torch.allclose(z[0, 0, 0], torch.linspace(0, 1, 5)) and torch.allclose(z[0, 1, :, 0], torch.linspace(0, 1, 3))
+    assert torch.allclose(z[0, 0, 0], torch.linspace(0, 1, 5))
+    assert torch.allclose(z[0, 1, :, 0], torch.linspace(0, 1, 3))
     with pytest.raises(ValueError, match="2 channels"):
         make_input("meshgrid", 3, (3, 5))
 

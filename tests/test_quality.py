@@ -2,7 +2,8 @@
 
 The generators keep the recipes' architecture at reduced width (32 channels per scale instead
 of 128) so that the whole file stays within CI's time budget on two cores; the full-width
-recipes are measured by ``dip eval`` and the benchmarks.
+recipes are measured by ``dip eval`` and the benchmarks. Each fit takes several seconds: the
+module is marked ``slow``.
 """
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from scipy import ndimage
 
 import dip
 from dip.metrics import psnr
+
+pytestmark = pytest.mark.slow
 
 NARROW = dict(num_channels_down=[32] * 5, num_channels_up=[32] * 5)
 

@@ -125,7 +125,7 @@ def test_fast_step_reuses_buffers_and_sets_grads_to_none():
     before = [p.detach().clone() for p in step.params]
     step.closure()  # zero_grad inside sets grads to None, then backward fills them
     assert all(p.grad is not None for p in step.params)
-    assert all(torch.equal(a, p) for a, p in zip(before, step.params))  # no update yet
+    assert all(torch.equal(a, p) for a, p in zip(before, step.params, strict=True))  # no update yet
 
 
 def test_fast_step_can_optimise_the_input():

@@ -1,6 +1,6 @@
 """The fast step (dip.runtime.FastStep + dip.models.skip) keeps the original step's semantics.
 
-The reference is the original-style step in benchmarks/original_style.py (nested Sequentials,
+The reference is the original's step in tests/oracle.py (nested Sequentials,
 centre-crop Concat, zero-filled gradients, allocating reg noise, single-tensor Adam, NCHW).
 
 Why the 10-step comparison runs NCHW on a 3-scale network: DIP's early Adam steps are chaotic.
@@ -14,20 +14,14 @@ on one step's output, loss and gradients instead, which is where it could be wro
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import original_style  # noqa: E402
-
-from dip.models import skip  # noqa: E402
-from dip.models.common import BNAct  # noqa: E402
-from dip.runtime import FastStep, make_adam  # noqa: E402
+from dip.models import skip
+from dip.models.common import BNAct
+from dip.runtime import FastStep, make_adam
+from tests import oracle
 
 SIZE = 64
 DEPTH = 8
@@ -37,9 +31,9 @@ KW = dict(num_channels_down=[16] * 3, num_channels_up=[16] * 3, num_channels_ski
 
 def _pair(seed: int = 0):
     torch.manual_seed(seed)
-    ref = original_style.skip(DEPTH, 3, **KW)
+    ref = oracle.skip(DEPTH, 3, **KW)
     net = skip(DEPTH, 3, **KW)
-    original_style.copy_weights(ref, net)
+    oracle.copy_weights(ref, net)
     z = torch.rand(1, DEPTH, SIZE, SIZE) * 0.1
     y = torch.rand(1, 3, SIZE, SIZE)
     return ref, net, z, y
@@ -56,11 +50,11 @@ def test_copy_weights_makes_identical_networks():
 
 
 def test_copy_weights_rejects_other_architecture():
-    ref = original_style.skip(DEPTH, 3, **KW)
+    ref = oracle.skip(DEPTH, 3, **KW)
     other = skip(DEPTH, 3, num_channels_down=[8] * 3, num_channels_up=[8] * 3,
                  num_channels_skip=[4] * 3)
     with pytest.raises(ValueError, match="shape mismatch"):
-        original_style.copy_weights(ref, other)
+        oracle.copy_weights(ref, other)
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -72,7 +66,7 @@ def test_ten_fp32_steps_match_original(masked):
         if isinstance(m, BNAct):
             m.fused = False
     mask = (torch.rand(1, 1, SIZE, SIZE) > 0.5).float() if masked else None
-    original = original_style.OriginalStep(ref, z, y, lr=0.01, reg_noise_std=1 / 30, mask=mask)
+    original = oracle.OriginalStep(ref, z, y, lr=0.01, reg_noise_std=1 / 30, mask=mask)
     if masked:
         def loss_fn(out):
             return F.mse_loss(out * mask, y * mask)
@@ -105,12 +99,12 @@ def test_fast_adam_matches_original_adam():
         grads = [torch.randn_like(t) for t in a]
         ref.zero_grad(set_to_none=False)
         fast.zero_grad(set_to_none=True)
-        for t, u, g in zip(a, b, grads):
+        for t, u, g in zip(a, b, grads, strict=True):
             t.grad = t.grad + g if t.grad is not None else g.clone()
             u.grad = g.clone()
         ref.step()
         fast.step()
-    for t, u in zip(a, b):
+    for t, u in zip(a, b, strict=True):
         torch.testing.assert_close(u, t, rtol=0, atol=1e-5)
 
 
@@ -123,7 +117,7 @@ def test_channels_last_step_matches_original_step(dtype):
     the float32 gradients differ by up to ~0.5 % of the largest gradient.)"""
     ref, net, z, y = _pair()
     ref, net, z, y = ref.to(dtype), net.to(dtype), z.to(dtype), y.to(dtype)
-    original = original_style.OriginalStep(ref, z, y, lr=0.01, reg_noise_std=0.0)
+    original = oracle.OriginalStep(ref, z, y, lr=0.01, reg_noise_std=0.0)
     fast = FastStep(net, z, lambda out: F.mse_loss(out, y), lr=0.01, channels_last=True)
     assert fast.net_input.is_contiguous(memory_format=torch.channels_last)
     loss_ref = original.closure()
@@ -134,7 +128,7 @@ def test_channels_last_step_matches_original_step(dtype):
     assert abs(loss.item() - loss_ref.item()) <= tol
     scale = max(p.grad.abs().max().item() for p in ref.parameters())
     rel = 1e-10 if dtype == torch.float64 else 1e-2
-    for p_ref, p in zip(ref.parameters(), net.parameters()):
+    for p_ref, p in zip(ref.parameters(), net.parameters(), strict=True):
         assert p.dim() != 4 or p.is_contiguous(memory_format=torch.channels_last)
         assert (p.grad - p_ref.grad).abs().max().item() <= rel * scale
 

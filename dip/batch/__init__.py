@@ -9,8 +9,7 @@ imported only when ``--ray`` / ``ray_address`` is used (optional extra ``dip[ray
 from dip.batch.command import add_arguments, fit_arguments, run
 from dip.batch.core import BatchResult, default_threads, run_batch
 from dip.batch.manifest import MANIFEST_NAME, SUMMARY_NAME, Manifest, format_table, read_manifest
-from dip.batch.plan import (BATCH_TASKS, DEFAULT_MASK_PATTERN, BatchError, ImageJob, collect_inputs, mask_path,
-                            plan)
+from dip.batch.plan import BATCH_TASKS, DEFAULT_MASK_PATTERN, BatchError, ImageJob, collect_inputs, mask_path, plan
 from dip.batch.work import Command, CommandRunner, StopFlag, is_done, read_report, run_image, state
 
 __all__ = [

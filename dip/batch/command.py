@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
-from typing import List
 
 from dip import cli
 from dip.batch.core import run_batch
@@ -85,9 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
 
 
-def fit_arguments(args: argparse.Namespace) -> List[str]:
+def fit_arguments(args: argparse.Namespace) -> list[str]:
     """The single-image options of a fresh fit, from the parsed ``dip batch`` arguments."""
-    out: List[str] = []
+    out: list[str] = []
     for option, _ in _PASSED:
         value = getattr(args, option.lstrip("-").replace("-", "_"), None)
         if value is not None:

@@ -5,8 +5,9 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from dip.batch import executors
 from dip.batch.manifest import SUMMARY_NAME, Manifest, write_summary_csv
@@ -33,8 +34,8 @@ class BatchResult:
         outdir: the output folder.
     """
 
-    records: List[Dict[str, Any]]
-    ignored: List[str]
+    records: list[dict[str, Any]]
+    ignored: list[str]
     signal: int
     outdir: Path
 
@@ -56,7 +57,7 @@ def default_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _skipped_record(job: ImageJob) -> Dict[str, Any]:
+def _skipped_record(job: ImageJob) -> dict[str, Any]:
     report = read_report(job.report) or {}
     return {"image": str(job.input), "stem": job.stem, "output": str(job.output), "report": str(job.report),
             "mode": None, "status": "skipped", "exit_code": None, "psnr": report.get("psnr"),
@@ -64,7 +65,7 @@ def _skipped_record(job: ImageJob) -> Dict[str, Any]:
             "stop_reason": report.get("stop_reason"), "recoveries": report.get("recoveries"), "error": None}
 
 
-def _pending_record(job: ImageJob, steps: Optional[int]) -> Dict[str, Any]:
+def _pending_record(job: ImageJob, steps: int | None) -> dict[str, Any]:
     return {"image": str(job.input), "stem": job.stem, "output": str(job.output), "report": None,
             "mode": state(job, steps), "status": "pending", "exit_code": None, "psnr": None, "steps": None,
             "seconds": None, "stop_reason": None, "recoveries": None, "error": None}
@@ -116,7 +117,7 @@ class _Progress:
         self.bar = tqdm(total=total, initial=done, unit="image", desc="batch", file=sys.stderr,
                         disable=disable, dynamic_ncols=True, leave=False)
 
-    def update(self, record: Dict[str, Any]) -> None:
+    def update(self, record: dict[str, Any]) -> None:
         post = {"last": f"{record['stem']} {record['status']}"}
         if record.get("psnr") is not None:
             post["psnr"] = f"{float(record['psnr']):.2f}"
@@ -128,12 +129,12 @@ class _Progress:
 
 
 def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike, *,
-              workers: int = 1, threads: Optional[int] = None, ray_address: Optional[str] = None,
-              retries: int = 3, fit_args: Sequence[str] = (), steps: Optional[int] = None,
-              checkpoint_every: Optional[int] = None, device: Optional[str] = None,
-              gt_dir: Optional[str | os.PathLike] = None, masks_dir: Optional[str | os.PathLike] = None,
+              workers: int = 1, threads: int | None = None, ray_address: str | None = None,
+              retries: int = 3, fit_args: Sequence[str] = (), steps: int | None = None,
+              checkpoint_every: int | None = None, device: str | None = None,
+              gt_dir: str | os.PathLike | None = None, masks_dir: str | os.PathLike | None = None,
               mask_pattern: str = DEFAULT_MASK_PATTERN, mask_invert: bool = False, ext: str = "png",
-              redo: bool = False, runner: Optional[Runner] = None, progress: bool = False,
+              redo: bool = False, runner: Runner | None = None, progress: bool = False,
               handle_signals: bool = True) -> BatchResult:
     """Restore every image of ``inputs`` into ``outdir``, one fit per image.
 
@@ -200,10 +201,10 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
              len(todo), sum(state(j, steps) == "resume" for j in todo))
 
     manifest = Manifest(out)
-    attempted: Dict[str, Dict[str, Any]] = {}
+    attempted: dict[str, dict[str, Any]] = {}
     bar = _Progress(len(jobs), len(jobs) - len(todo), progress)
 
-    def on_record(record: Dict[str, Any]) -> None:
+    def on_record(record: dict[str, Any]) -> None:
         record = manifest.append(record)
         attempted[record["image"]] = record
         bar.update(record)

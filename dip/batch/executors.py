@@ -16,7 +16,8 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from dip.batch.plan import BatchError, ImageJob
 from dip.batch.work import Command, Runner, StopFile, StopFlag, read_report, run_image
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 STOP_FILE_NAME = ".stop"
 #: how often the coordinator looks at finished work and at the stop flag (seconds)
 _POLL_S = 0.2
-RecordSink = Callable[[Dict[str, Any]], None]
+RecordSink = Callable[[dict[str, Any]], None]
 
 
 @contextlib.contextmanager
@@ -56,13 +57,13 @@ def stop_on_signals(stop: StopFlag, enabled: bool = True) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _failed(job: ImageJob, mode: Optional[str], error: Optional[str]) -> Dict[str, Any]:
+def _failed(job: ImageJob, mode: str | None, error: str | None) -> dict[str, Any]:
     return {"image": str(job.input), "stem": job.stem, "output": str(job.output), "report": None,
             "mode": mode, "status": "failed", "exit_code": None, "psnr": None, "steps": None,
             "seconds": None, "stop_reason": None, "recoveries": None, "error": error, "host": None}
 
 
-def _local_task(job: ImageJob, command: Command, runner: Optional[Runner], stop: StopFlag) -> Optional[Dict[str, Any]]:
+def _local_task(job: ImageJob, command: Command, runner: Runner | None, stop: StopFlag) -> dict[str, Any] | None:
     if stop:
         return None  # not started: left for the next run
     try:
@@ -72,7 +73,7 @@ def _local_task(job: ImageJob, command: Command, runner: Optional[Runner], stop:
         return _failed(job, "resume" if job.checkpoint.is_file() else "fresh", f"{type(exc).__name__}: {exc}")
 
 
-def run_local(jobs: Sequence[ImageJob], command: Command, *, workers: int, runner: Optional[Runner],
+def run_local(jobs: Sequence[ImageJob], command: Command, *, workers: int, runner: Runner | None,
               stop: StopFlag, on_record: RecordSink) -> None:
     """Fit ``jobs`` with ``workers`` at a time, each through ``runner`` (default: a child
     process, ``work.CommandRunner``), from threads of this process. A ``KeyboardInterrupt``
@@ -105,7 +106,7 @@ def import_ray():
     return ray
 
 
-def _ray_task(job: ImageJob, command: Command, runner: Optional[Runner], stop: StopFile) -> Dict[str, Any]:
+def _ray_task(job: ImageJob, command: Command, runner: Runner | None, stop: StopFile) -> dict[str, Any]:
     """Body of the Ray task: one image, in a Ray worker."""
     return run_image(job, command, runner, stop)
 
@@ -134,7 +135,7 @@ def init_ray(ray, address: str, num_cpus: int) -> bool:
     return True
 
 
-def _ray_outcome(ray, ref, job: ImageJob) -> Optional[Dict[str, Any]]:
+def _ray_outcome(ray, ref, job: ImageJob) -> dict[str, Any] | None:
     """The record of a finished Ray task; None for a task cancelled before it started."""
     try:
         return ray.get(ref)
@@ -152,7 +153,7 @@ def _ray_outcome(ray, ref, job: ImageJob) -> Optional[Dict[str, Any]]:
 
 
 def run_ray(jobs: Sequence[ImageJob], command: Command, *, address: str, num_cpus: int, retries: int,
-            gpus: float, runner: Optional[Runner], stop: StopFlag, on_record: RecordSink,
+            gpus: float, runner: Runner | None, stop: StopFlag, on_record: RecordSink,
             handle_signals: bool = True) -> None:
     """Fit ``jobs`` as Ray tasks, one per image, each asking for ``command.threads`` CPUs and
     ``gpus`` GPUs and retried up to ``retries`` times when its worker process dies.
@@ -171,7 +172,7 @@ def run_ray(jobs: Sequence[ImageJob], command: Command, *, address: str, num_cpu
         remote = ray.remote(_ray_task).options(num_cpus=command.threads, num_gpus=gpus,
                                                max_retries=retries, retry_exceptions=False)
         refs = {remote.remote(job, command, runner, stop_file): job for job in jobs}
-        pending: List[Any] = list(refs)
+        pending: list[Any] = list(refs)
         cancelled = False
         with stop_on_signals(stop, handle_signals):
             while pending:

@@ -20,8 +20,8 @@ import dataclasses
 import glob
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class BatchError(ValueError):
     ``message`` says what is wrong (with which file or value); ``hint`` what to do.
     """
 
-    def __init__(self, message: str, hint: Optional[str] = None):
+    def __init__(self, message: str, hint: str | None = None):
         super().__init__(message if hint is None else f"{message} ({hint})")
         self.message = message
         self.hint = hint
@@ -58,11 +58,11 @@ class ImageJob:
     report: Path
     checkpoint: Path
     log: Path
-    mask: Optional[Path] = None
-    gt: Optional[Path] = None
+    mask: Path | None = None
+    gt: Path | None = None
 
 
-def _supported_suffixes() -> Tuple[str, ...]:
+def _supported_suffixes() -> tuple[str, ...]:
     from dip import io
 
     return tuple(sorted(io.SUPPORTED_SUFFIXES))
@@ -79,7 +79,7 @@ def _shorten(items: Sequence[str]) -> str:
     return shown
 
 
-def collect_inputs(specs: Iterable[str | os.PathLike]) -> Tuple[List[Path], List[str]]:
+def collect_inputs(specs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[str]]:
     """Expand input specs into image files.
 
     Args:
@@ -92,10 +92,10 @@ def collect_inputs(specs: Iterable[str | os.PathLike]) -> Tuple[List[Path], List
     Raises:
         BatchError: a spec that names no existing file or folder and matches nothing.
     """
-    images: List[Path] = []
+    images: list[Path] = []
     seen = set()
-    ignored: List[str] = []
-    missing: List[str] = []
+    ignored: list[str] = []
+    missing: list[str] = []
 
     def add(path: Path, named: bool) -> None:
         path = path.resolve()
@@ -131,7 +131,7 @@ def collect_inputs(specs: Iterable[str | os.PathLike]) -> Tuple[List[Path], List
     return images, ignored
 
 
-def mask_path(image: Path, pattern: str = DEFAULT_MASK_PATTERN, masks_dir: Optional[Path] = None) -> Path:
+def mask_path(image: Path, pattern: str = DEFAULT_MASK_PATTERN, masks_dir: Path | None = None) -> Path:
     """The mask file of ``image`` by the naming rule ``pattern`` (see the module docstring).
 
     Raises:
@@ -146,7 +146,7 @@ def mask_path(image: Path, pattern: str = DEFAULT_MASK_PATTERN, masks_dir: Optio
     return (folder / name).resolve()
 
 
-def find_gt(stem: str, gt_dir: Path) -> Optional[Path]:
+def find_gt(stem: str, gt_dir: Path) -> Path | None:
     """The ground truth of image ``stem`` in ``gt_dir``: the image file named ``<stem>.<suffix>``
     (``.png`` first, then the other suffixes in sorted order), or None."""
     suffixes = _supported_suffixes()
@@ -174,8 +174,8 @@ def output_suffix(image: Path, ext: str) -> str:
 
 
 def plan(task: str, specs: Sequence[str | os.PathLike], outdir: str | os.PathLike, *,
-         mask_pattern: str = DEFAULT_MASK_PATTERN, masks_dir: Optional[str | os.PathLike] = None,
-         gt_dir: Optional[str | os.PathLike] = None, ext: str = "png") -> Tuple[List[ImageJob], List[str]]:
+         mask_pattern: str = DEFAULT_MASK_PATTERN, masks_dir: str | os.PathLike | None = None,
+         gt_dir: str | os.PathLike | None = None, ext: str = "png") -> tuple[list[ImageJob], list[str]]:
     """Everything a batch will do, checked before any fit runs.
 
     Args:
@@ -202,7 +202,7 @@ def plan(task: str, specs: Sequence[str | os.PathLike], outdir: str | os.PathLik
     if inside:
         ignored.extend(f"{p}: inside the output folder, not an input" for p in inside)
         images = [p for p in images if p.parent != out]
-    masks: Dict[Path, Path] = {}
+    masks: dict[Path, Path] = {}
     if task in MASK_TASKS:
         masks = {p: mask_path(p, mask_pattern, masks_folder) for p in images}
         mask_files = set(masks.values())
@@ -235,7 +235,7 @@ def plan(task: str, specs: Sequence[str | os.PathLike], outdir: str | os.PathLik
 
 
 def _check_clashes(images: Sequence[Path]) -> None:
-    by_stem: Dict[str, List[Path]] = {}
+    by_stem: dict[str, list[Path]] = {}
     for image in images:
         by_stem.setdefault(image.stem, []).append(image)
     clashes = [" and ".join(str(p) for p in group) for group in by_stem.values() if len(group) > 1]

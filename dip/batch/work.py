@@ -25,8 +25,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 from dip.batch.plan import ImageJob
 
@@ -135,11 +136,11 @@ class CommandRunner:
         poll_s: how often the stop flag is checked (seconds).
     """
 
-    python: Optional[str] = None
+    python: str | None = None
     poll_s: float = 0.2
 
     def __call__(self, argv: Sequence[str], *, threads: int, log: Path,
-                 stop: Optional[StopFlag | StopFile] = None) -> int:
+                 stop: StopFlag | StopFile | None = None) -> int:
         env = dict(os.environ)
         env["OMP_NUM_THREADS"] = str(threads)
         env["PYTHONPATH"] = _dip_root() + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -154,7 +155,7 @@ class CommandRunner:
                                     env=env, start_new_session=True)
             return self._wait(proc, stop)
 
-    def _wait(self, proc: subprocess.Popen, stop: Optional[StopFlag | StopFile]) -> int:
+    def _wait(self, proc: subprocess.Popen, stop: StopFlag | StopFile | None) -> int:
         forwarded = 0
         try:
             while True:
@@ -190,12 +191,12 @@ class Command:
 
     task: str
     fit_args: Sequence[str] = ()
-    steps: Optional[int] = None
-    checkpoint_every: Optional[int] = None
+    steps: int | None = None
+    checkpoint_every: int | None = None
     threads: int = 1
     mask_invert: bool = False
 
-    def _common(self, job: ImageJob) -> List[str]:
+    def _common(self, job: ImageJob) -> list[str]:
         args = ["-o", str(job.output), "--report", str(job.report), "--checkpoint", str(job.checkpoint),
                 "--force", "--threads", str(self.threads)]
         if job.gt is not None:
@@ -206,7 +207,7 @@ class Command:
             args += ["--checkpoint-every", str(self.checkpoint_every)]
         return args
 
-    def fresh_argv(self, job: ImageJob) -> List[str]:
+    def fresh_argv(self, job: ImageJob) -> list[str]:
         """Arguments of ``dip`` for a fit from scratch."""
         args = [self.task, str(job.input)]
         if job.mask is not None:
@@ -215,12 +216,12 @@ class Command:
                 args.append("--mask-invert")
         return args + self._common(job) + list(self.fit_args)
 
-    def resume_argv(self, job: ImageJob) -> List[str]:
+    def resume_argv(self, job: ImageJob) -> list[str]:
         """Arguments of ``dip`` that continue the fit from the image's checkpoint."""
         return ["resume", str(job.checkpoint)] + self._common(job)
 
 
-def read_report(path: Path) -> Optional[Dict[str, Any]]:
+def read_report(path: Path) -> dict[str, Any] | None:
     """The JSON report at ``path``, or None when it is missing or not a JSON object."""
     try:
         with open(path, encoding="utf-8") as fh:
@@ -230,7 +231,7 @@ def read_report(path: Path) -> Optional[Dict[str, Any]]:
     return data if isinstance(data, dict) else None
 
 
-def is_done(job: ImageJob, steps: Optional[int] = None) -> bool:
+def is_done(job: ImageJob, steps: int | None = None) -> bool:
     """Whether the image's fit finished: a report saying so, and the output. With ``steps``
     (the batch's requested total), a fit that ran all of fewer steps is not done: it is
     continued to the new total (a fit that stopped automatically or diverged is done)."""
@@ -243,7 +244,7 @@ def is_done(job: ImageJob, steps: Optional[int] = None) -> bool:
     return True
 
 
-def state(job: ImageJob, steps: Optional[int] = None) -> str:
+def state(job: ImageJob, steps: int | None = None) -> str:
     """``"done"``, ``"resume"`` or ``"fresh"`` (see the module docstring); ``steps`` as in
     :func:`is_done`."""
     if is_done(job, steps):
@@ -263,7 +264,7 @@ def _last_lines(path: Path, n: int) -> str:
     return " | ".join(lines[-n:])
 
 
-def _status(code: int, report: Optional[Dict[str, Any]], job: ImageJob) -> str:
+def _status(code: int, report: dict[str, Any] | None, job: ImageJob) -> str:
     if code in INTERRUPTED_CODES:
         return "interrupted"
     if code == EXIT_OK and report is not None and job.output.is_file():
@@ -271,8 +272,8 @@ def _status(code: int, report: Optional[Dict[str, Any]], job: ImageJob) -> str:
     return "failed"
 
 
-def run_image(job: ImageJob, command: Command, runner: Optional[Runner] = None,
-              stop: Optional[StopFlag | StopFile] = None) -> Dict[str, Any]:
+def run_image(job: ImageJob, command: Command, runner: Runner | None = None,
+              stop: StopFlag | StopFile | None = None) -> dict[str, Any]:
     """Fit one image (fresh, or resumed from its checkpoint) and describe the outcome.
 
     Args:
@@ -300,7 +301,7 @@ def run_image(job: ImageJob, command: Command, runner: Optional[Runner] = None,
     status = _status(code, report, job)
     if status == "done" and report.get("stop_reason") == "interrupted":
         status = "interrupted"
-    record: Dict[str, Any] = {
+    record: dict[str, Any] = {
         "image": str(job.input),
         "stem": job.stem,
         "output": str(job.output),

@@ -15,7 +15,7 @@ Every generator is an ``nn.Module`` with the attributes
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

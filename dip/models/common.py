@@ -15,8 +15,8 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -277,7 +277,7 @@ class BNAct(BatchNormAct):
                            device=ref.device if ref is not None else None,
                            dtype=ref.dtype if ref is not None else None)
         new.load_state_dict(self.state_dict())
-        for (_, p_new), (_, p_old) in zip(new.named_parameters(), self.named_parameters()):
+        for (_, p_new), (_, p_old) in zip(new.named_parameters(), self.named_parameters(), strict=True):
             p_new.requires_grad_(p_old.requires_grad)
         new.train(self.training)
         return new
@@ -291,6 +291,9 @@ class StandardDownsample(nn.Module):
     "replicate" | "reflect" | "zero" by p = (K-1)//2 for odd K else (K-factor)//2 on every
     side, or "none". (N, C, H, W) → (N, C, (H+2p-K)//factor+1, (W+2p-K)//factor+1).
     """
+
+    if TYPE_CHECKING:  # the buffer's type, for the type checker only (TorchScript reads class annotations)
+        taps: torch.Tensor  # (K,)
 
     def __init__(self, taps: torch.Tensor, factor: int, padding: str = "replicate",
                  persistent: bool = True) -> None:

@@ -15,8 +15,17 @@ import torch
 from torch import nn
 
 from dip.models.common import (
-    PADS, UPSAMPLE_MODES, BNAct, Conv, call_args, check_act, check_choice, check_input,
-    check_int, check_odd, upsample,
+    PADS,
+    UPSAMPLE_MODES,
+    BNAct,
+    Conv,
+    call_args,
+    check_act,
+    check_choice,
+    check_input,
+    check_int,
+    check_odd,
+    upsample,
 )
 
 

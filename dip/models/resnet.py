@@ -15,9 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dip.models.common import (
-    PADS, BNAct, Conv, act, call_args, check_act, check_choice, check_input, check_int,
-)
+from dip.models.common import PADS, BNAct, Conv, act, call_args, check_act, check_choice, check_input, check_int
 
 NORMS = ("batch", "instance")
 

@@ -22,8 +22,20 @@ import torch
 from torch import nn
 
 from dip.models.common import (
-    DOWNSAMPLE_MODES, PADS, UPSAMPLE_MODES, BNAct, Conv, call_args, check_act,
-    check_choice, check_input, check_int, check_odd, min_multiple, per_scale, upsample,
+    DOWNSAMPLE_MODES,
+    PADS,
+    UPSAMPLE_MODES,
+    BNAct,
+    Conv,
+    call_args,
+    check_act,
+    check_choice,
+    check_input,
+    check_int,
+    check_odd,
+    min_multiple,
+    per_scale,
+    upsample,
 )
 
 
@@ -215,7 +227,7 @@ def load_original_state_dict(net: Skip, state_dict: Mapping[str, torch.Tensor]) 
             "build the network with the same arguments as the original"
         )
     mapped = {}
-    for (ks, v), kd in zip(src, dst):
+    for (ks, v), kd in zip(src, dst, strict=True):
         if ks.rsplit(".", 1)[-1] != kd.rsplit(".", 1)[-1] or tuple(v.shape) != tuple(
                 own[kd].shape):
             raise ValueError(

@@ -16,9 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dip.models.common import (
-    PADS, BNAct, Conv, call_args, check_choice, check_input, check_int, min_multiple,
-)
+from dip.models.common import PADS, BNAct, Conv, call_args, check_choice, check_input, check_int, min_multiple
 
 UNET_UPSAMPLE = ("deconv", "nearest", "bilinear")
 NORMS = ("instance", "batch", "none")
@@ -84,7 +82,7 @@ class UNetUp(nn.Module):
         super().__init__()
         num_filt = out_f if same_num_filt else out_f * 2
         if mode == "deconv":
-            self.up = nn.ConvTranspose2d(num_filt, out_f, 4, stride=2, padding=1)
+            self.up: nn.Module = nn.ConvTranspose2d(num_filt, out_f, 4, stride=2, padding=1)
         else:
             up = (nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
                   if mode == "bilinear" else nn.Upsample(scale_factor=2, mode="nearest"))

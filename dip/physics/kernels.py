@@ -124,7 +124,8 @@ def original_kernel_2d(factor: int, kernel: str = "lanczos2", phase: float = 0.5
             val = 1.0
             for d in (di, dj):
                 if d != 0:
-                    val *= support * math.sin(math.pi * d) * math.sin(math.pi * d / support) / (math.pi * math.pi * d * d)
+                    val *= (support * math.sin(math.pi * d) * math.sin(math.pi * d / support)
+                            / (math.pi * math.pi * d * d))
             k[i - 1, j - 1] = val
     return k / k.sum()
 

@@ -7,7 +7,7 @@ that produces an observation of the given size.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from torch import nn
 import dip.ops
 from dip.physics.kernels import KERNELS, downsampler_taps, original_kernel_2d, preserve_size_padding
 
-Size2 = Tuple[int, int]
+Size2 = tuple[int, int]
 
 
 def _check_batch(x: torch.Tensor, name: str = "x") -> None:
@@ -47,6 +47,9 @@ class Mask(nn.Module):
             known pixel.  It is stored as 0/1 float32 of shape (1|N, 1|C, H, W) and broadcast
             over channels (and the batch) when applied.
     """
+
+    if TYPE_CHECKING:  # the buffer's type, for the type checker only (TorchScript reads class annotations)
+        mask: torch.Tensor  # (1|N, 1|C, H, W) float32 0/1
 
     def __init__(self, mask: torch.Tensor):
         super().__init__()
@@ -108,6 +111,9 @@ class Downsample(nn.Module):
     for H divisible by factor when preserve_size).
     """
 
+    if TYPE_CHECKING:  # the buffer's type, for the type checker only (TorchScript reads class annotations)
+        taps: torch.Tensor  # (K,) float64
+
     def __init__(self, factor: int, kernel: str = "lanczos2", phase: float = 0.5,
                  preserve_size: bool = True, padding: str = "replicate"):
         super().__init__()
@@ -163,7 +169,7 @@ class Downsample(nn.Module):
     def A_adjoint(self, y: torch.Tensor, x_size: Size2 | None = None) -> torch.Tensor:
         """Transpose of ``forward``; ``x_size`` defaults to ``self.x_size(y's size)``."""
         _check_batch(y, "y")
-        size = tuple(x_size) if x_size is not None else self.x_size(tuple(y.shape[-2:]))
+        size = tuple(x_size) if x_size is not None else self.x_size((y.shape[-2], y.shape[-1]))
         if self.extra_pad:
             padded = (size[0] + 1, size[1] + 1)
             return self._pad_extra_adjoint(
@@ -177,7 +183,7 @@ class Downsample(nn.Module):
         """
         if not self.preserve_size:
             k = self.taps.numel()
-            return tuple(int((s - 1) * self.factor + k) for s in y_hw)
+            return cast(Size2, tuple(int((s - 1) * self.factor + k) for s in y_hw))
         return (int(y_hw[0]) * self.factor, int(y_hw[1]) * self.factor)
 
     def kernel_2d(self):

@@ -31,8 +31,8 @@ GENERATORS = {
 def crop_box(x: torch.Tensor, box) -> torch.Tensor:
     if box is None:
         return x
-    t, l, h, w = box
-    return x[:, :, t:t + h, l:l + w]
+    top, left, h, w = box
+    return x[:, :, top:top + h, left:left + w]
 
 
 def fitted(name: str, seed: int = 0):

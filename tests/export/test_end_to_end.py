@@ -30,6 +30,7 @@ def sr_checkpoint(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_sr_export_render_same_image(sr_checkpoint):
     folder = sr_checkpoint
     proc = _dip("export", "fit.ckpt", "--onnx", "model.onnx", "--save-z", "z.npy", cwd=folder)

@@ -56,6 +56,7 @@ def _clean_env():
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
 def test_artefacts_run_in_a_process_without_dip(exported, fmt, tmp_path):
     jobs = [(str(item["paths"][fmt]), str(tmp_path / f"{name}.npy")) for name, item in exported.items()]

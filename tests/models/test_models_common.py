@@ -6,9 +6,7 @@ from torch import nn
 
 import dip.ops
 from dip.models import common
-from dip.models.common import (
-    BatchNormAct, BNAct, Conv, StandardDownsample, act, check_input, downsampler, upsample,
-)
+from dip.models.common import BatchNormAct, BNAct, Conv, StandardDownsample, act, check_input, downsampler, upsample
 
 BN_KEYS = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dip.models import load_original_state_dict, skip
-from dip.physics import original_kernel_2d
+from tests import oracle
 
 
 def n_params(net):
@@ -28,88 +28,12 @@ def test_parameter_count_text_inpainting():
 
 
 # --------------------------------------------------------------------------- original parity
-# A compact rebuild of the original code's construction (nested Sequentials, a Concat that
+# The original code's construction (tests/oracle.py: nested Sequentials, a Concat that
 # centre-crops, the Lanczos downsampler as a dense C x C convolution named "downsampler_"),
 # used to check the parameter order, the state_dict mapping and the forward pass.
-class _Concat(nn.Module):
-    def __init__(self, *modules):
-        super().__init__()
-        for i, m in enumerate(modules):
-            self.add_module(str(i), m)
-
-    def forward(self, x):
-        outs = [m(x) for m in self._modules.values()]
-        h = min(o.shape[2] for o in outs)
-        w = min(o.shape[3] for o in outs)
-        outs = [o[:, :, (o.shape[2] - h) // 2:(o.shape[2] - h) // 2 + h,
-                  (o.shape[3] - w) // 2:(o.shape[3] - w) // 2 + w] for o in outs]
-        return torch.cat(outs, 1)
-
-
-class _DenseDownsampler(nn.Module):
-    def __init__(self, planes, kernel):
-        super().__init__()
-        k = torch.from_numpy(original_kernel_2d(2, kernel, 0.5)).float()
-        self.downsampler_ = nn.Conv2d(planes, planes, k.shape, stride=2)
-        with torch.no_grad():
-            self.downsampler_.weight.zero_()
-            self.downsampler_.bias.zero_()
-            for c in range(planes):
-                self.downsampler_.weight[c, c] = k
-        p = (k.shape[0] - 2) // 2
-        self.padding = nn.ReplicationPad2d(p)
-
-    def forward(self, x):
-        return self.downsampler_(self.padding(x))
-
-
-def _oconv(i, o, k, stride=1, bias=True, pad="zero", mode="stride"):
-    down = None
-    if stride != 1 and mode != "stride":
-        down = {"avg": lambda: nn.AvgPool2d(2, 2), "max": lambda: nn.MaxPool2d(2, 2)}.get(
-            mode, lambda: _DenseDownsampler(o, mode))()
-        stride = 1
-    p = (k - 1) // 2
-    layers = []
-    if pad == "reflection":
-        layers.append(nn.ReflectionPad2d(p))
-        p = 0
-    layers.append(nn.Conv2d(i, o, k, stride, padding=p, bias=bias))
-    if down is not None:
-        layers.append(down)
-    return nn.Sequential(*layers)
-
-
 def _original_skip(cin, cout, down, up, sk, fd, fu, fs, pad, umode, dmode, need1x1):
-    n = len(down)
-    model = nn.Sequential()
-    cur = model
-    depth = cin
-    for i in range(n):
-        deeper, skp = nn.Sequential(), nn.Sequential()
-        cur.append(_Concat(skp, deeper) if sk[i] else deeper)
-        k = up[i + 1] if i < n - 1 else down[i]
-        cur.append(nn.BatchNorm2d(sk[i] + k))
-        if sk[i]:
-            skp.extend([_oconv(depth, sk[i], fs, pad=pad), nn.BatchNorm2d(sk[i]),
-                        nn.LeakyReLU(0.2)])
-        deeper.extend([_oconv(depth, down[i], fd, 2, pad=pad, mode=dmode),
-                       nn.BatchNorm2d(down[i]), nn.LeakyReLU(0.2),
-                       _oconv(down[i], down[i], fd, pad=pad), nn.BatchNorm2d(down[i]),
-                       nn.LeakyReLU(0.2)])
-        main = nn.Sequential()
-        if i < n - 1:
-            deeper.append(main)
-        deeper.append(nn.Upsample(scale_factor=2, mode=umode))
-        cur.extend([_oconv(sk[i] + k, up[i], fu, pad=pad), nn.BatchNorm2d(up[i]),
-                    nn.LeakyReLU(0.2)])
-        if need1x1:
-            cur.extend([_oconv(up[i], up[i], 1, pad=pad), nn.BatchNorm2d(up[i]),
-                        nn.LeakyReLU(0.2)])
-        depth = down[i]
-        cur = main
-    model.extend([_oconv(up[0], cout, 1, pad=pad), nn.Sigmoid()])
-    return model
+    return oracle.skip(cin, cout, down, up, sk, filter_size_down=fd, filter_size_up=fu, filter_skip_size=fs,
+                       pad=pad, upsample_mode=umode, downsample_mode=dmode, need1x1_up=need1x1)
 
 
 def test_parameter_order_matches_original_standard():

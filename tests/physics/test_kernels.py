@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from dip.physics import downsampler_taps, original_kernel_2d, preserve_size_padding
+from tests import oracle
 
 # RECIPES.md: factor 4, lanczos2, phase 1/2, first half of the 1-D kernel (mirrored).
 LANCZOS2_X4_HALF = [-0.001065, -0.009752, -0.020384, -0.014878, 0.024594, 0.098658, 0.183115, 0.239711]
@@ -27,6 +28,16 @@ def test_separable_taps_equal_the_original_2d_kernel(kernel, phase, factor):
     taps = downsampler_taps(factor, kernel, phase)
     np.testing.assert_allclose(np.outer(taps, taps), original_kernel_2d(factor, kernel, phase), atol=1e-12)
     assert taps.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("kernel", ["lanczos2", "lanczos3"])
+@pytest.mark.parametrize("phase", [0.5, 0])
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_lanczos_kernels_equal_the_oracle(kernel, phase, factor):
+    """The taps and the 2-D kernel against tests/oracle.py's independent rebuild of the original's."""
+    taps, kernel_2d = oracle.lanczos_taps(factor, kernel, phase), oracle.lanczos_kernel_2d(factor, kernel, phase)
+    np.testing.assert_allclose(downsampler_taps(factor, kernel, phase), taps, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(original_kernel_2d(factor, kernel, phase), kernel_2d, rtol=0, atol=1e-12)
 
 
 def test_preserve_size_padding_rule():
