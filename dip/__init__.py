@@ -8,8 +8,8 @@ the only prior.
     >>> result = dip.denoise(noisy)           # noisy: (C, H, W) float tensor in [0, 1]
     >>> restored = result.image               # (1, C, H, W)
 """
+from dip import inputs, metrics, models, ops, physics, recipes
 from dip._version import __version__
-from dip import ops, physics, models, metrics, inputs, recipes
 from dip.fit import FitConfig, FitResult, StepEvent, fit
 from dip.tasks import denoise, flash_no_flash, inpaint, remove_jpeg_artifacts, restore, super_resolve
 

@@ -47,8 +47,9 @@ import dataclasses
 import json
 import os
 import struct
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ class _Encoder:
     """Turns a payload into (JSON tree, {name: tensor})."""
 
     def __init__(self) -> None:
-        self.tensors: Dict[str, torch.Tensor] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
 
     def _add(self, t: torch.Tensor) -> str:
         name = f"t{len(self.tensors)}"
@@ -232,7 +233,7 @@ def _reject_unsafe_prefix(path: Path) -> None:
     raise CheckpointError(f"{path} is not a dip checkpoint (not a safetensors file)")
 
 
-def read_header(path: str | os.PathLike) -> Dict[str, str]:
+def read_header(path: str | os.PathLike) -> dict[str, str]:
     """The checkpoint's metadata (format name, version, package version) without its tensors.
 
     Raises:
@@ -279,7 +280,7 @@ def _check_metadata(path: Path, meta: Mapping[str, str]) -> int:
     return version
 
 
-def load(path: str | os.PathLike) -> Dict[str, Any]:
+def load(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save`; never executes code from the file.
 
     Returns:
@@ -325,7 +326,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _state_dict(module_or_state: Any) -> Dict[str, Any]:
+def _state_dict(module_or_state: Any) -> dict[str, Any]:
     if isinstance(module_or_state, torch.nn.Module):
         module_or_state = module_or_state.state_dict()
     return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in dict(module_or_state).items()}
@@ -339,7 +340,7 @@ def _cpu_or_none(t: Any) -> Any:
     return None if t is None else t.detach().cpu().float()
 
 
-def physics_settings(op: Any) -> Dict[str, Any]:
+def physics_settings(op: Any) -> dict[str, Any]:
     """Operator settings that ``dip.physics.from_config(settings, mask=settings.get("mask"))``
     rebuilds: ``{"name": "identity"}``, ``{"name": "mask", "mask": (1|N, 1|C, H, W) tensor}`` or
     ``{"name": "downsample", "factor", "kernel", "phase", "preserve_size"[, "padding"]}``.
@@ -364,7 +365,7 @@ def physics_settings(op: Any) -> Dict[str, Any]:
 
 def payload_from_result(result: Any, *, recipe: Any = None, observation: torch.Tensor | None = None,
                         physics: Any = None, image_info: Any = None,
-                        options: Mapping[str, Any] | None = None) -> Dict[str, Any]:
+                        options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint payload of a finished fit.
 
     Args:
@@ -395,7 +396,7 @@ def payload_from_result(result: Any, *, recipe: Any = None, observation: torch.T
     if image_info is not None and hasattr(image_info, "to_dict"):
         image_info = image_info.to_dict()
     fit_config = getattr(result, "config", None)
-    fit_section: Dict[str, Any] = {
+    fit_section: dict[str, Any] = {
         "stop_reason": str(result.stop_reason),
         "psnr": _float_or_none(getattr(result, "psnr", None)),
         "ssim": _float_or_none(getattr(result, "ssim", None)),
@@ -424,7 +425,7 @@ def payload_from_result(result: Any, *, recipe: Any = None, observation: torch.T
     }
 
 
-def fit_state_section(state: Any) -> Dict[str, Any]:
+def fit_state_section(state: Any) -> dict[str, Any]:
     """The ``fit`` section's engine-state keys for a ``dip.engine.FitState`` (one member):
     its :meth:`~dip.engine.FitState.to_dict` schema with ``step`` stored as ``steps_run``; the
     returned state lives in the payload's ``returned`` section instead (stored once)."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Dict, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,8 +44,8 @@ class ResumableFit:
     state: FitState
     recipe: Any
     task: str
-    options: Dict[str, Any]
-    image_info: Dict[str, Any]
+    options: dict[str, Any]
+    image_info: dict[str, Any]
 
 
 def load(path: str | os.PathLike) -> ResumableFit:
@@ -57,7 +58,8 @@ def load(path: str | os.PathLike) -> ResumableFit:
     payload = ckpt.load(path)
     ckpt.require(payload, "generator.config", "generator.state", "z", "observation", "physics",
                  "fit.config", "fit.steps_run", "fit.optimizer_state", path=path)
-    from dip import models, physics as physics_mod, recipes
+    from dip import models, recipes
+    from dip import physics as physics_mod
 
     fit_section = payload["fit"]
     try:
@@ -91,8 +93,8 @@ def load(path: str | os.PathLike) -> ResumableFit:
                         image_info=dict(payload.get("image_info") or {}))
 
 
-def run(loaded: ResumableFit, *, steps: Optional[int] = None, device: Optional[str] = None,
-        gt: Optional[torch.Tensor] = None, callbacks: Sequence[Callable] = (),
+def run(loaded: ResumableFit, *, steps: int | None = None, device: str | None = None,
+        gt: torch.Tensor | None = None, callbacks: Sequence[Callable] = (),
         **fit_kwargs) -> FitResult:
     """Continue ``loaded`` up to ``steps`` in total (default: the steps it was planned with).
 
@@ -104,7 +106,7 @@ def run(loaded: ResumableFit, *, steps: Optional[int] = None, device: Optional[s
     if total <= loaded.steps_run:
         raise ValueError(f"the fit already ran {loaded.steps_run} steps; ask for more than that "
                          f"(steps={total})")
-    changes: Dict[str, Any] = {"steps": total}
+    changes: dict[str, Any] = {"steps": total}
     if device is not None:
         changes["device"] = device
     config = loaded.config.updated(**changes)

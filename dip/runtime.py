@@ -33,7 +33,7 @@ import ctypes.util
 import logging
 import os
 import platform
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,7 +66,7 @@ DEFAULT_MMAP_THRESHOLD = 1 << 30
 DEFAULT_TRIM_THRESHOLD = (1 << 31) - 1
 
 
-def _libc() -> Optional[ctypes.CDLL]:
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c") or "libc.so.6"
     try:
         return ctypes.CDLL(name)
@@ -74,7 +74,7 @@ def _libc() -> Optional[ctypes.CDLL]:
         return None
 
 
-def glibc_version() -> Optional[str]:
+def glibc_version() -> str | None:
     """The running glibc's version ("2.36"), or None when the C library is not glibc."""
     if platform.system() != "Linux":
         return None
@@ -137,7 +137,7 @@ class _Mallinfo2(ctypes.Structure):
         "fordblks", "keepcost")]
 
 
-def large_allocations_mmapped(nbytes: int = 64 << 20) -> Optional[bool]:
+def large_allocations_mmapped(nbytes: int = 64 << 20) -> bool | None:
     """Whether a CPU tensor of ``nbytes`` gets its own mmap region right now (glibc only).
 
     True for glibc's default settings (threshold at most 32 MiB), False after
@@ -155,7 +155,7 @@ def large_allocations_mmapped(nbytes: int = 64 << 20) -> Optional[bool]:
     return after - before >= nbytes
 
 
-def set_threads(n: Optional[int]) -> int:
+def set_threads(n: int | None) -> int:
     """Set torch's intra-op thread count; ``None`` keeps torch's default (OMP_NUM_THREADS).
 
     Returns the thread count in effect. Raises ValueError for n < 1, TypeError for a non-int.
@@ -172,7 +172,7 @@ def set_threads(n: Optional[int]) -> int:
     return torch.get_num_threads()
 
 
-def forced_choice(variable: str) -> Optional[bool]:
+def forced_choice(variable: str) -> bool | None:
     """The forced value of a hardware-dependent choice: environment ``variable`` set to
     ``1``/``true``/``yes``/``on`` → True, ``0``/``false``/``no``/``off`` → False, unset, empty or
     ``auto`` → None (decide from the hardware). Raises ValueError for any other value."""

@@ -18,8 +18,8 @@ One module per job:
 """
 from dip.engine.config import OPTIMIZE, OPTIMIZERS, PRECISIONS, STOPS, FitConfig
 from dip.engine.geometry import center_crop_box, generator_geometry, pad_to, padded_size
-from dip.engine.losses import data_loss, tv_loss
 from dip.engine.loop import fit
+from dip.engine.losses import data_loss, tv_loss
 from dip.engine.recovery import Recovery
 from dip.engine.render import render
 from dip.engine.result import FitResult, StepEvent

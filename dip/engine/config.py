@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Optional
 
 PRECISIONS = ("fp32", "bf16")
 OPTIMIZE = ("net", "input", "both")
@@ -40,7 +39,7 @@ class FitConfig:
     steps: int = 3000
     lr: float = 0.01
     reg_noise_std: float = 1.0 / 30.0
-    exp_weight: Optional[float] = None
+    exp_weight: float | None = None
     backtrack: bool = False
     backtrack_threshold_db: float = 5.0
     check_every: int = 10
@@ -98,12 +97,12 @@ class FitConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FitConfig":
+    def from_dict(cls, d: dict) -> FitConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown fit option(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
 
-    def updated(self, **changes) -> "FitConfig":
+    def updated(self, **changes) -> FitConfig:
         return self.from_dict({**self.to_dict(), **changes})

@@ -2,24 +2,24 @@
 from __future__ import annotations
 
 import math
-from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def padded_size(hw: Tuple[int, int], multiple: int, minimum: int = 1) -> Tuple[int, int]:
+def padded_size(hw: tuple[int, int], multiple: int, minimum: int = 1) -> tuple[int, int]:
     """Smallest size >= max(hw, minimum) per side that is a multiple of ``multiple``."""
-    return tuple(int(math.ceil(max(s, minimum) / multiple) * multiple) for s in hw)
+    height, width = (int(math.ceil(max(s, minimum) / multiple) * multiple) for s in hw)
+    return height, width
 
 
-def center_crop_box(padded_hw, hw) -> Tuple[int, int, int, int]:
+def center_crop_box(padded_hw, hw) -> tuple[int, int, int, int]:
     """(top, left, H, W) of a centred H x W window inside ``padded_hw``."""
     return ((padded_hw[0] - hw[0]) // 2, (padded_hw[1] - hw[1]) // 2, int(hw[0]), int(hw[1]))
 
 
-def pad_to(img: torch.Tensor, size_hw: Tuple[int, int]) -> torch.Tensor:
+def pad_to(img: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     """Pad (1, C, H, W) centrally to ``size_hw``: reflection where the image is large enough,
     else edge replication (used when the generator's input is an image, e.g. flash/no-flash)."""
     h, w = img.shape[-2:]
@@ -31,7 +31,7 @@ def pad_to(img: torch.Tensor, size_hw: Tuple[int, int]) -> torch.Tensor:
     return F.pad(img, pads, mode=mode)
 
 
-def generator_geometry(generator: nn.Module, x_hw: Tuple[int, int]):
+def generator_geometry(generator: nn.Module, x_hw: tuple[int, int]):
     """Padded output size and input-code size that ``generator`` needs for an image of ``x_hw``.
 
     Returns ((Hp, Wp), (Hz, Wz)): the network renders Hp x Wp, which is cropped back to x_hw.

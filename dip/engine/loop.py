@@ -25,7 +25,8 @@ import copy
 import logging
 import math
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -84,7 +85,7 @@ def _check_observation(y: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _check_checkpoint_every(checkpoint_every: Optional[int]) -> None:
+def _check_checkpoint_every(checkpoint_every: int | None) -> None:
     if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
                                          or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be an integer >= 1 or None, got {checkpoint_every!r}")
@@ -102,11 +103,11 @@ class _FitRun:
     (average, stopping rule, recovery, history) and the loop over steps."""
 
     def __init__(self, y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tensor,
-                 config: FitConfig, gt: Optional[torch.Tensor]) -> None:
+                 config: FitConfig, gt: torch.Tensor | None) -> None:
         self.config, self.physics, self.generator = config, physics, generator
         self.device = _device(config)
         y = _check_observation(y)
-        x_hw = physics.x_size(tuple(y.shape[-2:]))
+        x_hw = physics.x_size(tuple(y.shape[-2:]))  # type: ignore[operator]  # an operator's method
         out_hw, z_hw = generator_geometry(generator, x_hw)
         if tuple(z.shape[-2:]) != tuple(z_hw):
             raise ValueError(f"z must have spatial size {z_hw} for an image of {x_hw} with this generator, "
@@ -116,21 +117,21 @@ class _FitRun:
         self._place(y, z)
         self.fast = self._build_step()
         self.losses = torch.zeros(config.steps, device=self.device)
-        self.history: Dict[str, List[float]] = {"psnr_step": [], "psnr": [], "psnr_avg": []}
-        self.out_avg: Optional[torch.Tensor] = None
-        self.last_psnr: Optional[float] = None
+        self.history: dict[str, list[float]] = {"psnr_step": [], "psnr": [], "psnr_avg": []}
+        self.out_avg: torch.Tensor | None = None
+        self.last_psnr: float | None = None
         self.stopper = None
         if config.stop == "auto":
             from dip.stopping import from_config as stopper_from_config
             self.stopper = stopper_from_config(config)
-        self.best_state: Optional[Dict[str, torch.Tensor]] = None
+        self.best_state: dict[str, torch.Tensor] | None = None
         self.first_step = 1
         self.prior_seconds = 0.0
-        self.recovery: Optional[Recovery] = None
+        self.recovery: Recovery | None = None
         self.start = time.perf_counter()
 
     # ------------------------------------------------------------------ set-up
-    def _place_ground_truth(self, gt: Optional[torch.Tensor], x_hw: Tuple[int, int]) -> Optional[torch.Tensor]:
+    def _place_ground_truth(self, gt: torch.Tensor | None, x_hw: tuple[int, int]) -> torch.Tensor | None:
         if gt is None:
             return None
         gt = gt[None] if gt.dim() == 3 else gt
@@ -145,7 +146,7 @@ class _FitRun:
         self.channels_last = config.channels_last and use_channels_last(self.generator, config.precision,
                                                                         self.device, config.optimizer)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.generator.to(device=self.device, memory_format=memory_format).train()
+        self.generator.to(device=self.device, memory_format=memory_format).train()  # type: ignore[call-overload]
         self.physics.to(self.device)
         self.y = y.to(device=self.device, dtype=torch.float32)
         self.z = z.to(device=self.device, dtype=torch.float32).contiguous(memory_format=memory_format)
@@ -154,7 +155,7 @@ class _FitRun:
 
     def _build_step(self) -> FastStep:
         config = self.config
-        self.params: List[torch.Tensor] = []
+        self.params: list[torch.Tensor] = []
         if config.optimize in ("net", "both"):
             self.params += [p for p in self.generator.parameters() if p.requires_grad]
         if config.optimize in ("input", "both"):
@@ -163,7 +164,7 @@ class _FitRun:
         use_lbfgs = config.optimizer == "lbfgs"
         self.lbfgs_from = min(config.lbfgs_warmup_steps, config.steps) if use_lbfgs else None
         regularizer = (lambda out: config.tv_weight * tv_loss(out)) if config.tv_weight else None
-        network = torch.compile(self.generator) if config.compile else self.generator
+        network = cast(nn.Module, torch.compile(self.generator)) if config.compile else self.generator
         return FastStep(network, self.z, lambda out: data_loss(self.physics, out, self.y),
                         reg_noise_std=config.reg_noise_std, precision=config.precision,
                         channels_last=self.channels_last, params=self.params, generator_rng=self.rng,
@@ -175,7 +176,7 @@ class _FitRun:
         self.fast.optimizer = torch.optim.LBFGS(self.params, lr=self.config.lr, max_iter=1, tolerance_grad=-1,
                                                 tolerance_change=-1, history_size=100)
 
-    def restore(self, resume: Optional[Mapping[str, Any] | FitState]) -> None:
+    def restore(self, resume: Mapping[str, Any] | FitState | None) -> None:
         """Continue from ``resume`` (a ``FitState`` or its dict), or start afresh when None."""
         if resume is None:
             self.recovery = Recovery(self.generator, lambda: self.fast.optimizer, self.z, self.config)
@@ -207,7 +208,7 @@ class _FitRun:
             self.history[key] = list(member.history.get(key, []))
 
     # ------------------------------------------------------------------ one step
-    def step(self, step: int) -> Tuple[Optional[str], str, Optional[StepEvent]]:
+    def step(self, step: int) -> tuple[str | None, str, StepEvent | None]:
         """Take step ``step``. Returns (stop reason or None, detail, the event for callbacks —
         None when the step's output is not an image)."""
         if self.lbfgs_from is not None and step == self.lbfgs_from + 1:
@@ -303,10 +304,10 @@ class _FitRun:
 
 
 def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tensor,
-        config: FitConfig, *, gt: Optional[torch.Tensor] = None, callbacks: Sequence[Callback] = (),
-        resume: Optional[Mapping[str, Any] | FitState] = None, stop_event: Optional[Any] = None,
-        checkpoint_every: Optional[int] = None,
-        on_checkpoint: Optional[Callable[[FitResult], None]] = None) -> FitResult:
+        config: FitConfig, *, gt: torch.Tensor | None = None, callbacks: Sequence[Callback] = (),
+        resume: Mapping[str, Any] | FitState | None = None, stop_event: Any | None = None,
+        checkpoint_every: int | None = None,
+        on_checkpoint: Callable[[FitResult], None] | None = None) -> FitResult:
     """Fit ``generator`` so that ``physics(G(z))`` matches ``y``.
 
     Args:
@@ -346,7 +347,7 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
             break
         if event is None:
             continue
-        for cb, every in zip(callbacks, cb_every):
+        for cb, every in zip(callbacks, cb_every, strict=True):
             if step % every == 0 or step == config.steps:
                 cb(event)
         if stop_event is not None and stop_event.is_set() and step < config.steps:

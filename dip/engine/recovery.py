@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -41,19 +41,19 @@ class Recovery:
     """
 
     def __init__(self, generator: nn.Module, optimizer: Callable[[], torch.optim.Optimizer],
-                 z: torch.Tensor, config: FitConfig, snapshot: Optional[Snapshot] = None,
+                 z: torch.Tensor, config: FitConfig, snapshot: Snapshot | None = None,
                  backtracks: int = 0, recoveries: int = 0) -> None:
         self.generator, self.optimizer, self.z, self.config = generator, optimizer, z, config
         self.backtracks, self.recoveries = int(backtracks), int(recoveries)
         self.snapshot = snapshot if snapshot is not None else self.take(psnr=None)
 
-    def take(self, psnr: Optional[float]) -> Snapshot:
+    def take(self, psnr: float | None) -> Snapshot:
         """Make the current state the last good one (``psnr``: the fit PSNR now, dB)."""
         self.snapshot = Snapshot(clone_state(self.generator), copy.deepcopy(self.optimizer().state_dict()),
                                  self.z.detach().clone() if self.z.requires_grad else None, psnr)
         return self.snapshot
 
-    def check(self, step: int, loss: float) -> Optional[str]:
+    def check(self, step: int, loss: float) -> str | None:
         """Judge the step just taken (``loss``: its data loss). Returns why it failed, or None;
         a good check becomes the new snapshot."""
         if not math.isfinite(loss):
@@ -80,7 +80,7 @@ class Recovery:
         lrs = [group["lr"] for group in optimizer.param_groups]
         self.generator.load_state_dict(self.snapshot.generator_state)
         load_optimizer_state(optimizer, self.snapshot.optimizer_state)
-        for group, lr in zip(optimizer.param_groups, lrs):
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr * self.config.recovery_lr_factor
         if self.snapshot.z is not None:
             with torch.no_grad():

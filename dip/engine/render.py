@@ -17,7 +17,7 @@ def render(generator: nn.Module, z: torch.Tensor, crop, precision: str = "fp32")
         with torch.no_grad(), autocast_context(precision, z.device):
             out = generator(z)
     finally:
-        for m, (rm, rv, nb) in zip([m for m in bns if m.running_mean is not None], saved):
+        for m, (rm, rv, nb) in zip([m for m in bns if m.running_mean is not None], saved, strict=True):
             m.running_mean.copy_(rm)
             m.running_var.copy_(rv)
             m.num_batches_tracked.copy_(nb)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,8 +22,8 @@ class StepEvent:
     steps: int
     loss: torch.Tensor
     output: torch.Tensor
-    output_avg: Optional[torch.Tensor]
-    psnr: Optional[float]
+    output_avg: torch.Tensor | None
+    psnr: float | None
 
 
 @dataclass
@@ -60,30 +60,30 @@ class FitResult:
     generator: nn.Module
     z: torch.Tensor
     stop_reason: str
-    crop: Tuple[int, int, int, int]
+    crop: tuple[int, int, int, int]
     config: FitConfig
     state: FitState
-    psnr: Optional[float] = None
-    ssim: Optional[float] = None
-    recipe: Optional[object] = None
-    physics: Optional[nn.Module] = None
+    psnr: float | None = None
+    ssim: float | None = None
+    recipe: object | None = None
+    physics: nn.Module | None = None
     stop_detail: str = ""
 
-    def resume_state(self) -> Dict[str, Any]:
+    def resume_state(self) -> dict[str, Any]:
         """What ``fit(..., resume=...)`` needs to continue this fit where it ended (with
         ``generator`` in its current state and the same ``z``): ``self.state.to_dict()``."""
         return self.state.to_dict()
 
     @property
-    def image_avg(self) -> Optional[torch.Tensor]:
+    def image_avg(self) -> torch.Tensor | None:
         return self.state.member.image_avg
 
     @property
-    def history(self) -> Dict[str, List[float]]:
+    def history(self) -> dict[str, list[float]]:
         return self.state.member.history
 
     @property
-    def returned_state(self) -> Optional[Dict[str, torch.Tensor]]:
+    def returned_state(self) -> dict[str, torch.Tensor] | None:
         return self.state.member.returned_state
 
     @property
@@ -108,19 +108,19 @@ class FitResult:
         return self.state.member.recoveries
 
     @property
-    def optimizer_state(self) -> Optional[dict]:
+    def optimizer_state(self) -> dict | None:
         return self.state.optimizer_state
 
     @property
-    def stopper_state(self) -> Optional[dict]:
+    def stopper_state(self) -> dict | None:
         return self.state.member.stopper_state
 
     @property
-    def rng_state(self) -> Optional[torch.Tensor]:
+    def rng_state(self) -> torch.Tensor | None:
         return self.state.member.rng_state
 
     @property
-    def backtrack_state(self) -> Optional[dict]:
+    def backtrack_state(self) -> dict | None:
         snapshot = self.state.member.snapshot
         return None if snapshot is None else snapshot.to_dict()
 

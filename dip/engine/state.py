@@ -27,12 +27,13 @@ member keys.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 import torch
 
-Tensors = Dict[str, torch.Tensor]
+Tensors = dict[str, torch.Tensor]
 
 _SHARED_KEYS = ("step", "seconds", "optimizer_state")
 
@@ -49,16 +50,16 @@ class Snapshot:
     """
 
     generator_state: Tensors
-    optimizer_state: Dict[str, Any]
-    z: Optional[torch.Tensor] = None
-    psnr: Optional[float] = None
+    optimizer_state: dict[str, Any]
+    z: torch.Tensor | None = None
+    psnr: float | None = None
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"good_psnr": self.psnr, "good_state": self.generator_state,
                 "good_optimizer": self.optimizer_state, "good_z": self.z}
 
     @classmethod
-    def from_dict(cls, d: Optional[Mapping[str, Any]]) -> Optional["Snapshot"]:
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Snapshot | None:
         """The snapshot of ``to_dict()``; None for None or a dict without a generator state."""
         if not d or d.get("good_state") is None:
             return None
@@ -67,7 +68,7 @@ class Snapshot:
                    z=d.get("good_z"), psnr=None if psnr is None else float(psnr))
 
 
-def _empty_history() -> Dict[str, List[float]]:
+def _empty_history() -> dict[str, list[float]]:
     return {"step": [], "loss": [], "psnr_step": [], "psnr": [], "psnr_avg": []}
 
 
@@ -75,17 +76,17 @@ def _empty_history() -> Dict[str, List[float]]:
 class MemberState:
     """What one fitted image owns; see the module docstring for the meaning of each field."""
 
-    rng_state: Optional[torch.Tensor] = None
-    image_avg: Optional[torch.Tensor] = None
-    stopper_state: Optional[Tensors] = None
-    returned_state: Optional[Tensors] = None
-    returned_step: Optional[int] = None
-    snapshot: Optional[Snapshot] = None
+    rng_state: torch.Tensor | None = None
+    image_avg: torch.Tensor | None = None
+    stopper_state: Tensors | None = None
+    returned_state: Tensors | None = None
+    returned_step: int | None = None
+    snapshot: Snapshot | None = None
     backtracks: int = 0
     recoveries: int = 0
-    history: Dict[str, List[float]] = field(default_factory=_empty_history)
+    history: dict[str, list[float]] = field(default_factory=_empty_history)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"rng_state": self.rng_state, "image_avg": self.image_avg,
                 "stopper_state": self.stopper_state, "returned_state": self.returned_state,
                 "returned_step": self.returned_step,
@@ -93,7 +94,7 @@ class MemberState:
                 "backtracks": self.backtracks, "recoveries": self.recoveries, "history": self.history}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "MemberState":
+    def from_dict(cls, d: Mapping[str, Any]) -> MemberState:
         backtracks = int(d.get("backtracks") or 0)
         recoveries = d.get("recoveries")
         history = _empty_history()
@@ -113,8 +114,8 @@ class FitState:
 
     step: int = 0
     seconds: float = 0.0
-    optimizer_state: Optional[Dict[str, Any]] = None
-    members: List[MemberState] = field(default_factory=lambda: [MemberState()])
+    optimizer_state: dict[str, Any] | None = None
+    members: list[MemberState] = field(default_factory=lambda: [MemberState()])
 
     @property
     def member(self) -> MemberState:
@@ -123,14 +124,14 @@ class FitState:
             raise ValueError(f"this state holds {len(self.members)} members; pick one from .members")
         return self.members[0]
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         shared = {"step": self.step, "seconds": self.seconds, "optimizer_state": self.optimizer_state}
         if len(self.members) == 1:
             return {**shared, **self.members[0].to_dict()}
         return {**shared, "members": [m.to_dict() for m in self.members]}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "FitState":
+    def from_dict(cls, d: Mapping[str, Any] | FitState) -> FitState:
         """Read ``to_dict()``'s schema; a ``FitState`` is returned as it is."""
         if isinstance(d, FitState):
             return d

@@ -17,7 +17,8 @@ recipe's generator against the original-style step, same run).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,7 +51,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, A
     storage laid out exactly like that parameter (``torch.empty_like`` keeps its strides), and
     every other state tensor (Adam's step count) is cloned. ``state`` itself is left unchanged.
     """
-    optimizer.load_state_dict(state)
+    optimizer.load_state_dict(dict(state))
     for group in optimizer.param_groups:
         for param in group["params"]:
             entry = optimizer.state.get(param)
@@ -103,12 +104,12 @@ class FastStep:
 
     def __init__(self, generator: nn.Module, z: torch.Tensor, loss_fn: LossFn, *,
                  lr: float = 0.01, reg_noise_std: float = 0.0, precision: str = "fp32",
-                 channels_last: Optional[bool] = None,
-                 params: Optional[Sequence[torch.Tensor]] = None,
-                 generator_rng: Optional[torch.Generator] = None,
-                 crop: Optional[Tuple[int, int, int, int]] = None,
-                 optimizer: Optional[torch.optim.Optimizer] = None,
-                 regularizer: Optional[LossFn] = None) -> None:
+                 channels_last: bool | None = None,
+                 params: Sequence[torch.Tensor] | None = None,
+                 generator_rng: torch.Generator | None = None,
+                 crop: tuple[int, int, int, int] | None = None,
+                 optimizer: torch.optim.Optimizer | None = None,
+                 regularizer: LossFn | None = None) -> None:
         check_precision(precision)
         if not isinstance(z, torch.Tensor) or z.dim() != 4:
             raise ValueError(f"z must be a 4-D tensor (N, D, H, W), got "
@@ -122,7 +123,7 @@ class FastStep:
             channels_last = use_channels_last(generator, precision, z.device)
         self.channels_last = bool(channels_last)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.generator = generator.to(memory_format=self.memory_format).train()
+        self.generator = generator.to(memory_format=self.memory_format).train()  # type: ignore[call-overload]
         self.z = z if z.requires_grad else z.contiguous(memory_format=self.memory_format)
         self.loss_fn = loss_fn
         self.regularizer = regularizer
@@ -164,7 +165,7 @@ class FastStep:
             out = out[:, :, top:top + h, left:left + w]
         return out
 
-    def closure(self) -> Tuple[torch.Tensor, torch.Tensor]:
+    def closure(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero the gradients (to None), forward, loss (+ regularizer), backward.
         Returns (loss, out), the loss without the regularizer."""
         self.optimizer.zero_grad(set_to_none=True)
@@ -174,7 +175,7 @@ class FastStep:
         objective.backward()
         return loss, out
 
-    def __call__(self) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One full step; returns (loss, out) detached (0-dim and (N, C, h, w) float32).
         Optimisers that re-evaluate (LBFGS) get the closure; the last evaluation is returned."""
         if isinstance(self.optimizer, torch.optim.LBFGS):
