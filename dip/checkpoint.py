@@ -20,7 +20,8 @@ lists stand for themselves; a dict whose keys are all strings not starting with 
 JSON object; any other dict is ``{"__dict__": [[key, value], ...]}`` (keys: str, int, float,
 bool or None); ``{"__tuple__": [...]}`` is a tuple; ``{"__tensor__": "t3"}`` is a
 ``torch.Tensor``, ``{"__ndarray__": "t4"}`` a ``numpy.ndarray`` and ``{"__bytes__": "t5"}``
-``bytes`` (stored as a uint8 tensor; e.g. an ICC profile).
+``bytes`` (stored as a uint8 tensor; e.g. an ICC profile). Equal tensors are stored once: several
+``{"__tensor__": "t3"}`` nodes may name the same tensor (each is read back as its own copy).
 
 Loading reads the safetensors header and tensors and parses JSON; nothing is unpickled, so a
 crafted file cannot run code: pickles (including ``torch.save`` files) are rejected with
@@ -44,6 +45,7 @@ as a dict), "history", "image_plain", "image_avg", "optimizer_state", "stopper_s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import struct
@@ -76,15 +78,27 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 class _Encoder:
-    """Turns a payload into (JSON tree, {name: tensor})."""
+    """Turns a payload into (JSON tree, {name: tensor}).
+
+    Equal tensors (same dtype, shape and bytes) are stored once and referenced by name from
+    every place that holds them: a fit's payload often holds the same weights several times (the
+    final weights, those of the returned step, the recovery snapshot taken at the last check)."""
 
     def __init__(self) -> None:
         self.tensors: dict[str, torch.Tensor] = {}
+        self._by_content: dict[tuple, str] = {}
 
     def _add(self, t: torch.Tensor) -> str:
-        name = f"t{len(self.tensors)}"
         # clone: safetensors refuses tensors that share storage (e.g. tied parameters)
-        self.tensors[name] = t.detach().to("cpu").contiguous().clone()
+        t = t.detach().to("cpu").contiguous().clone()
+        digest = hashlib.blake2b(t.reshape(-1).view(torch.uint8).numpy().tobytes(), digest_size=16).digest()
+        key = (t.dtype, tuple(t.shape), digest)
+        name = self._by_content.get(key)
+        if name is not None and torch.equal(self.tensors[name], t):
+            return name
+        name = f"t{len(self.tensors)}"
+        self.tensors[name] = t
+        self._by_content[key] = name
         return name
 
     def encode(self, value: Any, where: str) -> Any:
@@ -130,11 +144,14 @@ class _Encoder:
                         "numpy arrays, bytes, None, bool, int, float, str, and dict/list/tuple of these")
 
 
-def _decode(node: Any, tensors: Mapping[str, torch.Tensor], where: str) -> Any:
+def _decode(node: Any, tensors: Mapping[str, torch.Tensor], where: str, seen: set[str] | None = None) -> Any:
+    """The value of JSON ``node``; a tensor referenced a second time is decoded as a copy, so
+    that no two decoded values share storage."""
+    seen = set() if seen is None else seen
     if node is None or isinstance(node, (bool, int, float, str)):
         return node
     if isinstance(node, list):
-        return [_decode(v, tensors, f"{where}[{i}]") for i, v in enumerate(node)]
+        return [_decode(v, tensors, f"{where}[{i}]", seen) for i, v in enumerate(node)]
     if not isinstance(node, dict):
         raise CheckpointError(f"corrupt checkpoint: unexpected JSON value of type {type(node).__name__} at {where}")
     if len(node) == 1:
@@ -142,7 +159,8 @@ def _decode(node: Any, tensors: Mapping[str, torch.Tensor], where: str) -> Any:
         if tag in ("__tensor__", "__ndarray__", "__bytes__"):
             if not isinstance(inner, str) or inner not in tensors:
                 raise CheckpointError(f"corrupt checkpoint: {where} refers to missing tensor {inner!r}")
-            t = tensors[inner]
+            t = tensors[inner].clone() if inner in seen else tensors[inner]
+            seen.add(inner)
             if tag == "__bytes__":
                 if t.dtype != torch.uint8 or t.dim() != 1:
                     raise CheckpointError(f"corrupt checkpoint: bytes at {where} are not a 1-D uint8 tensor")
@@ -151,7 +169,7 @@ def _decode(node: Any, tensors: Mapping[str, torch.Tensor], where: str) -> Any:
         if tag == "__tuple__":
             if not isinstance(inner, list):
                 raise CheckpointError(f"corrupt checkpoint: tuple at {where} is not a list")
-            return tuple(_decode(v, tensors, f"{where}[{i}]") for i, v in enumerate(inner))
+            return tuple(_decode(v, tensors, f"{where}[{i}]", seen) for i, v in enumerate(inner))
         if tag == "__dict__":
             if not isinstance(inner, list) or not all(isinstance(p, list) and len(p) == 2 for p in inner):
                 raise CheckpointError(f"corrupt checkpoint: dict at {where} is not a list of [key, value] pairs")
@@ -159,12 +177,12 @@ def _decode(node: Any, tensors: Mapping[str, torch.Tensor], where: str) -> Any:
             for k, v in inner:
                 if isinstance(k, (list, dict)):
                     raise CheckpointError(f"corrupt checkpoint: dict key at {where} is a {type(k).__name__}")
-                out[k] = _decode(v, tensors, f"{where}[{k!r}]")
+                out[k] = _decode(v, tensors, f"{where}[{k!r}]", seen)
             return out
     for k in node:
         if k.startswith("__"):
             raise CheckpointError(f"corrupt checkpoint: unknown tag {k!r} at {where}")
-    return {k: _decode(v, tensors, f"{where}.{k}") for k, v in node.items()}
+    return {k: _decode(v, tensors, f"{where}.{k}", seen) for k, v in node.items()}
 
 
 def _json_default_error(value: Any) -> Any:  # pragma: no cover - encoder produces JSON types only

@@ -148,3 +148,33 @@ def test_header_length_that_looks_like_a_pickle_opcode(tmp_path):
     else:
         pytest.fail("no padding gave a header length starting with byte 0x80")
     assert C.load(path)["pad"] == "p" * pad
+
+
+def test_equal_tensors_are_stored_once_and_read_back_as_separate_copies(tmp_path):
+    w = torch.randn(64, 64)
+    payload = {"final": {"w": w}, "returned": {"w": w.clone()}, "other": {"w": w + 1},
+               "bf16": w.to(torch.bfloat16), "flags": torch.tensor([True, False])}
+    path = C.save(tmp_path / "d.ckpt", payload)
+    assert os.path.getsize(path) < 3.0 * w.numel() * 4  # w, w + 1 and w in bf16; w stored once, not twice
+    back = C.load(path)
+    assert torch.equal(back["final"]["w"], w) and torch.equal(back["returned"]["w"], w)
+    assert torch.equal(back["other"]["w"], w + 1) and torch.equal(back["bf16"], w.to(torch.bfloat16))
+    back["final"]["w"].zero_()  # the two values do not share storage
+    assert torch.equal(back["returned"]["w"], w)
+
+
+def test_a_fit_checkpoint_at_a_check_step_holds_each_state_once(tmp_path):
+    """At a check step the recovery snapshot equals the current weights and Adam state, and the
+    returned step is the last one: the file holds weights + Adam's moments about once."""
+    from dip.fit import FitConfig, fit, generator_geometry
+    from dip.models import build
+    from dip.physics import Identity
+
+    torch.manual_seed(0)
+    net = build("skip", 4, 3, num_channels_down=[16, 16], num_channels_up=[16, 16], num_channels_skip=[4, 4])
+    y = torch.rand(1, 3, 16, 16)
+    z = torch.rand(1, 4, *generator_geometry(net, (16, 16))[1]) * 0.1
+    result = fit(y, Identity(), net, z, FitConfig(steps=10, check_every=10, backtrack=True))
+    weights = sum(v.numel() * v.element_size() for v in net.state_dict().values())
+    path = C.save(tmp_path / "fit.ckpt", C.payload_from_result(result, observation=y, physics=Identity()))
+    assert os.path.getsize(path) < 1.3 * 3 * weights  # without sharing: ~7 copies of the weights
