@@ -8,9 +8,11 @@ checking). During ``torch.onnx.export`` the public ops choose the reference auto
 
 ``has_native()`` says whether the library is loaded and ``native_status()`` why (not). Setting
 the environment variable ``DIP_REQUIRE_NATIVE=1`` makes ``import dip.ops`` fail when the
-library is missing. The CPU kernels are compiled twice, for the baseline x86-64 ISA and for
-AVX2+FMA, and the second is chosen at run time where the CPU has it; ``DIP_CPU_ISA=baseline``
-forces the first, and ``build_info()["cpu_isa"]`` says which one runs.
+library is missing. The CPU kernels are compiled three times, for the baseline x86-64 ISA, for
+AVX2+FMA and for AVX-512, and the best copy the CPU supports is chosen at run time;
+``DIP_CPU_ISA=avx512|avx2|baseline`` forces one the CPU supports (asking for one it lacks is a
+RuntimeError at the first kernel call), ``build_info()["cpu_isa"]`` says which one runs and
+``build_info()["cpu_isas"]`` which ones the CPU supports.
 """
 from __future__ import annotations
 
@@ -78,6 +80,8 @@ def _has_kernel(op: str, device_type: str) -> bool:
 #: benchmarks/test_bench_cuda.py on an NVIDIA H200, torch 2.11+cu130, ms per call):
 #: CPU (AVX2, one thread): downsample x4 3x512² 11-13x the dense conv, masked MSE 2.5-2.8x,
 #: BN+LeakyReLU 128x256² 2.0-2.6x NCHW, 1.2-1.45x channels_last.
+#: CPU (Intel Xeon, AVX-512 copies, one thread, shared machine): downsample 12.6-13.8x (the AVX2
+#: copies there: 9.3-11.3x), masked MSE 3.0x, BN+LeakyReLU 2.65x NCHW, 1.55-1.67x channels_last.
 #: CUDA: downsample 0.794 vs 0.315 (reference) / 0.669 (dense conv); masked MSE 0.262 vs 0.190;
 #: BN+LeakyReLU 128x256² 0.691 vs 0.241 (cuDNN) NCHW, 0.794 vs 0.372 channels_last: the CUDA
 #: kernels are correct (tests/ops/test_cuda_kernels.py) but slower, so the library's own users
