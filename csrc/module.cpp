@@ -1,7 +1,9 @@
 // Python module dip._C: importing it loads this shared library, whose static initialisers
-// register the dip operators. The only Python-visible function reports how it was built.
+// register the dip operators (each op's schemas and autograd in ops/<op>.cpp, its kernels in
+// cpu/<op>.cpp and cuda/<op>.cu). The Python-visible functions report how it was built.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <torch/library.h>
 
 #include <map>
 #include <string>
@@ -14,6 +16,10 @@
 #ifndef DIP_CUDA_VERSION
 #define DIP_CUDA_VERSION "none"
 #endif
+
+// Claims the `dip` namespace for this library; the schemas are TORCH_LIBRARY_FRAGMENTs, one per
+// op in ops/<op>.cpp.
+TORCH_LIBRARY(dip, m) {}
 
 namespace {
 
