@@ -92,11 +92,14 @@ def _extensions_and_cmdclass():
                 warnings.warn(f"dip: the native library could not be built ({exc}); "
                               "installing the pure-PyTorch fallback.", stacklevel=1)
 
+    # per op: ops/<op>.cpp (schemas, autograd), cpu/<op>.cpp, cuda/<op>.cu (device kernels)
     cxx_sources = (_sources("csrc/*.cpp") + _sources("csrc/common/*.cpp")
-                   + _sources("csrc/cpu/*.cpp"))
+                   + _sources("csrc/ops/*.cpp") + _sources("csrc/cpu/*.cpp"))
     with_cuda, why = _use_cuda(torch, CUDA_HOME)
     defines = [("DIP_TORCH_VERSION", f'"{torch.__version__}"')]
-    # -fno-trapping-math lets the compiler vectorise selects (LeakyReLU); no value changes
+    # -fno-trapping-math lets the compiler vectorise selects (LeakyReLU); no value changes. No
+    # -march flags: the CPU kernels' AVX2 and AVX-512 copies carry per-function target
+    # attributes and are chosen at run time (csrc/common/simd.h)
     cxx_flags = ["-O3", "-g0", "-fno-trapping-math"] if os.name != "nt" else ["/O2"]
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")])
     if with_cuda:

@@ -13,6 +13,8 @@ Targets (issue 4): downsampler >= 10x, masked MSE >= 2x, bn_leaky_relu >= 2x the
 glibc would mmap (and page-fault afresh) every tensor of >= 32 MiB; the module raises the mmap
 threshold once at import so both sides are timed with reused heap memory. Ratios: compare the
 rows of one group in the pytest-benchmark table (or --benchmark-json).
+The CPU kernel copy in use is recorded with each result (``cpu_isa``); set DIP_CPU_ISA=avx2 or
+baseline to time another copy the CPU supports.
 Run: OMP_NUM_THREADS=1 pytest benchmarks/test_bench_ops.py --benchmark-only
 """
 from __future__ import annotations
@@ -53,6 +55,7 @@ def _one_thread(benchmark):
     previous = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     benchmark.extra_info.update(threads=THREADS, native=ops.has_native(),
+                                cpu_isa=ops.build_info().get("cpu_isa"),
                                 mmap_threshold_raised=MMAP_RAISED)
     yield
     torch.set_num_threads(previous)

@@ -6,8 +6,8 @@
 // first value, widened to double every block), one pass writing y = leaky(x * scale + shift).
 // Backward: one reading pass for sum(dz) and sum(dz * (x - mean)), with dz = leaky'(z) * dy
 // recomputed from x, and one pass writing dx (NCHW: channel by channel, as the forward).
-// NCHW and channels_last are handled natively; the loops are compiled for the baseline ISA
-// and for AVX2+FMA, chosen at run time (simd.h).
+// NCHW and channels_last are handled natively; the loops are compiled for the baseline ISA,
+// AVX2+FMA and AVX-512, chosen at run time (simd.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -31,8 +31,8 @@ constexpr int kLanes = 16;
 constexpr int64_t kBlock = 2048;  // NCHW: elements summed in working precision per block
 constexpr int64_t kRows = 64;     // channels_last: pixels summed in working precision per block
 
-// Every loop below is a struct with a static DIP_INLINE run(), called through simd::run so
-// that it is compiled for the baseline ISA and for AVX2+FMA and chosen at run time. The loops
+// Every loop below is a struct with a static DIP_INLINE run<Isa>(), called through simd::run
+// so that it is compiled once per ISA copy and chosen at run time. The loops
 // vectorise (restrict parameters, no branches; the build uses -fno-trapping-math so that the
 // LeakyReLU selects become blends).
 
@@ -41,20 +41,21 @@ constexpr int64_t kRows = 64;     // channels_last: pixels summed in working pre
 // *t0 += sum (x - shift), *t1 += sum (x - shift)^2 over n contiguous values.
 template <typename scalar_t, typename acc_t>
 struct PlaneStats {
+  template <typename Isa>
   static DIP_INLINE void run(const scalar_t* __restrict x, int64_t n, acc_t shift, double* t0,
                              double* t1) {
 #if defined(__GNUC__)
     if constexpr (simd::kSupported<scalar_t>) {
-      using V = simd::vec_t<scalar_t>;
-      constexpr int W = simd::Vec<scalar_t>::width;
-      const V sv = simd::broadcast<scalar_t>(shift);
+      using V = simd::vec_t<scalar_t, Isa>;
+      constexpr int W = simd::Vec<scalar_t, Isa>::width;
+      const V sv = simd::broadcast<Isa, scalar_t>(shift);
       for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
         const int64_t i1 = std::min(n, i0 + kBlock);
         V a0 = {}, a1 = {}, b0 = {}, b1 = {};
         int64_t i = i0;
         for (; i + 2 * W <= i1; i += 2 * W) {
-          const V d = simd::load(x + i) - sv;
-          const V e = simd::load(x + i + W) - sv;
+          const V d = simd::load<Isa>(x + i) - sv;
+          const V e = simd::load<Isa>(x + i + W) - sv;
           a0 += d;
           a1 += d * d;
           b0 += e;
@@ -98,22 +99,23 @@ struct PlaneStats {
 // y = leaky(x * scale + offset)
 template <typename scalar_t, typename acc_t>
 struct PlaneForward {
+  template <typename Isa>
   static DIP_INLINE void run(scalar_t* __restrict y, const scalar_t* __restrict x, int64_t n,
                              acc_t scale, acc_t offset, acc_t slope, bool stream) {
     int64_t i = 0;
 #if defined(__GNUC__)
     if constexpr (simd::kSupported<scalar_t>) {
       if (stream) {  // non-temporal vector stores from the first 16-byte aligned element
-        using V = simd::vec_t<scalar_t>;
-        constexpr int W = simd::Vec<scalar_t>::width;
+        using V = simd::vec_t<scalar_t, Isa>;
+        constexpr int W = simd::Vec<scalar_t, Isa>::width;
         for (; i < n && reinterpret_cast<std::uintptr_t>(y + i) % 16 != 0; ++i) {
           const acc_t z = x[i] * scale + offset;
           y[i] = z > acc_t(0) ? z : z * slope;
         }
-        const V sc = simd::broadcast<scalar_t>(scale), of = simd::broadcast<scalar_t>(offset);
-        const V sl = simd::broadcast<scalar_t>(slope), zero = {};
+        const V sc = simd::broadcast<Isa, scalar_t>(scale), of = simd::broadcast<Isa, scalar_t>(offset);
+        const V sl = simd::broadcast<Isa, scalar_t>(slope), zero = {};
         for (; i + W <= n; i += W) {
-          const V z = simd::load(x + i) * sc + of;
+          const V z = simd::load<Isa>(x + i) * sc + of;
           simd::stream(y + i, z > zero ? z : z * sl);
         }
         simd::stream_fence();
@@ -130,6 +132,7 @@ struct PlaneForward {
 // *t0 += sum dz, *t1 += sum dz * (x - mean), dz = leaky'(z) * g.
 template <typename scalar_t, typename acc_t>
 struct PlaneGradSums {
+  template <typename Isa>
   static DIP_INLINE void run(const scalar_t* __restrict x, const scalar_t* __restrict g,
                              int64_t n, acc_t scale, acc_t offset, acc_t mean, acc_t slope,
                              double* t0, double* t1) {
@@ -166,6 +169,7 @@ struct PlaneGradSums {
 // gx = k_dz * dz + k_x * (x - mean) + k_c
 template <typename scalar_t, typename acc_t>
 struct PlaneGrad {
+  template <typename Isa>
   static DIP_INLINE void run(scalar_t* __restrict gx, const scalar_t* __restrict x,
                              const scalar_t* __restrict g, int64_t n, acc_t scale, acc_t offset,
                              acc_t mean, acc_t slope, acc_t k_dz, acc_t k_x, acc_t k_c,
@@ -174,19 +178,19 @@ struct PlaneGrad {
 #if defined(__GNUC__)
     if constexpr (simd::kSupported<scalar_t>) {
       if (stream) {  // non-temporal vector stores from the first 16-byte aligned element
-        using V = simd::vec_t<scalar_t>;
-        constexpr int W = simd::Vec<scalar_t>::width;
+        using V = simd::vec_t<scalar_t, Isa>;
+        constexpr int W = simd::Vec<scalar_t, Isa>::width;
         for (; i < n && reinterpret_cast<std::uintptr_t>(gx + i) % 16 != 0; ++i) {
           const acc_t z = x[i] * scale + offset;
           const acc_t dz = z > acc_t(0) ? g[i] : g[i] * slope;
           gx[i] = k_dz * dz + k_x * (x[i] - mean) + k_c;
         }
-        const V sc = simd::broadcast<scalar_t>(scale), of = simd::broadcast<scalar_t>(offset);
-        const V sl = simd::broadcast<scalar_t>(slope), mu = simd::broadcast<scalar_t>(mean);
-        const V kd = simd::broadcast<scalar_t>(k_dz), kx = simd::broadcast<scalar_t>(k_x);
-        const V kc = simd::broadcast<scalar_t>(k_c), zero = {};
+        const V sc = simd::broadcast<Isa, scalar_t>(scale), of = simd::broadcast<Isa, scalar_t>(offset);
+        const V sl = simd::broadcast<Isa, scalar_t>(slope), mu = simd::broadcast<Isa, scalar_t>(mean);
+        const V kd = simd::broadcast<Isa, scalar_t>(k_dz), kx = simd::broadcast<Isa, scalar_t>(k_x);
+        const V kc = simd::broadcast<Isa, scalar_t>(k_c), zero = {};
         for (; i + W <= n; i += W) {
-          const V v = simd::load(x + i), gv = simd::load(g + i);
+          const V v = simd::load<Isa>(x + i), gv = simd::load<Isa>(g + i);
           const V z = v * sc + of;
           const V dz = z > zero ? gv : gv * sl;
           simd::stream(gx + i, kd * dz + kx * (v - mu) + kc);
@@ -210,6 +214,7 @@ struct PlaneGrad {
 
 template <typename scalar_t, typename acc_t>
 struct RowStats {
+  template <typename Isa>
   static DIP_INLINE void run(const scalar_t* __restrict x, int64_t rows, int64_t C,
                              const acc_t* __restrict shift, acc_t* __restrict q0,
                              acc_t* __restrict q1) {
@@ -226,6 +231,7 @@ struct RowStats {
 
 template <typename scalar_t, typename acc_t>
 struct RowForward {
+  template <typename Isa>
   static DIP_INLINE void run(scalar_t* __restrict y, const scalar_t* __restrict x, int64_t rows,
                              int64_t C, const acc_t* __restrict scale,
                              const acc_t* __restrict offset, acc_t slope) {
@@ -242,6 +248,7 @@ struct RowForward {
 
 template <typename scalar_t, typename acc_t>
 struct RowGradSums {
+  template <typename Isa>
   static DIP_INLINE void run(const scalar_t* __restrict x, const scalar_t* __restrict g,
                              int64_t rows, int64_t C, const acc_t* __restrict scale,
                              const acc_t* __restrict offset, const acc_t* __restrict mean,
@@ -263,6 +270,7 @@ struct RowGradSums {
 
 template <typename scalar_t, typename acc_t>
 struct RowGrad {
+  template <typename Isa>
   static DIP_INLINE void run(scalar_t* __restrict gx, const scalar_t* __restrict x,
                              const scalar_t* __restrict g, int64_t rows, int64_t C,
                              const acc_t* __restrict scale, const acc_t* __restrict offset,

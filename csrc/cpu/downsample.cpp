@@ -11,8 +11,8 @@
 //    contiguous shifted vectors. The adjoint computes ph_r[i] = sum_s taps[f s + r] * y[i - s]
 //    the same way, then folds the phases back onto the row through the index map.
 // The downsampler runs vertical then horizontal (both on the large input's rows), the adjoint
-// horizontal then vertical. The inner loops are written once and compiled for the baseline ISA
-// and for AVX2+FMA, chosen at run time (simd.h; the build keeps the baseline ISA).
+// horizontal then vertical. The inner loops are written once and compiled for the baseline ISA,
+// AVX2+FMA and AVX-512, chosen at run time (simd.h; the build keeps the baseline ISA).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/Dispatch.h>
@@ -59,27 +59,27 @@ Phases make_phases(const Plan1d& plan, int64_t num_taps, int64_t factor) {
   return ph;
 }
 
-// ---------------------------------------------------------------- inner loops (two ISAs)
+// ---------------------------------------------------------------- inner loops (per ISA)
 // dst[j] = sum_{e < count} weight(e) * row(e)[j] for j in [0, n): the resampler's one inner
 // loop, four vector registers wide, then one, then scalar. `weight` and `row` are inlined
 // lambdas that say where the terms come from.
-template <typename T, typename Weight, typename Row>
+template <typename Isa, typename T, typename Weight, typename Row>
 DIP_INLINE void weighted_rows(T* __restrict dst, int64_t n, int64_t count, const Weight& weight,
                               const Row& row) {
   int64_t j = 0;
 #if defined(__GNUC__)
   if constexpr (simd::kSupported<T>) {
-    using V = simd::vec_t<T>;
-    constexpr int64_t L = simd::Vec<T>::width;
+    using V = simd::vec_t<T, Isa>;
+    constexpr int64_t L = simd::Vec<T, Isa>::width;
     for (; j + 4 * L <= n; j += 4 * L) {
       V a0 = {}, a1 = {}, a2 = {}, a3 = {};
       for (int64_t e = 0; e < count; ++e) {
-        const V we = simd::broadcast<T>(weight(e));
+        const V we = simd::broadcast<Isa>(weight(e));
         const T* r = row(e) + j;
-        a0 += we * simd::load(r);
-        a1 += we * simd::load(r + L);
-        a2 += we * simd::load(r + 2 * L);
-        a3 += we * simd::load(r + 3 * L);
+        a0 += we * simd::load<Isa>(r);
+        a1 += we * simd::load<Isa>(r + L);
+        a2 += we * simd::load<Isa>(r + 2 * L);
+        a3 += we * simd::load<Isa>(r + 3 * L);
       }
       simd::store(dst + j, a0);
       simd::store(dst + j + L, a1);
@@ -88,7 +88,8 @@ DIP_INLINE void weighted_rows(T* __restrict dst, int64_t n, int64_t count, const
     }
     for (; j + L <= n; j += L) {
       V a0 = {};
-      for (int64_t e = 0; e < count; ++e) a0 += simd::broadcast<T>(weight(e)) * simd::load(row(e) + j);
+      for (int64_t e = 0; e < count; ++e)
+        a0 += simd::broadcast<Isa>(weight(e)) * simd::load<Isa>(row(e) + j);
       simd::store(dst + j, a0);
     }
   }
@@ -100,92 +101,46 @@ DIP_INLINE void weighted_rows(T* __restrict dst, int64_t n, int64_t count, const
   }
 }
 
+// The three passes, each a kernel of simd::run (compiled per ISA copy, chosen at run time).
 // dst[0, n) = sum_e w[e] * rows[e][0, n): vertical combination of `count` rows.
 template <typename T>
-DIP_INLINE void combine_body(T* __restrict dst, const T* const* rows, const T* w, int64_t count,
+struct Combine {
+  template <typename Isa>
+  static DIP_INLINE void run(T* __restrict dst, const T* const* rows, const T* w, int64_t count,
                              int64_t n) {
-  weighted_rows(dst, n, count, [w](int64_t e) { return w[e]; },
-                [rows](int64_t e) { return rows[e]; });
-}
+    weighted_rows<Isa>(dst, n, count, [w](int64_t e) { return w[e]; },
+                       [rows](int64_t e) { return rows[e]; });
+  }
+};
 
 // out[j] = sum_t taps[t] * ph[(t mod f) * m + j + t / f] for j in [0, n): the horizontal pass.
 template <typename T>
-DIP_INLINE void polyphase_filter_body(T* __restrict out, const T* __restrict ph, const T* taps,
-                                      int64_t num_taps, int64_t f, int64_t m, int64_t n) {
-  weighted_rows(out, n, num_taps, [taps](int64_t t) { return taps[t]; },
-                [ph, f, m](int64_t t) { return ph + (t % f) * m + t / f; });
-}
+struct PolyphaseFilter {
+  template <typename Isa>
+  static DIP_INLINE void run(T* __restrict out, const T* __restrict ph, const T* taps,
+                             int64_t num_taps, int64_t f, int64_t m, int64_t n) {
+    weighted_rows<Isa>(out, n, num_taps, [taps](int64_t t) { return taps[t]; },
+                       [ph, f, m](int64_t t) { return ph + (t % f) * m + t / f; });
+  }
+};
 
 // ph[r * m + i] = sum_{s: f s + r < K} taps[f s + r] * y[i - s] for r < f, i < m, where y
 // points `border` (>= ceil(K / f) - 1) zeros into a zero-bordered buffer: the adjoint's
 // horizontal pass before the fold.
 template <typename T>
-DIP_INLINE void polyphase_spread_body(T* __restrict ph, const T* __restrict y, const T* taps,
-                                      int64_t num_taps, int64_t f, int64_t m) {
-  for (int64_t r = 0; r < f; ++r) {
-    // the terms s with f s + r < K (none, and so zeros, for a phase beyond the taps)
-    const int64_t count = r < num_taps ? (num_taps - r + f - 1) / f : 0;
-    weighted_rows(ph + r * m, m, count, [taps, r, f](int64_t s) { return taps[f * s + r]; },
-                  [y](int64_t s) { return y - s; });
+struct PolyphaseSpread {
+  template <typename Isa>
+  static DIP_INLINE void run(T* __restrict ph, const T* __restrict y, const T* taps,
+                             int64_t num_taps, int64_t f, int64_t m) {
+    for (int64_t r = 0; r < f; ++r) {
+      // the terms s with f s + r < K (none, and so zeros, for a phase beyond the taps)
+      const int64_t count = r < num_taps ? (num_taps - r + f - 1) / f : 0;
+      weighted_rows<Isa>(ph + r * m, m, count,
+                         [taps, r, f](int64_t s) { return taps[f * s + r]; },
+                         [y](int64_t s) { return y - s; });
+    }
   }
-}
-
-template <typename T>
-void combine_baseline(T* dst, const T* const* rows, const T* w, int64_t count, int64_t n) {
-  combine_body(dst, rows, w, count, n);
-}
-template <typename T>
-void filter_baseline(T* out, const T* ph, const T* taps, int64_t k, int64_t f, int64_t m,
-                     int64_t n) {
-  polyphase_filter_body(out, ph, taps, k, f, m, n);
-}
-template <typename T>
-void spread_baseline(T* ph, const T* y, const T* taps, int64_t k, int64_t f, int64_t m) {
-  polyphase_spread_body(ph, y, taps, k, f, m);
-}
-
-#if DIP_HAVE_AVX2_PATH
-template <typename T>
-DIP_TARGET_AVX2 void combine_avx2(T* dst, const T* const* rows, const T* w, int64_t count,
-                                  int64_t n) {
-  combine_body(dst, rows, w, count, n);
-}
-template <typename T>
-DIP_TARGET_AVX2 void filter_avx2(T* out, const T* ph, const T* taps, int64_t k, int64_t f,
-                                 int64_t m, int64_t n) {
-  polyphase_filter_body(out, ph, taps, k, f, m, n);
-}
-template <typename T>
-DIP_TARGET_AVX2 void spread_avx2(T* ph, const T* y, const T* taps, int64_t k, int64_t f,
-                                 int64_t m) {
-  polyphase_spread_body(ph, y, taps, k, f, m);
-}
-#endif
-
-template <typename T>
-void combine(T* dst, const T* const* rows, const T* w, int64_t count, int64_t n) {
-#if DIP_HAVE_AVX2_PATH
-  if (simd::has_avx2_fma()) return combine_avx2(dst, rows, w, count, n);
-#endif
-  combine_baseline(dst, rows, w, count, n);
-}
-
-template <typename T>
-void polyphase_filter(T* out, const T* ph, const T* taps, int64_t k, int64_t f, int64_t m,
-                      int64_t n) {
-#if DIP_HAVE_AVX2_PATH
-  if (simd::has_avx2_fma()) return filter_avx2(out, ph, taps, k, f, m, n);
-#endif
-  filter_baseline(out, ph, taps, k, f, m, n);
-}
-
-template <typename T>
-void polyphase_spread(T* ph, const T* y, const T* taps, int64_t k, int64_t f, int64_t m) {
-#if DIP_HAVE_AVX2_PATH
-  if (simd::has_avx2_fma()) return spread_avx2(ph, y, taps, k, f, m);
-#endif
-  spread_baseline(ph, y, taps, k, f, m);
-}
+};
 
 // ---------------------------------------------------------------- planes
 // Vertical pass: dst row o (of `len` values, row stride dst_stride) = sum over the plan's
@@ -197,7 +152,8 @@ void vertical(T* dst, int64_t dst_stride, const T* base, int64_t src_stride, int
     const int64_t k0 = plan.ptr[o], count = plan.ptr[o + 1] - k0;
     rows.resize(static_cast<size_t>(count));
     for (int64_t e = 0; e < count; ++e) rows[e] = base + plan.src[k0 + e] * src_stride;
-    combine(dst + o * dst_stride, rows.data(), weights + k0, count, len);
+    simd::run<Combine<T>>(dst + o * dst_stride, static_cast<const T* const*>(rows.data()),
+                          weights + k0, count, len);
   }
 }
 
@@ -242,7 +198,8 @@ void downsample_plane(T* out, const T* x, int64_t rs, int64_t cs, const Operator
     T* row = tmp + o * stride;
     row[W] = T(0);
     for (int64_t e = 0; e < nph; ++e) phase[e] = row[index[e]];
-    polyphase_filter(out + o * Wo, phase, op.taps, ph.taps, ph.factor, ph.m, Wo);
+    simd::run<PolyphaseFilter<T>>(out + o * Wo, static_cast<const T*>(phase), op.taps, ph.taps,
+                                   ph.factor, ph.m, Wo);
   }
 }
 
@@ -263,7 +220,8 @@ void adjoint_plane(T* out, const T* y, int64_t rs, int64_t cs, const Operator<T>
   const int64_t* index = ph.index.data();
   for (int64_t o = 0; o < Ho; ++o) {
     for (int64_t j = 0; j < Wo; ++j) ybuf[border + j] = y[o * rs + j * cs];
-    polyphase_spread(phase, ybuf + border, op.taps, ph.taps, ph.factor, ph.m);
+    simd::run<PolyphaseSpread<T>>(phase, static_cast<const T*>(ybuf + border), op.taps, ph.taps,
+                                   ph.factor, ph.m);
     T* row = tmp + o * stride;
     std::fill(row, row + stride, T(0));
     for (int64_t e = 0; e < nph; ++e) row[index[e]] += phase[e];

@@ -25,77 +25,63 @@ constexpr int64_t kBlock = 4096;  // elements summed in working precision before
 
 // sum ((x - t) * m)^2 over n contiguous elements (m contiguous, kMaskStride 1, or one
 // broadcast value, kMaskStride 0); when kGrad also writes the gradient u = c (x - t) m^2.
-// Written once and instantiated for the baseline ISA and for AVX2+FMA (simd.h).
+// Compiled once per ISA copy and chosen at run time (simd::run).
 template <typename scalar_t, int kMaskStride, bool kGrad>
-DIP_INLINE double contiguous_body(const scalar_t* __restrict x, const scalar_t* __restrict t,
-                                  const scalar_t* __restrict m, scalar_t* __restrict u,
-                                  int64_t n, scalar_t c) {
-  double total = 0;
+struct Contiguous {
+  template <typename Isa>
+  static DIP_INLINE double run(const scalar_t* __restrict x, const scalar_t* __restrict t,
+                               const scalar_t* __restrict m, scalar_t* __restrict u, int64_t n,
+                               scalar_t c) {
+    double total = 0;
 #if defined(__GNUC__)
-  if constexpr (simd::kSupported<scalar_t>) {
-    using V = simd::vec_t<scalar_t>;
-    constexpr int W = simd::Vec<scalar_t>::width;
-    const V cv = simd::broadcast<scalar_t>(c);
-    const V m0 = simd::broadcast<scalar_t>(m[0]);
-    for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
-      const int64_t b1 = std::min(n, b0 + kBlock);
-      V a0 = {}, a1 = {};
-      int64_t i = b0;
-      for (; i + 2 * W <= b1; i += 2 * W) {
-        const V mv0 = kMaskStride ? simd::load(m + i) : m0;
-        const V mv1 = kMaskStride ? simd::load(m + i + W) : m0;
-        const V d0 = (simd::load(x + i) - simd::load(t + i)) * mv0;
-        const V d1 = (simd::load(x + i + W) - simd::load(t + i + W)) * mv1;
-        a0 += d0 * d0;
-        a1 += d1 * d1;
-        if constexpr (kGrad) {
-          simd::store(u + i, cv * d0 * mv0);
-          simd::store(u + i + W, cv * d1 * mv1);
+    if constexpr (simd::kSupported<scalar_t>) {
+      using V = simd::vec_t<scalar_t, Isa>;
+      constexpr int W = simd::Vec<scalar_t, Isa>::width;
+      const V cv = simd::broadcast<Isa>(c);
+      const V m0 = simd::broadcast<Isa>(m[0]);
+      for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
+        const int64_t b1 = std::min(n, b0 + kBlock);
+        V a0 = {}, a1 = {};
+        int64_t i = b0;
+        for (; i + 2 * W <= b1; i += 2 * W) {
+          const V mv0 = kMaskStride ? simd::load<Isa>(m + i) : m0;
+          const V mv1 = kMaskStride ? simd::load<Isa>(m + i + W) : m0;
+          const V d0 = (simd::load<Isa>(x + i) - simd::load<Isa>(t + i)) * mv0;
+          const V d1 = (simd::load<Isa>(x + i + W) - simd::load<Isa>(t + i + W)) * mv1;
+          a0 += d0 * d0;
+          a1 += d1 * d1;
+          if constexpr (kGrad) {
+            simd::store(u + i, cv * d0 * mv0);
+            simd::store(u + i + W, cv * d1 * mv1);
+          }
         }
+        double s = simd::sum<scalar_t>(a0 + a1);
+        for (; i < b1; ++i) {
+          const scalar_t mv = m[i * kMaskStride];
+          const scalar_t d = (x[i] - t[i]) * mv;
+          s += static_cast<double>(d) * static_cast<double>(d);
+          if constexpr (kGrad) u[i] = c * d * mv;
+        }
+        total += s;
       }
-      double s = simd::sum<scalar_t>(a0 + a1);
-      for (; i < b1; ++i) {
-        const scalar_t mv = m[i * kMaskStride];
-        const scalar_t d = (x[i] - t[i]) * mv;
-        s += static_cast<double>(d) * static_cast<double>(d);
-        if constexpr (kGrad) u[i] = c * d * mv;
-      }
-      total += s;
+      return total;
+    }
+#endif
+    using acc_t = at::opmath_type<scalar_t>;
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t mv = static_cast<acc_t>(m[i * kMaskStride]);
+      const acc_t d = (static_cast<acc_t>(x[i]) - static_cast<acc_t>(t[i])) * mv;
+      total += static_cast<double>(d) * static_cast<double>(d);
+      if constexpr (kGrad) u[i] = static_cast<scalar_t>(static_cast<acc_t>(c) * d * mv);
     }
     return total;
   }
-#endif
-  using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t mv = static_cast<acc_t>(m[i * kMaskStride]);
-    const acc_t d = (static_cast<acc_t>(x[i]) - static_cast<acc_t>(t[i])) * mv;
-    total += static_cast<double>(d) * static_cast<double>(d);
-    if constexpr (kGrad) u[i] = static_cast<scalar_t>(static_cast<acc_t>(c) * d * mv);
-  }
-  return total;
-}
-
-template <typename scalar_t, int kMaskStride, bool kGrad>
-double contiguous_baseline(const scalar_t* x, const scalar_t* t, const scalar_t* m,
-                           scalar_t* u, int64_t n, scalar_t c) {
-  return contiguous_body<scalar_t, kMaskStride, kGrad>(x, t, m, u, n, c);
-}
-
-#if DIP_HAVE_AVX2_PATH
-template <typename scalar_t, int kMaskStride, bool kGrad>
-DIP_TARGET_AVX2 double contiguous_avx2(const scalar_t* x, const scalar_t* t, const scalar_t* m,
-                                       scalar_t* u, int64_t n, scalar_t c) {
-  return contiguous_body<scalar_t, kMaskStride, kGrad>(x, t, m, u, n, c);
-}
-#endif
+};
 
 template <typename scalar_t, int kMaskStride, bool kGrad>
 double contiguous(const scalar_t* x, const scalar_t* t, const scalar_t* m, scalar_t* u,
                   int64_t n, scalar_t c) {
-#if DIP_HAVE_AVX2_PATH
-  if (simd::has_avx2_fma()) return contiguous_avx2<scalar_t, kMaskStride, kGrad>(x, t, m, u, n, c);
-#endif
-  return contiguous_baseline<scalar_t, kMaskStride, kGrad>(x, t, m, u, n, c);
+  return simd::run<Contiguous<scalar_t, kMaskStride, kGrad>>(x, t, m, u, n, c);
 }
 
 // Sum of ((x - t) m)^2 over n elements (byte strides sx, st, sm; sm may be 0 for a broadcast

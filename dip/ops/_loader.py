@@ -1,25 +1,28 @@
 """Loads the native library ``dip._C`` once and records why it is missing when it is.
 
 Importing ``dip._C`` loads the shared object whose static initialisers register the
-``torch.ops.dip.*`` operators with PyTorch's dispatcher.
+``torch.ops.dip.*`` operators with PyTorch's dispatcher. Which operators exist is read back from
+the dispatcher (:func:`registered_ops`), not kept in a list here.
 """
 from __future__ import annotations
 
 import importlib
 import os
 from types import ModuleType
-from typing import Optional, Tuple
 
 import torch
 
 #: Environment variable that turns a missing native library into an ImportError.
 REQUIRE_ENV = "DIP_REQUIRE_NATIVE"
 
-_OPS = ("downsample", "downsample_adjoint", "masked_mse", "masked_mse_backward",
-        "bn_leaky_relu", "bn_leaky_relu_backward")
+
+def registered_ops() -> tuple[str, ...]:
+    """Names of the operators registered under ``torch.ops.dip`` (e.g. ``"downsample"``), sorted."""
+    names = torch._C._dispatch_get_all_op_names()
+    return tuple(sorted(n.split("::", 1)[1] for n in names if n.startswith("dip::")))
 
 
-def _load() -> Tuple[Optional[ModuleType], str]:
+def _load() -> tuple[ModuleType | None, str]:
     try:
         _C = importlib.import_module("dip._C")
     except ModuleNotFoundError as exc:
@@ -31,9 +34,8 @@ def _load() -> Tuple[Optional[ModuleType], str]:
     except ImportError as exc:
         return None, (f"dip._C failed to import ({exc}); it was probably built against "
                       f"another torch than the installed {torch.__version__}: reinstall dip")
-    missing = [name for name in _OPS if not hasattr(torch.ops.dip, name)]
-    if missing:
-        return None, f"dip._C loaded from {_C.__file__} but does not register {missing}"
+    if not registered_ops():
+        return None, f"dip._C loaded from {_C.__file__} but registers no dip operator"
     return _C, f"loaded from {_C.__file__}"
 
 

@@ -24,22 +24,41 @@ def _modules(c: int, dtype, seed: int = 0):
 
 def _run(fn, x, bn, **kw):
     """Output, running stats and gradients of x, weight, bias for a fixed upstream gradient."""
-    w = bn.weight.detach().clone().requires_grad_(True)
-    b = bn.bias.detach().clone().requires_grad_(True)
-    rm, rv = bn.running_mean.clone(), bn.running_var.clone()
+    w = bn.weight.detach().to(x.device).clone().requires_grad_(True)
+    b = bn.bias.detach().to(x.device).clone().requires_grad_(True)
+    rm, rv = bn.running_mean.to(x.device).clone(), bn.running_var.to(x.device).clone()
     xg = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
     y = fn(xg, w, b, rm, rv, **kw)
-    g = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+    g = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).reshape(y.shape)
     y.backward(g)
     return y, rm, rv, xg.grad, w.grad, b.grad
 
 
-def _layouts(x: torch.Tensor):
+def _layouts(x: torch.Tensor, device="cpu"):
+    """(name, tensor) with x's values on ``device``: contiguous, channels_last, strided view."""
+    x = x.to(device)
     yield "contiguous", x
     yield "channels_last", x.contiguous(memory_format=torch.channels_last)
-    wide = torch.zeros(*x.shape[:3], 2 * x.shape[3], dtype=x.dtype)
+    wide = torch.zeros(*x.shape[:3], 2 * x.shape[3], dtype=x.dtype, device=x.device)
     wide[..., ::2] = x
     yield "strided", wide[..., ::2]
+
+
+def sample_inputs(device, requires_grad: bool = False):
+    """Small float64 argument tuples (x, weight, bias, eps, negative_slope) of
+    dip::bn_leaky_relu on ``device``: the three layouts, one and several images, a slope of 0.
+    The one list feeds the value, gradient and opcheck tests."""
+    samples = []
+    for i, (shape, slope) in enumerate([((2, 3, 5, 4), 0.2), ((1, 4, 6, 5), 0.1),
+                                        ((3, 2, 4, 3), 0.0)]):
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(*shape, dtype=torch.float64, generator=g) * 2 + 1
+        w = torch.rand(shape[1], dtype=torch.float64, generator=g) + 0.5
+        b = torch.randn(shape[1], dtype=torch.float64, generator=g)
+        x = list(_layouts(x, device))[i][1]
+        samples.append(tuple(t.to(device).requires_grad_(requires_grad) for t in (x, w, b))
+                       + (1e-5, slope))
+    return samples
 
 
 def test_reference_equals_modules():
@@ -52,20 +71,30 @@ def test_reference_equals_modules():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_native_matches_reference(native, called_ops, dtype):
-    bn, _ = _modules(5, dtype)
-    base = torch.randn(3, 5, 13, 11, dtype=dtype) * 2 + 3
-    want = _run(ops.bn_leaky_relu_reference, base, bn, momentum=0.3, negative_slope=0.1)
-    for name, x in _layouts(base):
+@pytest.mark.parametrize("shape", [(3, 5, 13, 11), (2, 130, 7, 5), (1, 64, 96, 96)])
+def test_native_matches_reference(native, device, called_ops, close, dtype, shape):
+    bn, _ = _modules(shape[1], dtype)
+    bn64, _ = _modules(shape[1], torch.float64)
+    base = torch.randn(*shape, dtype=torch.float64) * 2 + 3
+    want = _run(ops.bn_leaky_relu_reference, base, bn64, momentum=0.3, negative_slope=0.1)
+    for name, x in _layouts(base.to(dtype), device):
         with called_ops() as seen:
             got = _run(ops.bn_leaky_relu, x, bn, momentum=0.3, negative_slope=0.1)
         assert {"dip.bn_leaky_relu.default", "dip.bn_leaky_relu_backward.default"} <= seen
         for a, b, what in zip(got, want, ["y", "running_mean", "running_var", "dx", "dw", "db"]):
-            scale = max(1.0, b.abs().max().item())
-            torch.testing.assert_close(a, b, rtol=0, atol=TOL[dtype] * scale,
-                                       msg=f"{name}: {what}")
+            close(a, b, TOL[dtype], f"{name}: {what}")
         if name == "channels_last":
             assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bf16_close_to_fp32(native, device):
+    """bfloat16 (the reference path) within bfloat16's precision of float32."""
+    x = torch.randn(2, 32, 40, 40, device=device) * 2 + 1
+    w, b = torch.rand(32, device=device) + 0.5, torch.randn(32, device=device)
+    want = ops.bn_leaky_relu_reference(x, w, b)
+    got = ops.bn_leaky_relu(x.bfloat16(), w.bfloat16(), b.bfloat16())
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max().item() < 0.05 * want.abs().max().item()
 
 
 def test_without_affine_and_running_stats(native):
@@ -86,46 +115,37 @@ def test_mixed_precision_parameters_use_reference(native, called_ops):
         x, None, None, bn.weight, bn.bias, training=True)))
 
 
-def test_native_gradcheck(native):
-    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
-    w = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_(True)
-    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: ops.bn_leaky_relu(*a), (x, w, b))
-    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda *a: ops.bn_leaky_relu(*a), (xc, w, b))
+def test_native_gradcheck(native, device):
+    for x, w, b, eps, slope in sample_inputs(device, requires_grad=True):
+        assert torch.autograd.gradcheck(
+            lambda *a: ops.bn_leaky_relu(*a, eps=eps, negative_slope=slope), (x, w, b))
 
 
-def test_opcheck(native):
-    w = torch.rand(4, dtype=torch.float64) + 0.5
-    b = torch.randn(4, dtype=torch.float64)
-    for x in (torch.randn(2, 4, 6, 5, dtype=torch.float64),
-              torch.randn(2, 4, 6, 5, dtype=torch.float64).contiguous(
-                  memory_format=torch.channels_last)):
-        args = (x.requires_grad_(True), w.clone().requires_grad_(True),
-                b.clone().requires_grad_(True), 1e-5, 0.2)
-        torch.library.opcheck(native.bn_leaky_relu, args)
-        y, mean, var = native.bn_leaky_relu(x.detach(), w, b, 1e-5, 0.2)
+def test_opcheck(native, device):
+    for x, w, b, eps, slope in sample_inputs(device, requires_grad=True):
+        torch.library.opcheck(native.bn_leaky_relu, (x, w, b, eps, slope))
+        y, mean, var = native.bn_leaky_relu(x.detach(), w.detach(), b.detach(), eps, slope)
         torch.library.opcheck(native.bn_leaky_relu_backward,
-                              (torch.randn_like(y), x.detach(), w, b, mean, var, 1e-5, 0.2))
+                              (torch.randn_like(y), x.detach(), w.detach(), b.detach(), mean, var,
+                               eps, slope))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_native_matches_reference_many_channels(native, dtype):
+def test_native_matches_reference_many_channels(native, device, close, dtype):
     """37 channels: the channels_last loops run over channels (vector blocks and a tail); the
     NCHW planes (47 x 45) cross the vector loops' tails too."""
     bn, _ = _modules(37, dtype, seed=3)
-    base = torch.randn(2, 37, 47, 45, dtype=dtype) * 3 + 1
-    want = _run(ops.bn_leaky_relu_reference, base, bn, negative_slope=0.15)
-    for name, x in _layouts(base):
+    bn64, _ = _modules(37, torch.float64, seed=3)
+    base = torch.randn(2, 37, 47, 45, dtype=torch.float64) * 3 + 1
+    want = _run(ops.bn_leaky_relu_reference, base, bn64, negative_slope=0.15)
+    for name, x in _layouts(base.to(dtype), device):
         got = _run(ops.bn_leaky_relu, x, bn, negative_slope=0.15)
         for a, b, what in zip(got, want, ["y", "running_mean", "running_var", "dx", "dw", "db"]):
-            scale = max(1.0, b.abs().max().item())
-            torch.testing.assert_close(a, b, rtol=0, atol=TOL[dtype] * scale,
-                                       msg=f"{name}: {what}")
+            close(a, b, TOL[dtype], f"{name}: {what}")
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_native_matches_reference_large(native, layout):
+def test_native_matches_reference_large(native, device, close, layout):
     """Tensors of >= 16 MiB. NCHW: the kernels write them with non-temporal stores, starting
     each odd-sized, so unaligned, plane with scalar stores up to a 16-byte boundary;
     channels_last: long per-channel sums (in working precision per block of rows)."""
@@ -145,10 +165,9 @@ def test_native_matches_reference_large(native, layout):
     # the reference in float64: torch's float32 channels_last batch norm is itself off by
     # ~2e-4 at this size
     want = _run(ops.bn_leaky_relu_reference, x.double(), bn64)
-    got = _run(ops.bn_leaky_relu, x, bn)
+    got = _run(ops.bn_leaky_relu, x.to(device), bn)
     for a, b, what in zip(got, want, ["y", "running_mean", "running_var", "dx", "dw", "db"]):
-        scale = max(1.0, b.abs().max().item())
-        torch.testing.assert_close(a, b.float(), rtol=0, atol=1e-5 * scale, msg=what)
+        close(a, b.float(), 1e-5, what)
 
 
 @settings(max_examples=8, deadline=None)

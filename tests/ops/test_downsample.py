@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dip.ops as ops
+from dip.physics.kernels import downsampler_taps
 
 MODES = ["replicate", "reflect", "zero", "none"]
 GEOMETRIES = [(2, 8), (4, 16), (3, 7), (2, 5)]  # (factor, number of taps)
@@ -19,13 +20,38 @@ def _taps(k: int, dtype=torch.float64, seed: int = 0) -> torch.Tensor:
     return (t / t.sum()).to(dtype)
 
 
-def _layouts(x: torch.Tensor):
+def _layouts(x: torch.Tensor, device="cpu"):
+    """(name, tensor) with x's values on ``device``: contiguous, channels_last, strided view."""
+    x = x.to(device)
     yield "contiguous", x
     yield "channels_last", x.contiguous(memory_format=torch.channels_last)
-    # non-contiguous view: every other column of a wider tensor, channels permuted
-    wide = torch.randn(x.shape[0], x.shape[1], x.shape[2], 2 * x.shape[3], dtype=x.dtype)
+    # non-contiguous view: every other column of a wider tensor
+    wide = torch.randn(*x.shape[:3], 2 * x.shape[3], dtype=x.dtype, device=x.device)
     wide[..., ::2] = x
     yield "strided", wide[..., ::2]
+
+
+def sample_inputs(device, requires_grad: bool = False):
+    """Small float64 argument tuples (x, taps, factor, padding) of dip::downsample on
+    ``device``: every padding mode, odd and even tap counts, the three layouts, odd sizes. The
+    one list feeds the value, gradient and opcheck tests."""
+    cases = [((2, 8), "replicate", 0), ((3, 7), "reflect", 1), ((2, 5), "zero", 2),
+             ((4, 16), "none", 0), ((1, 3), "replicate", 2), ((3, 6), "reflect", 0)]
+    samples = []
+    for i, ((factor, k), mode, layout) in enumerate(cases):
+        base = torch.randn(1, 2, 19, 17, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(i))
+        x = list(_layouts(base, device))[layout][1]
+        samples.append((x.requires_grad_(requires_grad), _taps(k).to(device), factor, mode))
+    return samples
+
+
+def _adjoint_args(x, taps, factor, mode):
+    """dip::downsample_adjoint's arguments for the image-space sample x."""
+    with torch.no_grad():
+        y = ops.downsample_reference(x.detach().cpu(), taps.cpu(), factor, mode)
+    y = torch.randn_like(y).to(x.device).requires_grad_(x.requires_grad)
+    return y, taps, factor, mode, list(x.shape[2:])
 
 
 @pytest.mark.parametrize("factor", [2, 4, 8])
@@ -51,18 +77,31 @@ def test_reference_adjoint_identity(mode, factor, k):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("factor,k", GEOMETRIES)
-def test_native_matches_reference(native, dtype, mode, factor, k):
-    taps = _taps(k, dtype)
-    base = torch.randn(2, 3, 37, 29, dtype=dtype)
+def test_native_matches_reference(native, device, close, dtype, mode, factor, k):
+    taps = _taps(k)
+    base = torch.randn(2, 3, 37, 29, dtype=torch.float64)
     want = ops.downsample_reference(base, taps, factor, mode)
     y = torch.randn_like(want)
     want_adj = ops.downsample_adjoint_reference(y, taps, factor, mode, (37, 29))
-    for name, x in _layouts(base):
-        got = native.downsample(x, taps, factor, mode)
-        torch.testing.assert_close(got, want, rtol=0, atol=TOL[dtype], msg=name)
-    for name, yy in _layouts(y):
-        got = native.downsample_adjoint(yy, taps, factor, mode, [37, 29])
-        torch.testing.assert_close(got, want_adj, rtol=0, atol=TOL[dtype], msg=name)
+    t = taps.to(device, dtype)
+    for name, x in _layouts(base.to(dtype), device):
+        close(native.downsample(x, t, factor, mode), want, TOL[dtype], name)
+    for name, yy in _layouts(y.to(dtype), device):
+        close(native.downsample_adjoint(yy, t, factor, mode, [37, 29]), want_adj, TOL[dtype], name)
+
+
+def test_native_matches_reference_samples(native, device, close):
+    """The public ops (forward and backward) on every sample against the reference."""
+    for x, taps, factor, mode in sample_inputs(device, requires_grad=True):
+        xr = x.detach().cpu().requires_grad_(True)
+        want = ops.downsample_reference(xr, taps.cpu(), factor, mode)
+        got = ops.downsample(x, taps, factor, mode)
+        assert got.device == x.device
+        close(got, want, 1e-10, f"{factor} {mode} forward")
+        g = torch.randn_like(want)
+        want.backward(g)
+        got.backward(g.to(device))
+        close(x.grad, xr.grad, 1e-10, f"{factor} {mode} backward")
 
 
 def test_public_ops_dispatch_to_native(native, called_ops):
@@ -77,31 +116,30 @@ def test_public_ops_dispatch_to_native(native, called_ops):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("factor,k", [(2, 5), (3, 6)])
-def test_native_adjoint_identity(native, mode, factor, k):
-    taps = _taps(k)
-    u = torch.randn(1, 2, 17, 14, dtype=torch.float64)
+def test_native_adjoint_identity(native, device, mode, factor, k):
+    taps = _taps(k).to(device)
+    u = torch.randn(1, 2, 17, 14, dtype=torch.float64, device=device)
     v = torch.randn_like(native.downsample(u, taps, factor, mode))
     lhs = (native.downsample(u, taps, factor, mode) * v).sum()
     rhs = (u * native.downsample_adjoint(v, taps, factor, mode, [17, 14])).sum()
     assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
 
 
-@pytest.mark.parametrize("mode", ["replicate", "reflect", "zero"])
-def test_native_gradcheck_and_gradgradcheck(native, mode):
-    taps = _taps(5)
-    x = torch.randn(1, 2, 11, 9, dtype=torch.float64, requires_grad=True)
-    y = torch.randn(1, 2, 6, 5, dtype=torch.float64, requires_grad=True)
+def test_native_gradcheck_and_gradgradcheck(native, device):
+    for x, taps, factor, mode in sample_inputs(device, requires_grad=True)[:4]:
+        y, *adj_rest = _adjoint_args(x, taps, factor, mode)
+        size = adj_rest[-1]
 
-    def down(t):
-        return ops.downsample(t, taps, 2, mode)
+        def down(t):
+            return ops.downsample(t, taps, factor, mode)
 
-    def adj(t):
-        return ops.downsample_adjoint(t, taps, 2, mode, (11, 9))
+        def adj(t):
+            return ops.downsample_adjoint(t, taps, factor, mode, size)
 
-    assert torch.autograd.gradcheck(down, (x,))
-    assert torch.autograd.gradgradcheck(down, (x,))
-    assert torch.autograd.gradcheck(adj, (y,))
-    assert torch.autograd.gradgradcheck(adj, (y,))
+        assert torch.autograd.gradcheck(down, (x,))
+        assert torch.autograd.gradgradcheck(down, (x,))
+        assert torch.autograd.gradcheck(adj, (y,))
+        assert torch.autograd.gradgradcheck(adj, (y,))
 
 
 def test_reference_gradcheck_includes_taps():
@@ -110,37 +148,45 @@ def test_reference_gradcheck_includes_taps():
     assert torch.autograd.gradcheck(lambda a, t: ops.downsample(a, t, 2, "reflect"), (x, taps))
 
 
-def test_opcheck(native):
-    taps = _taps(7)
-    samples = [
-        (torch.randn(2, 3, 15, 13, dtype=torch.float64, requires_grad=True), taps, 2,
-         "replicate"),
-        (torch.randn(1, 2, 12, 16).contiguous(memory_format=torch.channels_last),
-         taps.float(), 3, "reflect"),
-    ]
-    for x, t, f, m in samples:
-        torch.library.opcheck(native.downsample, (x, t, f, m))
-        y = native.downsample(x.detach(), t, f, m).requires_grad_(x.requires_grad)
-        torch.library.opcheck(native.downsample_adjoint, (y, t, f, m, list(x.shape[2:])))
+def test_opcheck(native, device):
+    samples = sample_inputs(device, requires_grad=True)
+    # and one float32 channels_last sample without gradients
+    x = torch.randn(1, 2, 12, 16, device=device).contiguous(memory_format=torch.channels_last)
+    samples.append((x, _taps(7, torch.float32).to(device), 3, "reflect"))
+    for x, taps, factor, mode in samples:
+        torch.library.opcheck(native.downsample, (x, taps, factor, mode))
+        torch.library.opcheck(native.downsample_adjoint, _adjoint_args(x, taps, factor, mode))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("factor,k", [(1, 3), (2, 8), (3, 7), (4, 16)])
-def test_native_matches_reference_wide_rows(native, dtype, mode, factor, k):
+def test_native_matches_reference_wide_rows(native, device, close, dtype, mode, factor, k):
     """Rows wide enough for the kernels' 4-vector register blocks and their vector and scalar
-    tails (95 columns: 2 blocks of 32 floats + 3 vectors + 7; the output, 95 to 23 wide)."""
-    taps = _taps(k, dtype, seed=factor)
-    x = torch.randn(1, 2, 41, 95, dtype=dtype)
+    tails (95 columns: a block of 64 floats (AVX-512) or 2 of 32 + 3 or 1 vectors + a scalar
+    tail; the output, 95 to 23 wide)."""
+    taps = _taps(k, seed=factor)
+    x = torch.randn(1, 2, 41, 95, dtype=torch.float64)
     want = ops.downsample_reference(x, taps, factor, mode)
     y = torch.randn_like(want)
     want_adj = ops.downsample_adjoint_reference(y, taps, factor, mode, (41, 95))
-    for name, xx in _layouts(x):
-        torch.testing.assert_close(native.downsample(xx, taps, factor, mode), want, rtol=0,
-                                   atol=TOL[dtype], msg=name)
-    for name, yy in _layouts(y):
-        torch.testing.assert_close(native.downsample_adjoint(yy, taps, factor, mode, [41, 95]),
-                                   want_adj, rtol=0, atol=TOL[dtype], msg=name)
+    t = taps.to(device, dtype)
+    for name, xx in _layouts(x.to(dtype), device):
+        close(native.downsample(xx, t, factor, mode), want, TOL[dtype], name)
+    for name, yy in _layouts(y.to(dtype), device):
+        close(native.downsample_adjoint(yy, t, factor, mode, [41, 95]), want_adj, TOL[dtype], name)
+
+
+def test_large_image_and_bf16(native, device, close):
+    """Many planes' worth of work (3 x 512², many CUDA thread blocks) in float64, and bfloat16
+    (the reference path) within bfloat16's precision of the float64 result."""
+    taps = torch.from_numpy(downsampler_taps(4, "lanczos2", 0.5))
+    x = torch.rand(1, 3, 512, 512, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    want = ops.downsample_reference(x, taps, 4)
+    close(ops.downsample(x.to(device), taps.to(device), 4), want, 1e-10, "float64")
+    got = ops.downsample(x.to(device, torch.bfloat16), taps.to(device, torch.bfloat16), 4)
+    assert got.dtype == torch.bfloat16
+    assert (got.double().cpu() - want).abs().max().item() < 2e-2
 
 
 @settings(max_examples=8, deadline=None)
@@ -197,6 +243,13 @@ def test_python_errors(fn):
         fn(torch.randn(1, 1, 40, 5), _taps(16, torch.float32), 4, "reflect")
     with pytest.raises(ValueError, match="negative border"):
         fn(x, _taps(2, torch.float32), 4)
+
+
+def test_device_mismatch_is_an_error(native, device):
+    other = "meta" if device.type == "cpu" else "cpu"
+    x = torch.randn(1, 3, 16, 16, device=device)
+    with pytest.raises(ValueError, match="same device"):
+        ops.downsample(x, _taps(8, torch.float32).to(other), 2)
 
 
 def test_adjoint_python_errors():

@@ -29,38 +29,74 @@ def test_reference_is_the_originals_loss():
     assert ops.masked_mse_reference(x, y, torch.zeros_like(m), "mask").item() == 0.0
 
 
-def _layouts(t: torch.Tensor):
+def _layouts(t: torch.Tensor, device="cpu"):
+    """(name, tensor) with t's values on ``device``: contiguous, channels_last, strided view."""
+    t = t.to(device)
     yield "contiguous", t
     yield "channels_last", t.contiguous(memory_format=torch.channels_last)
-    wide = torch.zeros(*t.shape[:3], 2 * t.shape[3], dtype=t.dtype)
+    wide = torch.zeros(*t.shape[:3], 2 * t.shape[3], dtype=t.dtype, device=t.device)
     wide[..., 1::2] = t
     yield "strided", wide[..., 1::2]
+
+
+def sample_inputs(device, requires_grad: bool = False):
+    """Small float64 argument tuples (x, target, mask, normalize_by_mask, with_grad) of
+    dip::masked_mse on ``device``: every mask broadcast, both normalisations, fused and unfused,
+    the three layouts. The one list feeds the value, gradient and opcheck tests."""
+    samples = []
+    for i, kind in enumerate(MASK_SHAPES):
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(2, 3, 11, 7, dtype=torch.float64, generator=g)
+        t = torch.randn(2, 3, 11, 7, dtype=torch.float64, generator=g)
+        m = _mask(kind, 2, 3, 11, 7, torch.float64, seed=i) * 0.7
+        x = list(_layouts(x, device))[i % 3][1].requires_grad_(requires_grad)
+        samples.append((x, t.to(device).requires_grad_(requires_grad), m.to(device), i % 2 == 1,
+                        i < 2))
+    return samples
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("kind", MASK_SHAPES)
 @pytest.mark.parametrize("normalize", ["all", "mask"])
-def test_native_matches_reference(native, dtype, kind, normalize):
+def test_native_matches_reference(native, device, close, dtype, kind, normalize):
     n, c, h, w = 2, 3, 37, 29
-    x = torch.randn(n, c, h, w, dtype=dtype)
-    t = torch.randn(n, c, h, w, dtype=dtype)
-    m = _mask(kind, n, c, h, w, dtype)
-    want = ops.masked_mse_reference(x, t, m, normalize)
+    x = torch.randn(n, c, h, w, dtype=torch.float64)
+    t = torch.randn(n, c, h, w, dtype=torch.float64)
+    m = _mask(kind, n, c, h, w, torch.float64)
     xr = x.clone().requires_grad_(True)
     tr = t.clone().requires_grad_(True)
-    ops.masked_mse_reference(xr, tr, m, normalize).backward()
-    for name, xx in _layouts(x):
-        for _, mm in _layouts(m):
+    want = ops.masked_mse_reference(xr, tr, m, normalize)
+    want.backward()
+    td = t.to(device, dtype)
+    for name, xx in _layouts(x.to(dtype), device):
+        for mname, mm in _layouts(m.to(dtype), device):
+            what = f"{name}/{mname}"
             for with_grad in (False, True):
-                got, unit, inv = native.masked_mse(xx, t, mm, normalize == "mask", with_grad)
-                torch.testing.assert_close(got, want, rtol=TOL[dtype], atol=TOL[dtype],
-                                           msg=name)
-            torch.testing.assert_close(unit * inv, xr.grad, rtol=0, atol=TOL[dtype], msg=name)
+                got, unit, s = native.masked_mse(xx, td, mm, normalize == "mask", with_grad)
+                close(got, want, TOL[dtype], what)
+                assert s.item() == 1.0, what  # the schema's meaning: u is the gradient itself
+            close(unit, xr.grad, TOL[dtype], what)
+            grad = native.masked_mse_backward(torch.ones((), dtype=dtype, device=device), xx, td,
+                                              mm, normalize == "mask")
+            close(grad, xr.grad, TOL[dtype], what)
         xg = xx.detach().clone().requires_grad_(True)
-        tg = t.clone().requires_grad_(True)
-        ops.masked_mse(xg, tg, m, normalize).backward()
-        torch.testing.assert_close(xg.grad, xr.grad, rtol=0, atol=TOL[dtype], msg=name)
-        torch.testing.assert_close(tg.grad, tr.grad, rtol=0, atol=TOL[dtype], msg=name)
+        tg = td.clone().requires_grad_(True)
+        ops.masked_mse(xg, tg, m.to(device, dtype), normalize).backward()
+        close(xg.grad, xr.grad, TOL[dtype], name)
+        close(tg.grad, tr.grad, TOL[dtype], name)
+
+
+def test_large_reduction(native, device):
+    """A reduction over 3 x 1024² values (many CUDA blocks) equals the float64 reference."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(1, 3, 1024, 1024, dtype=torch.float64, generator=gen)
+    t = torch.rand(1, 3, 1024, 1024, dtype=torch.float64, generator=gen)
+    m = (torch.rand(1, 1, 1024, 1024, generator=gen) > 0.5).double()
+    want = ops.masked_mse_reference(x, t, m)
+    got32 = ops.masked_mse(*(v.to(device, torch.float32) for v in (x, t, m)))
+    assert abs(got32.item() - want.item()) <= 1e-5 * want.item()
+    got64 = ops.masked_mse(x.to(device), t.to(device), m.to(device), "mask")
+    assert abs(got64.item() - ops.masked_mse_reference(x, t, m, "mask").item()) <= 1e-12
 
 
 def test_zero_mask_normalized_by_mask_is_zero(native):
@@ -85,16 +121,13 @@ def test_bool_mask_and_dispatch(native, called_ops):
     torch.testing.assert_close(loss, F.mse_loss(x * m, t * m))
 
 
-@pytest.mark.parametrize("normalize", ["all", "mask"])
-def test_native_gradcheck(native, normalize):
-    x = torch.randn(2, 2, 7, 5, dtype=torch.float64, requires_grad=True)
-    t = torch.randn(2, 2, 7, 5, dtype=torch.float64, requires_grad=True)
-    m = _mask("n1", 2, 2, 7, 5, torch.float64) * 0.7
-    assert torch.autograd.gradcheck(lambda a, b: ops.masked_mse(a, b, m, normalize), (x, t))
-    # the unfused path: gradient from dip::masked_mse_backward
-    by_mask = normalize == "mask"
-    assert torch.autograd.gradcheck(
-        lambda a, b: native.masked_mse(a, b, m, by_mask, False)[0], (x, t))
+def test_native_gradcheck(native, device):
+    for x, t, m, by_mask, with_grad in sample_inputs(device, requires_grad=True):
+        normalize = "mask" if by_mask else "all"
+        assert torch.autograd.gradcheck(lambda a, b: ops.masked_mse(a, b, m, normalize), (x, t))
+        # the op itself, fused or not (unfused: the gradient from dip::masked_mse_backward)
+        assert torch.autograd.gradcheck(
+            lambda a, b: native.masked_mse(a, b, m, by_mask, with_grad)[0], (x, t))
 
 
 def test_mask_requiring_grad_uses_reference(native):
@@ -103,18 +136,16 @@ def test_mask_requiring_grad_uses_reference(native):
     assert torch.autograd.gradcheck(lambda mm: ops.masked_mse(x, torch.zeros_like(x), mm), (m,))
 
 
-def test_opcheck(native):
-    x = torch.randn(2, 3, 11, 7, dtype=torch.float64, requires_grad=True)
-    t = torch.randn(2, 3, 11, 7, dtype=torch.float64)
-    m = _mask("n1", 2, 3, 11, 7, torch.float64)
-    for norm in (False, True):
-        for with_grad in (False, True):
-            torch.library.opcheck(native.masked_mse, (x, t, m, norm, with_grad))
-        g = torch.tensor(0.5, dtype=torch.float64)
-        torch.library.opcheck(native.masked_mse_backward, (g, x.detach(), t, m, norm))
-    xc = torch.randn(1, 4, 6, 5).contiguous(memory_format=torch.channels_last)
-    torch.library.opcheck(native.masked_mse, (xc, torch.randn(1, 4, 6, 5),
-                                              torch.ones(1, 1, 6, 5), False, True))
+def test_opcheck(native, device):
+    samples = sample_inputs(device, requires_grad=True)
+    xc = torch.randn(1, 4, 6, 5, device=device).contiguous(memory_format=torch.channels_last)
+    samples.append((xc, torch.randn(1, 4, 6, 5, device=device),
+                    torch.ones(1, 1, 6, 5, device=device), False, True))
+    for x, t, m, by_mask, with_grad in samples:
+        torch.library.opcheck(native.masked_mse, (x, t, m, by_mask, with_grad))
+        g = torch.tensor(0.5, dtype=x.dtype, device=device)
+        torch.library.opcheck(native.masked_mse_backward,
+                              (g, x.detach(), t.detach(), m, by_mask))
 
 
 @settings(max_examples=8, deadline=None)
@@ -158,6 +189,16 @@ def test_python_errors(fn):
         fn(x[:0], x[:0], m[:0])
     with pytest.raises(ValueError, match="normalize must be"):
         fn(x, x, m, "sum")
+
+
+def test_device_mismatch_is_an_error(native, device):
+    other = "meta" if device.type == "cpu" else "cpu"
+    x = torch.randn(1, 3, 16, 16, device=device)
+    with pytest.raises(ValueError, match="same device"):
+        ops.masked_mse(x, torch.randn(1, 3, 16, 16, device=other),
+                       torch.ones(1, 1, 16, 16, device=device))
+    with pytest.raises(ValueError, match="same device"):
+        ops.masked_mse(x, x, torch.ones(1, 1, 16, 16, device=other))
 
 
 def test_native_errors(native):

@@ -26,6 +26,19 @@ def test_build_info(native):
                                                  else info["cuda"])
 
 
+def test_registered_ops_are_read_from_the_dispatcher(native):
+    """The op list is the library's (csrc/ops/<op>.cpp registers the schemas), and every
+    registered op has a fake kernel from its op's module dip/ops/_<op>.py and a CPU kernel."""
+    names = _loader.registered_ops()
+    assert {"downsample", "downsample_adjoint", "masked_mse", "bn_leaky_relu"} <= set(names)
+    for name in names:
+        fake = torch._library.simple_registry.singleton.find(f"dip::{name}").fake_impl.kernel
+        assert fake is not None, f"dip::{name} has no fake kernel"
+        assert f"dip/ops/_{name.removesuffix('_backward').removesuffix('_adjoint')}.py" in (
+            fake.source), fake.source
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"dip::{name}", "CPU"), name
+
+
 _SCRIPT = textwrap.dedent("""
     import importlib, importlib.abc, os, sys
     import torch
