@@ -316,7 +316,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def _check_output_path(path_text: str, what: str, force: bool, *, image: bool = False) -> Path:
     """Validate a file we are going to write: folder exists, not a directory, exists only with --force."""
-    from dip import io
+    from dip import images as io
 
     path = Path(path_text)
     if image:
@@ -338,7 +338,7 @@ def _check_output_path(path_text: str, what: str, force: bool, *, image: bool = 
 
 
 def _read(path: str, what: str):
-    from dip import io
+    from dip import images as io
 
     try:
         return io.read_image(path)
@@ -479,7 +479,7 @@ class FrameSaver:
         self.written: List[Path] = []
 
     def __call__(self, event) -> None:
-        from dip import io
+        from dip import images as io
 
         image = event.output_avg if event.output_avg is not None else event.output
         path = self.folder / f"step_{event.step:06d}.png"
@@ -569,7 +569,7 @@ def _prepare(task: str, args) -> _Job:
     """All checks and loading before the fit; raises UsageError."""
     import torch
 
-    from dip import io
+    from dip import images as io
 
     force = bool(args.force)
     if args.save_every is not None and args.frames is None:
@@ -860,7 +860,7 @@ def _plot(path: Path, result, title: str) -> None:
 
 def _written_form(path: Path, info, bit_depth: Optional[int]) -> Tuple[str, int]:
     """Channel layout and bit depth that ``io.write_image`` gives ``path`` for ``info``."""
-    from dip import io
+    from dip import images as io
 
     fmt = io.format_for_path(path)
     bits = bit_depth or info.bit_depth
@@ -910,7 +910,7 @@ def _run_fit(task: str, args) -> int:
 def _execute(job: _Job, args) -> int:
     """Fit, then write the image, report, plot and checkpoint; on SIGINT/SIGTERM during the fit,
     the image so far and the checkpoint, then exit 130/143."""
-    from dip import io, metrics
+    from dip import images as io, metrics
     from dip.interrupt import SignalStop
 
     task = job.task
@@ -1007,7 +1007,7 @@ def _add_resume_arguments(p: argparse.ArgumentParser) -> None:
 def _prepare_resume(args) -> _Job:
     import torch
 
-    from dip import io, resume
+    from dip import images as io, resume
 
     source = Path(args.checkpoint_in)
     if not source.is_file():
@@ -1094,7 +1094,7 @@ def example_image_path() -> Path:
 def _run_demo(args) -> int:
     import torch
 
-    from dip import io, metrics, recipes
+    from dip import images as io, metrics, recipes
 
     outdir = Path(args.outdir)
     if not outdir.is_dir():
@@ -1264,7 +1264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write("dip: interrupted; no output was written for the unfinished fit\n")
         return EXIT_INTERRUPTED
     except Exception as exc:
-        from dip import io
+        from dip import images as io
 
         checkpoint_error = _checkpoint_error_type()
         if isinstance(exc, io.ImageError) or (checkpoint_error is not None and isinstance(exc, checkpoint_error)):

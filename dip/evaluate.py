@@ -166,7 +166,7 @@ def builtin_images(size: int = 128, names: Optional[Sequence[str]] = None) -> Li
 def load_images(directory: str | os.PathLike, size: Optional[int] = None) -> List[Tuple[str, torch.Tensor]]:
     """Every readable image in ``directory`` (sorted by name) as [(stem, (C, H, W) float32)],
     centre-cropped to ``size`` × ``size`` when given and the image is larger."""
-    from dip.io import SUPPORTED_SUFFIXES, read_image
+    from dip.images import SUPPORTED_SUFFIXES, read_image
 
     d = Path(directory)
     if not d.is_dir():

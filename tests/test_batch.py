@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import dip
-from dip import cli, io
+from dip import cli, images as io
 from dip.batch import (BatchError, Command, CommandRunner, ImageJob, Manifest, plan, read_manifest, run_batch,
                        state)
 

@@ -13,9 +13,10 @@ import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence
+
+from dip.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +78,13 @@ class Manifest:
 
 
 def write_summary_csv(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
-    """Write ``rows`` (``SUMMARY_FIELDS``) as CSV, atomically."""
+    """Write ``rows`` (``SUMMARY_FIELDS``) as CSV (UTF-8, ``\\r\\n`` line ends), atomically."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_FIELDS})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, buf.getvalue())
 
 
 def format_table(rows: Iterable[Dict[str, Any]]) -> str:

@@ -63,7 +63,7 @@ class ImageJob:
 
 
 def _supported_suffixes() -> Tuple[str, ...]:
-    from dip import io
+    from dip import images as io
 
     return tuple(sorted(io.SUPPORTED_SUFFIXES))
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dip
-from dip import io
+from dip import images as io
 
 # the subprocess imports the same dip as this test process (source tree or installed package)
 DIP_ROOT = Path(dip.__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dip import cli, io
+from dip import cli, images as io
 
 
 @pytest.fixture

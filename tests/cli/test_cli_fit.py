@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dip import io
+from dip import images as io
 
 
 def _ok(proc):

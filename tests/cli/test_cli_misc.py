@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from dip import cli, io
+from dip import cli, images as io
 
 
 def test_demo(tmp_path, dip_run):
