@@ -122,7 +122,8 @@ def test_16bit_to_8bit_format_warns(tmp_path):
     with pytest.warns(images.ImageWarning, match="8 bits"):
         images.write_image(tmp_path / "x.jpg", torch.rand(3, 8, 8), images.ImageInfo("RGB", 16))
     with pytest.warns(images.ImageWarning, match="alpha"):
-        images.write_image(tmp_path / "y.jpg", torch.rand(3, 8, 8), images.ImageInfo("RGBA", 8, alpha=torch.rand(1, 8, 8)))
+        images.write_image(tmp_path / "y.jpg", torch.rand(3, 8, 8),
+                           images.ImageInfo("RGBA", 8, alpha=torch.rand(1, 8, 8)))
     _, info = images.read_image(tmp_path / "y.jpg")
     assert info.bit_depth == 8 and info.alpha is None
 
