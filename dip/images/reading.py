@@ -114,6 +114,16 @@ def _orient_array(a: np.ndarray, orientation: int) -> np.ndarray:
     return a
 
 
+def _single_tile(im):
+    """The decoder tile of a Pillow image read in one piece, and its raw mode ("RGB;16B", ...);
+    (None, None) for images in several tiles."""
+    tile = im.tile[0] if len(im.tile) == 1 else None
+    rawmode = tile.args if tile is not None else None
+    if isinstance(rawmode, tuple):
+        rawmode = rawmode[0]
+    return tile, rawmode
+
+
 def _read_png16(im, path: Path) -> np.ndarray:
     """Full-precision pixels of a 16-bit colour (or grey+alpha) PNG: (H, W, C) uint16.
 
@@ -124,10 +134,7 @@ def _read_png16(im, path: Path) -> np.ndarray:
     """
     from PIL import Image
 
-    tile = im.tile[0] if len(im.tile) == 1 else None
-    rawmode = tile.args if tile is not None else None
-    if isinstance(rawmode, tuple):
-        rawmode = rawmode[0]
+    tile, rawmode = _single_tile(im)
     if rawmode in ("RGB;16B", "RGBA;16B"):
         try:
             _pil_load(im, path)
@@ -269,10 +276,7 @@ def _read_with_pil(im, path: Path):
     pixels: np.ndarray | None = None
     bit_depth = 8
     if fmt == "PNG":
-        tile = im.tile[0] if len(im.tile) == 1 else None
-        rawmode = tile.args if tile is not None else None
-        if isinstance(rawmode, tuple):
-            rawmode = rawmode[0]
+        _, rawmode = _single_tile(im)
         if rawmode in ("RGB;16B", "RGBA;16B", "LA;16B"):
             pixels = _read_png16(im, path)
             bit_depth = 16
