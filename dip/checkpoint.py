@@ -36,7 +36,7 @@ returned image (1, C, H, W) float32}``; ``z`` (1, D, h, w) float32 (already padd
 generator's ``size_multiple``); ``crop`` ``[top, left, height, width]`` of the image inside
 the generator's output, or None; ``recipe`` dict; ``options`` dict (the command's options);
 ``observation`` (1, C, h, w); ``physics`` dict (operator settings, see
-:func:`physics_settings`); ``image_info`` dict (``dip.io.ImageInfo.to_dict()``: ``mode``,
+:func:`physics_settings`); ``image_info`` dict (``dip.images.ImageInfo.to_dict()``: ``mode``,
 ``bit_depth``, ``alpha`` tensor or None, ICC profile, ...); ``fit``: ``{"steps_run",
 "returned_step", "stop_reason", "seconds", "psnr", "ssim", "backtracks", "recoveries", "config" (FitConfig
 as a dict), "history", "image_plain", "image_avg", "optimizer_state", "stopper_state"}`` plus
@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from dip._version import __version__
+from dip.files import atomic_write
 
 FORMAT_NAME = "dip-checkpoint"
 FORMAT_VERSION = 1
@@ -220,16 +221,7 @@ def save(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     import safetensors.torch
 
     data = safetensors.torch.save(enc.tensors, metadata=metadata)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, data)
     return path
 
 
@@ -396,7 +388,7 @@ def payload_from_result(result: Any, *, recipe: Any = None, observation: torch.T
         observation: the observation y, (1, C, h, w) float.
         physics: the operator (``dip.physics`` module) or its settings dict; default
             ``result.physics``.  See :func:`physics_settings`.
-        image_info: ``dip.io.ImageInfo`` (or its dict) of the input image: mode, bit depth, alpha, ...
+        image_info: ``dip.images.ImageInfo`` (or its dict) of the input image: mode, bit depth, alpha, ...
         options: the command-line or API options of the run (JSON-like values).
 
     Returns:

@@ -167,7 +167,7 @@ def builtin_images(size: int = 128, names: Sequence[str] | None = None) -> list[
 def load_images(directory: str | os.PathLike, size: int | None = None) -> list[tuple[str, torch.Tensor]]:
     """Every readable image in ``directory`` (sorted by name) as [(stem, (C, H, W) float32)],
     centre-cropped to ``size`` × ``size`` when given and the image is larger."""
-    from dip.io import SUPPORTED_SUFFIXES, read_image
+    from dip.images import SUPPORTED_SUFFIXES, read_image
 
     d = Path(directory)
     if not d.is_dir():
@@ -426,35 +426,14 @@ def _windows(values: Sequence[int]) -> list[int]:
 
 
 def plot_curve(row: dict, path: str | os.PathLike) -> None:
-    """PSNR-versus-step plot of one ``run_case`` row, as PNG (matplotlib, Agg backend)."""
-    import matplotlib
+    """PSNR-versus-step plot of one ``run_case`` row, as PNG (``dip.plots.eval_curve_png``),
+    written atomically; missing folders are created."""
+    from dip.files import atomic_write
+    from dip.plots import eval_curve_png
 
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    c = row["curve"]
-    fig = Figure(figsize=(6.4, 4.0), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot(c["step"], c["psnr"], lw=0.8, label="output")
-    if np.isfinite(np.asarray(c["psnr_avg"], dtype=float)).any():
-        ax.plot(c["step"], c["psnr_avg"], lw=1.2, label="averaged output")
-    for key, style, label in (("input_psnr", ":", "input"), ("baseline_psnr", "--", "baseline")):
-        if math.isfinite(row[key]):
-            ax.axhline(row[key], ls=style, color="grey", lw=0.8, label=f"{label} {row[key]:.2f}")
-    ax.plot([row["fixed_steps"]], [row["fixed_psnr"]], "s", color="black",
-            label=f"fixed result {row['fixed_psnr']:.2f}")
-    ax.axvline(row["auto_steps"], color="red", lw=0.8, label=f"auto stop {row['auto_steps']}")
-    if row["auto_return_step"] is not None:
-        ax.plot([row["auto_return_step"]], [row["auto_psnr"]], "o", color="red",
-                label=f"auto result {row['auto_psnr']:.2f}")
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"PSNR (dB, {row['metric']})")
-    ax.set_title(f"{row['case']} / {row['image']} / seed {row['seed']}")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic_write(path, eval_curve_png(row))
 
 
 # ------------------------------------------------------------------------------- many

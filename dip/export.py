@@ -795,7 +795,7 @@ def _load_code(path: str) -> torch.Tensor:
 def run_render(args: argparse.Namespace) -> int:
     """Run ``dip render``: 0 on success, 2 for bad input.  TorchScript (.pt) and .pt2 files
     are code; render only models you trust."""
-    from dip.io import ImageError, write_image
+    from dip.images import ImageError, write_image
 
     try:
         z = _load_code(args.z) if args.z else None

@@ -32,7 +32,7 @@ class ResumableFit:
         state: the engine's ``dip.engine.FitState`` (``resume`` of :func:`dip.fit.fit`).
         recipe: the ``dip.recipes.Recipe`` or None; task: its task ("denoise", ...) or "";
         options: the options recorded with the checkpoint (e.g. the command line's);
-        image_info: ``dip.io.ImageInfo`` dict of the input image (may be empty).
+        image_info: ``dip.images.ImageInfo`` dict of the input image (may be empty).
     """
 
     y: torch.Tensor

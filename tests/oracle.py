@@ -432,10 +432,10 @@ def block_mask(h: int, w: int) -> torch.Tensor:
 
 def write_image(path: str | Path, h: int, w: int, layout: str = "RGB", bits: int = 8,
                 seed: int = 0) -> torch.Tensor:
-    """Write a :func:`smooth_image` (same seed, same pixels) to ``path`` with ``dip.io`` (format
+    """Write a :func:`smooth_image` (same seed, same pixels) to ``path`` with ``dip.images`` (format
     from the suffix) and return its pixels (C, H, W) float32; ``layout`` "L", "LA", "RGB" or
     "RGBA" (alpha random, drawn after the pixels), ``bits`` 8 or 16."""
-    from dip import io
+    from dip import images as io
 
     g = torch.Generator().manual_seed(seed)
     image = _smooth(h, w, 1 if layout in ("L", "LA") else 3, g)
@@ -445,8 +445,8 @@ def write_image(path: str | Path, h: int, w: int, layout: str = "RGB", bits: int
 
 
 def write_mask(path: str | Path, h: int, w: int) -> torch.Tensor:
-    """Write :func:`block_mask` to ``path`` with ``dip.io`` and return it (1, H, W)."""
-    from dip import io
+    """Write :func:`block_mask` to ``path`` with ``dip.images`` and return it (1, H, W)."""
+    from dip import images as io
 
     mask = block_mask(h, w)
     io.write_image(path, mask)

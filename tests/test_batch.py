@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dip import cli, io
+from dip import cli
+from dip import images as io
 from dip.batch import BatchError, Command, CommandRunner, ImageJob, Manifest, plan, read_manifest, run_batch, state
 from tests import oracle
 

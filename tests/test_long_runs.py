@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from dip import checkpoint, cli, io, models, resume
+from dip import checkpoint, cli, images as io, models, resume
 from dip.fit import FitConfig, fit, generator_geometry
 from dip.inputs import make_input
 from dip.physics import Identity

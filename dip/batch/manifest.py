@@ -13,9 +13,11 @@ import io
 import json
 import logging
 import os
-import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Sequence
+from typing import Any
+
+from dip.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +26,10 @@ SUMMARY_NAME = "summary.csv"
 SUMMARY_FIELDS = ("image", "status", "mode", "attempt", "exit_code", "steps", "psnr", "seconds", "output", "error")
 
 
-def read_manifest(path: Path) -> List[Dict[str, Any]]:
+def read_manifest(path: Path) -> list[dict[str, Any]]:
     """The records of the manifest at ``path`` (empty when missing); a torn last line (a
     writer killed mid-write) is skipped with a warning."""
-    records = []
+    records: list[dict[str, Any]] = []
     try:
         with open(path, encoding="utf-8") as fh:
             lines = fh.readlines()
@@ -52,7 +54,7 @@ class Manifest:
 
     def __init__(self, outdir: Path):
         self.path = Path(outdir) / MANIFEST_NAME
-        self._attempts: Dict[str, int] = {}
+        self._attempts: dict[str, int] = {}
         for record in read_manifest(self.path):
             key = record.get("image")
             if key:
@@ -62,7 +64,7 @@ class Manifest:
         """How many attempts at ``image`` (its absolute path) the manifest holds."""
         return self._attempts.get(image, 0)
 
-    def append(self, record: Dict[str, Any]) -> Dict[str, Any]:
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
         """Number the attempt (``attempt``: 1 for the image's first), append it, flush it to
         disk; returns the record with ``attempt`` set."""
         image = record["image"]
@@ -76,27 +78,17 @@ class Manifest:
         return record
 
 
-def write_summary_csv(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
-    """Write ``rows`` (``SUMMARY_FIELDS``) as CSV, atomically."""
+def write_summary_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write ``rows`` (``SUMMARY_FIELDS``) as CSV (UTF-8, ``\\r\\n`` line ends), atomically."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_FIELDS})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, buf.getvalue())
 
 
-def format_table(rows: Iterable[Dict[str, Any]]) -> str:
+def format_table(rows: Iterable[dict[str, Any]]) -> str:
     """A plain-text table of the batch: image, status, steps, PSNR (dB), seconds, output."""
     header = ("image", "status", "steps", "psnr", "seconds", "output")
     body = []
@@ -112,7 +104,7 @@ def format_table(rows: Iterable[Dict[str, Any]]) -> str:
                      "" if secs is None else f"{float(secs):.1f}",
                      row.get("output") or ""))
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in body]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in body]
     return "\n".join(lines)

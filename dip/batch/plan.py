@@ -1,7 +1,7 @@
 """Which images a batch restores, with their masks, ground truths and output files.
 
 Inputs are files, folders (the image files directly inside, sorted by name; not recursive) or
-glob patterns. Files are recognised as images by their suffix (``dip.io.SUPPORTED_SUFFIXES``);
+glob patterns. Files are recognised as images by their suffix (``dip.images.SUPPORTED_SUFFIXES``);
 other files inside folders are ignored silently, named or matched ones are reported. Every image
 gets the files ``OUTDIR/<stem>.<ext>`` (the restored image), ``OUTDIR/<stem>.json`` (the fit's
 report), ``OUTDIR/<stem>.ckpt`` (its checkpoint) and ``OUTDIR/<stem>.log`` (the fit's messages),
@@ -63,9 +63,9 @@ class ImageJob:
 
 
 def _supported_suffixes() -> tuple[str, ...]:
-    from dip import io
+    from dip import images
 
-    return tuple(sorted(io.SUPPORTED_SUFFIXES))
+    return tuple(sorted(images.SUPPORTED_SUFFIXES))
 
 
 def _is_image_name(path: Path) -> bool:

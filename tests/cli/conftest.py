@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dip
-from dip import io
+from dip import images
 
 # the subprocess imports the same dip as this test process (source tree or installed package)
 DIP_ROOT = Path(dip.__file__).resolve().parents[1]
@@ -34,14 +34,14 @@ def make_image(path, h, w, layout="RGB", bits=8, seed=0):
     base = torch.rand(channels, max(h // 4, 2), max(w // 4, 2), generator=g)
     image = torch.nn.functional.interpolate(base[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     alpha = torch.rand(1, h, w, generator=g) if "A" in layout else None
-    io.write_image(path, image, io.ImageInfo(layout, bits, alpha=alpha))
+    images.write_image(path, image, images.ImageInfo(layout, bits, alpha=alpha))
     return image
 
 
 def make_mask(path, h, w):
     mask = torch.ones(1, h, w)
     mask[:, h // 4: h // 2, w // 4: 3 * w // 4] = 0
-    io.write_image(path, mask)
+    images.write_image(path, mask)
     return mask
 
 

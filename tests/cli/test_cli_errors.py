@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dip import cli, io
+from dip import cli, images
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def files(tmp_path, image_maker, mask_maker):
     data = (tmp_path / "img.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     (tmp_path / "adir").mkdir()
-    io.write_image(tmp_path / "zeros.png", torch.zeros(1, 20, 24))
+    images.write_image(tmp_path / "zeros.png", torch.zeros(1, 20, 24))
     return tmp_path
 
 
@@ -98,7 +98,7 @@ def test_device_cuda_without_cuda(files, capsys):
 
 def test_image_too_large_for_memory(files, capsys, monkeypatch):
     """The estimate is compared with the available memory before fitting."""
-    monkeypatch.setattr(cli, "_available_memory", lambda device: 1 << 20)
+    monkeypatch.setattr(cli.memory, "available_memory", lambda device: 1 << 20)
     code = cli.main(["denoise", str(files / "img.png"), "-o", str(files / "out.png")])
     _check(capsys, code, "too large for this machine")
     assert not (files / "out.png").exists()
@@ -123,3 +123,45 @@ def test_subprocess_bad_input(tmp_path, dip_run, image_maker):
     assert proc.returncode == 2
     assert "no such file" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.fixture
+def checkpoint(files):
+    """A finished 1-step fit of img.png with its checkpoint, as (folder, ckpt path)."""
+    out = files / "fit.png"
+    assert cli.main(["denoise", str(files / "img.png"), "-o", str(out), "--steps", "1", "--stop", "steps",
+                     "--checkpoint", str(files / "fit.ckpt"), "-q"]) == 0
+    return files / "fit.ckpt"
+
+
+RESUME_CASES = [
+    # the fit commands' checks and messages, word for word
+    ("frames without save-every", "--frames {d}/fr", "--frames needs --save-every N"),
+    ("save-every without frames", "--save-every 1", "--save-every needs --frames DIR"),
+    ("plot not png", "--plot {d}/p.pdf", "the plot is written as PNG"),
+    ("16 bits in a JPEG", "--bit-depth 16 -o {d}/r.jpg", "8 bits per sample"),
+    ("report folder missing", "--report {d}/no/r.json", "does not exist"),
+    ("gt size differs", "--gt {d}/mask_small.png", "ground truth is 24x19"),
+    ("two outputs one file", "-o {d}/r.png --report {d}/r.png --force", "name the same file"),
+]
+
+
+@pytest.mark.parametrize("name,tail,needle", RESUME_CASES, ids=[c[0] for c in RESUME_CASES])
+def test_resume_checks_outputs_like_a_fit(files, checkpoint, capsys, name, tail, needle):
+    before = checkpoint.read_bytes()
+    code = cli.main(["resume", str(checkpoint), "--steps", "2", *tail.format(d=files).split()])
+    _check(capsys, code, needle)
+    assert checkpoint.read_bytes() == before and not (files / "r.png").exists()
+
+
+def test_resume_takes_every_output_option_of_a_fit():
+    """One declaration of the output options serves both: same flags, same destinations."""
+    import argparse
+
+    def output_options(argv):
+        parser = cli.build_parser()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        group = next(g for g in sub.choices[argv]._action_groups if g.title == "output")
+        return {(tuple(a.option_strings), a.dest) for a in group._group_actions}
+
+    assert output_options("resume") == output_options("denoise")

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
 from PIL import Image
 
-from dip import io
+from dip import images
 
 
 def _ok(proc):
@@ -25,7 +27,7 @@ def test_denoise_odd_size_with_everything(tmp_path, dip_run, image_maker):
                    "--save-every", 1, "--frames", frames, "--stop", "steps", "--seed", 3,
                    env={"DIP_PROGRESS": "1"})
     _ok(proc)
-    image, info = io.read_image(out)
+    image, info = images.read_image(out)
     assert image.shape == (3, 27, 33) and (info.mode, info.bit_depth) == ("RGB", 8)
     data = json.loads(report.read_text())
     for key in ("task", "recipe", "steps", "seconds", "ms_per_step", "psnr", "ssim", "stop_reason",
@@ -48,7 +50,7 @@ def test_jpeg_grey_input(tmp_path, dip_run, image_maker):
     Image.open(src).save(tmp_path / "in.jpg", quality=30)
     out = tmp_path / "out.png"
     _ok(dip_run("jpeg", tmp_path / "in.jpg", "-o", out, "--steps", 2, "--quiet", module="dip.cli"))
-    image, info = io.read_image(out)
+    image, info = images.read_image(out)
     assert image.shape == (1, 25, 31) and (info.mode, info.bit_depth) == ("L", 8)
 
 
@@ -56,7 +58,7 @@ def test_sr_rgba_20x24_to_80x96(tmp_path, dip_run, image_maker):
     src, out = tmp_path / "lr.png", tmp_path / "hr.png"
     image_maker(src, 20, 24, "RGBA")
     _ok(dip_run("sr", src, "--factor", 4, "-o", out, "--steps", 2, "-q"))
-    image, info = io.read_image(out)
+    image, info = images.read_image(out)
     assert image.shape == (3, 80, 96) and (info.mode, info.bit_depth) == ("RGBA", 8)
     assert info.alpha.shape == (1, 80, 96)
 
@@ -66,7 +68,7 @@ def test_inpaint_16bit_rgb(tmp_path, dip_run, image_maker, mask_maker):
     image = image_maker(src, 24, 30, "RGB", bits=16)
     mask_maker(mask, 24, 30)
     _ok(dip_run("inpaint", src, "--mask", mask, "-o", out, "--steps", 2, "-q"))
-    restored, info = io.read_image(out)
+    restored, info = images.read_image(out)
     assert restored.shape == (3, 24, 30) and (info.mode, info.bit_depth) == ("RGB", 16)
     assert not torch.equal(restored, image)
 
@@ -76,7 +78,7 @@ def test_restore_16bit_grey_tiff(tmp_path, dip_run, image_maker, mask_maker):
     image_maker(src, 21, 25, "L", bits=16)
     mask_maker(mask, 21, 25)
     _ok(dip_run("restore", src, "--mask", mask, "-o", out, "--steps", 2, "-q"))
-    restored, info = io.read_image(out)
+    restored, info = images.read_image(out)
     assert restored.shape == (1, 21, 25) and (info.mode, info.bit_depth, info.format) == ("L", 16, "TIFF")
 
 
@@ -85,7 +87,7 @@ def test_flash(tmp_path, dip_run, image_maker):
     image_maker(flash, 26, 22, "RGB", seed=1)
     image_maker(noflash, 26, 22, "RGB", seed=2)
     _ok(dip_run("flash", "--flash", flash, "--noflash", noflash, "-o", out, "--steps", 2, "-q"))
-    image, info = io.read_image(out)
+    image, info = images.read_image(out)
     assert image.shape == (3, 26, 22) and info.mode == "RGB"
 
 
@@ -101,7 +103,7 @@ def test_in_process_variants(tmp_path, image_maker, argv_tail, shape, mode, bits
     image_maker(src, 15, 17, "RGB")
     command, *options = argv_tail
     assert main([command, str(src), "-o", str(out), "--steps", "2", "-q", *options]) == 0
-    image, info = io.read_image(out)
+    image, info = images.read_image(out)
     assert image.shape == shape and (info.mode, info.bit_depth) == (mode, bits)
 
 
@@ -132,5 +134,23 @@ def test_sr_gt_reports_bicubic_baseline_and_16bit_jpeg_note(tmp_path, image_make
     assert (data["mode"], data["bit_depth"], data["size_out"]) == ("RGB", 8, [24, 28])
     err = capsys.readouterr().err
     assert "note" in err and "8 bits" in err  # shown despite --quiet
-    _, info = io.read_image(out)
+    _, info = images.read_image(out)
     assert info.bit_depth == 8
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
+def test_outputs_take_the_umask(tmp_path, image_maker):
+    """Image, report, plot and checkpoint are readable by others under umask 022 (not 0600)."""
+    from dip.cli import main
+
+    src = tmp_path / "in.png"
+    image_maker(src, 12, 14, "RGB")
+    outs = [tmp_path / n for n in ("out.png", "r.json", "p.png", "fit.ckpt")]
+    old = os.umask(0o022)
+    try:
+        assert main(["denoise", str(src), "-o", str(outs[0]), "--report", str(outs[1]), "--plot", str(outs[2]),
+                     "--checkpoint", str(outs[3]), "--steps", "1", "-q"]) == 0
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in outs} == {p.name: 0o644 for p in outs}
+    assert outs[2].read_bytes().startswith(b"\x89PNG")

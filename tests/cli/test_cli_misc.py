@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from dip import cli, io
+from dip import cli, images
 
 
 def test_demo(tmp_path, dip_run):
@@ -15,7 +15,7 @@ def test_demo(tmp_path, dip_run):
     assert proc.returncode == 0, proc.stderr
     assert "gain" in proc.stdout and "PSNR" in proc.stdout
     for name in ("clean", "noisy", "restored"):
-        image, info = io.read_image(tmp_path / f"dip-demo-{name}.png")
+        image, info = images.read_image(tmp_path / f"dip-demo-{name}.png")
         assert image.shape == (3, 64, 64) and info.mode == "RGB"
 
 
@@ -26,7 +26,7 @@ def test_demo_missing_outdir(tmp_path, capsys):
 
 def test_bundled_image_and_licence():
     path = cli.example_image_path()
-    image, info = io.read_image(path)
+    image, info = images.read_image(path)
     assert image.shape == (3, 96, 96) and path.stat().st_size < 60_000
     assert "public domain" in (path.parent / "README.md").read_text().lower()
 

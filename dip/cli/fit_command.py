@@ -1,0 +1,248 @@
+"""The fit commands: ``dip denoise | jpeg | sr | inpaint | restore | flash``.
+
+``prepare`` reads the inputs and checks everything that can be checked before fitting (files,
+sizes, options, device, memory) into a ``Job``; ``run`` hands it to ``dip.cli.job.execute``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from dip.cli import checks, memory
+from dip.cli.argtypes import factor
+from dip.cli.errors import UsageError
+from dip.cli.job import Job, execute
+from dip.cli.options import add_fit_options
+
+#: fit command -> the physics kind its recipes must have
+TASKS = {
+    "denoise": "identity",
+    "jpeg": "identity",
+    "sr": "downsample",
+    "inpaint": "mask",
+    "restore": "mask",
+    "flash": "identity",
+}
+
+log = logging.getLogger("dip.cli")
+
+
+def add_parsers(sub) -> None:
+    """One subparser per fit command, each with its inputs and ``add_fit_options``."""
+    p = sub.add_parser("denoise", help="remove noise")
+    p.add_argument("input", help="noisy image")
+    add_fit_options(p)
+
+    p = sub.add_parser("jpeg", help="remove JPEG compression artefacts")
+    p.add_argument("input", help="image with artefacts")
+    add_fit_options(p)
+
+    p = sub.add_parser("sr", help="super-resolution: enlarge by an integer factor")
+    p.add_argument("input", help="low-resolution image")
+    p.add_argument("--factor", type=factor, default=4, help="enlargement factor, a whole number >= 2 (default 4)")
+    add_fit_options(p)
+
+    for name, what in (("inpaint", "fill masked regions (text, holes)"), ("restore", "restore missing pixels")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("input", help="image with missing pixels")
+        p.add_argument("--mask", required=True, metavar="M",
+                       help="mask image of the same size: non-zero = known pixel, zero = missing")
+        p.add_argument("--mask-invert", action="store_true", help="non-zero = missing pixel instead")
+        add_fit_options(p)
+
+    p = sub.add_parser("flash", help="flash / no-flash: a no-flash image with the flash image's detail")
+    p.add_argument("--flash", required=True, metavar="F", help="image taken with flash (the network's input)")
+    p.add_argument("--noflash", required=True, metavar="N", help="image taken without flash (the target)")
+    add_fit_options(p)
+
+
+def _recipe_matches(recipe, task: str) -> bool:
+    return recipe.physics.get("name") == TASKS[task] and (task == "flash") == (recipe.input_kind == "image")
+
+
+def _fit_overrides(args) -> dict[str, Any]:
+    """The FitConfig fields the command line sets."""
+    overrides: dict[str, Any] = {}
+    for arg, field in (("steps", "steps"), ("lr", "lr"), ("reg_noise", "reg_noise_std"), ("seed", "seed"),
+                       ("stop", "stop"), ("precision", "precision")):
+        value = getattr(args, arg, None)
+        if value is not None:
+            overrides[field] = value
+    if getattr(args, "compile", False):
+        from dip.fit import FitConfig
+
+        if "compile" not in {f.name for f in dataclasses.fields(FitConfig)}:
+            raise UsageError("--compile is not supported by this version of dip", "run without --compile")
+        overrides["compile"] = True
+    return overrides
+
+
+def recipe_for(task: str, args) -> Any:
+    """The recipe a fit command's parsed ``args`` ask for, with their overrides applied.
+
+    Raises UsageError (unknown recipe or net, a recipe of another task, a bad override); used
+    by ``dip batch`` to check a batch's options before any fit starts."""
+    from dip import models, recipes
+
+    name = args.recipe or recipes.DEFAULT_FOR_TASK[task]
+    if task == "sr" and args.recipe is None and f"sr{args.factor}" in recipes.names():
+        name = f"sr{args.factor}"
+    if name not in recipes.names():
+        raise UsageError(f"unknown recipe {name!r}", f"choose one of: {', '.join(recipes.names())}")
+    if args.net is not None and args.net not in models.names():
+        raise UsageError(f"unknown net {args.net!r}", f"choose one of: {', '.join(models.names())}")
+    fit_overrides = _fit_overrides(args)
+    try:
+        recipe = recipes.get(name, net=args.net, factor=getattr(args, "factor", None) if task == "sr" else None,
+                             **fit_overrides)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"recipe {name!r}: {exc}") from None
+    if not _recipe_matches(recipe, task):
+        fitting = [n for n in recipes.names() if _recipe_matches(recipes.get(n), task)]
+        raise UsageError(f"recipe {name!r} is for the {recipe.task} task, not {task}",
+                         f"for '{task}' choose one of: {', '.join(fitting)}")
+    return recipe
+
+
+@dataclasses.dataclass
+class _Inputs:
+    observation: Any  # (C, h, w)
+    info: Any
+    mask: Any = None  # (1, h, w)
+    flash: Any = None  # (C, h, w)
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _read_flash(args) -> _Inputs:
+    noflash, info = checks.read_image_arg(args.noflash, "--noflash")
+    flash, _ = checks.read_image_arg(args.flash, "--flash")
+    if flash.shape[-2:] != noflash.shape[-2:]:
+        raise UsageError(f"the flash image is {checks.hw(flash)} but the no-flash image is {checks.hw(noflash)}",
+                         "both must have the same size")
+    return _Inputs(noflash, info, flash=checks.match_channels(flash, noflash.shape[0]),
+                   files={"flash": args.flash, "noflash": args.noflash})
+
+
+def _read_mask(args, observation):
+    from dip import images
+
+    try:
+        mask = images.read_mask(args.mask, invert=args.mask_invert)
+    except images.ImageError as exc:
+        raise UsageError(f"--mask: {exc}") from None
+    if mask.shape[-2:] != observation.shape[-2:]:
+        raise UsageError(f"the mask is {checks.hw(mask)} but the image is {checks.hw(observation)}",
+                         "the mask must have the image's size (non-zero = known pixel)")
+    if float(mask.sum()) == 0:
+        raise UsageError("the mask marks no pixel as known (it is all zero)",
+                         "non-zero = known pixel; use --mask-invert if your mask marks the missing pixels")
+    return mask
+
+
+def _read_inputs(task: str, args) -> _Inputs:
+    """The observation (and flash image or mask) of ``task``, read and checked against each other."""
+    if task == "flash":
+        return _read_flash(args)
+    observation, info = checks.read_image_arg(args.input, "input")
+    inputs = _Inputs(observation, info, files={"input": args.input})
+    if task in ("inpaint", "restore"):
+        inputs.mask = _read_mask(args, observation)
+        inputs.files["mask"] = args.mask
+    return inputs
+
+
+def _check_operator(recipe, lr_hw: tuple[int, int], hr_hw: tuple[int, int]) -> None:
+    """The super-resolution operator must map the output size back to the input size."""
+    import torch
+
+    from dip.physics import from_config
+
+    op = from_config(recipe.physics)
+    with torch.no_grad():
+        got = tuple(op(torch.zeros(1, 1, *hr_hw)).shape[-2:])
+    if got != tuple(lr_hw):
+        factor = recipe.physics.get("factor")
+        raise UsageError(f"--factor {factor}: the downsampling operator maps {hr_hw[1]}x{hr_hw[0]} to "
+                         f"{got[1]}x{got[0]}, not to the input's {lr_hw[1]}x{lr_hw[0]}",
+                         "use an even factor such as 2, 4 or 8")
+
+
+def _output_size(recipe, observation, max_megapixels: float | None) -> tuple[int, int]:
+    """(H, W) of the restored image; checks the sr operator and --max-megapixels."""
+    h, w = (int(s) for s in observation.shape[-2:])
+    scale = int(recipe.physics.get("factor", 1)) if recipe.physics.get("name") == "downsample" else 1
+    out_hw = (h * scale, w * scale)
+    if scale > 1:
+        _check_operator(recipe, (h, w), out_hw)
+    megapixels = out_hw[0] * out_hw[1] / 1e6
+    if max_megapixels is not None and megapixels > max_megapixels:
+        raise UsageError(f"the restored image would be {out_hw[1]}x{out_hw[0]} = {megapixels:.2f} megapixels, "
+                         f"over --max-megapixels {max_megapixels:g}", "use a smaller image or raise the limit")
+    return out_hw
+
+
+def _check_memory(recipe, out_hw: tuple[int, int], inputs: _Inputs, device: str) -> int | None:
+    """The memory estimate (bytes, None when it failed); UsageError when it exceeds what is available."""
+    in_channels = int(inputs.flash.shape[0]) if inputs.flash is not None else None
+    try:
+        estimate = memory.estimate_fit_memory(recipe, out_hw, int(inputs.observation.shape[0]), in_channels)
+    except Exception as exc:  # the estimate is advisory: never block a fit because it failed
+        log.debug("memory estimate failed: %s", exc)
+        return None
+    available = memory.available_memory(device)
+    if available is not None and estimate > available:
+        raise UsageError(f"the image is too large for this machine: fitting {out_hw[1]}x{out_hw[0]} needs about "
+                         f"{memory.format_bytes(estimate)}, {memory.format_bytes(available)} of {device} memory "
+                         "is available", "use a smaller image (crop or resize), or a machine with more memory")
+    return estimate
+
+
+def _recorded_options(args, task: str) -> dict[str, Any]:
+    """The command's options as JSON-like values, recorded in checkpoints."""
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("argv", "process_wide") and isinstance(v, (str, int, float, bool, type(None)))}
+    options["task"] = task
+    return options
+
+
+def prepare(task: str, args) -> Job:
+    """All checks and loading before the fit; raises UsageError."""
+    recipe = recipe_for(task, args)
+    force = bool(args.force)
+    outputs = checks.check_outputs(args, args.output, output_force=force, checkpoint_force=force)
+    checkpoint_path = outputs.checkpoint or checks.implicit_checkpoint(outputs.output, force)
+    device = checks.resolve_device(args.device)
+    checks.apply_threads(args.threads)
+
+    inputs = _read_inputs(task, args)
+    out_hw = _output_size(recipe, inputs.observation, args.max_megapixels)
+    gt = None
+    if args.gt is not None:
+        gt = checks.read_ground_truth(args.gt, out_hw, int(inputs.observation.shape[0]))
+        inputs.files["gt"] = args.gt
+    estimate = _check_memory(recipe, out_hw, inputs, device)
+
+    recipe.fit = recipe.fit.updated(device=device)
+    job = Job(task=task, recipe=recipe, observation=inputs.observation, info=inputs.info, out_hw=out_hw,
+              mask=inputs.mask, flash=inputs.flash, gt=gt, output=outputs.output, report=outputs.report,
+              plot=outputs.plot, frames=outputs.frames, device=device, memory_estimate=estimate,
+              inputs=inputs.files, checkpoint_path=checkpoint_path,
+              checkpoint_requested=outputs.checkpoint is not None or args.checkpoint_every is not None,
+              checkpoint_every=args.checkpoint_every, options=_recorded_options(args, task),
+              title=f"dip {task} ({recipe.name})")
+    mask4 = None if job.mask is None else job.mask[None]
+
+    def runner(callbacks, **fit_kwargs):
+        from dip import recipes
+
+        return recipes.run(job.recipe, job.observation, mask=mask4, flash=job.flash, gt=job.gt,
+                           callbacks=callbacks, **fit_kwargs)
+
+    job.runner = runner
+    return job
+
+
+def run(task: str, args) -> int:
+    """``dip TASK ...``: prepare, then fit and write."""
+    return execute(prepare(task, args), args)

@@ -1,0 +1,101 @@
+"""``dip info``: version, native ops, torch, threads, CUDA, recipes and optional packages."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from dip.cli.errors import EXIT_OK
+
+
+def example_image_path() -> Path:
+    """Path of the bundled example image (96x96 RGB PNG, public domain; see dip/data/README.md)."""
+    return Path(__file__).resolve().parents[1] / "data" / "astronaut.png"
+
+
+def native_status() -> tuple[bool, str]:
+    """Whether the native ops are loaded, and ``dip.ops.native_status()``'s account of it."""
+    try:
+        from dip import ops
+
+        return bool(ops.has_native()), str(ops.native_status())
+    except Exception as exc:  # reporting must not fail a finished fit
+        return False, f"unknown ({exc})"
+
+
+def info_dict() -> dict[str, Any]:
+    """What ``dip info`` shows."""
+    import torch
+
+    from dip._version import __version__
+
+    native, why = native_status()
+    cuda = torch.cuda.is_available()
+    out: dict[str, Any] = {
+        "dip": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "native_ops": native,
+        "native_status": why,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_count": os.cpu_count(),
+        "cuda_available": cuda,
+        "cuda_version": torch.version.cuda,
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "example_image": str(example_image_path()),
+    }
+    try:
+        from dip import models, recipes
+
+        out["recipes"] = recipes.names()
+        out["nets"] = models.names()
+    except Exception as exc:  # info must work on a damaged install
+        out["recipes_error"] = str(exc)
+    for name in ("onnx", "onnxruntime", "safetensors", "tifffile", "imageio"):
+        try:
+            module = __import__(name)
+            out.setdefault("optional", {})[name] = getattr(module, "__version__", "installed")
+        except ImportError:
+            out.setdefault("optional", {})[name] = None
+    return out
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help="version, native ops, torch, threads, CUDA")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("--debug", action="store_true")
+
+
+def _lines(data: dict[str, Any]) -> list:
+    lines = [
+        f"dip {data['dip']}  (python {data['python']}, torch {data['torch']})",
+        "native ops: " + (data["native_status"] if data["native_ops"] else f"not loaded — {data['native_status']}"),
+        f"threads: {data['threads']} (interop {data['interop_threads']}, OMP_NUM_THREADS="
+        f"{data['omp_num_threads'] or 'unset'}, {data['cpu_count']} CPUs)",
+        "CUDA: " + (f"available, CUDA {data['cuda_version']}: {', '.join(data['cuda_devices'])}"
+                    if data["cuda_available"] else
+                    f"not available (torch built with CUDA {data['cuda_version']})" if data["cuda_version"]
+                    else "not available (CPU-only torch)"),
+    ]
+    if "recipes" in data:
+        lines.append(f"recipes: {', '.join(data['recipes'])}")
+        lines.append(f"nets: {', '.join(data['nets'])}")
+    else:
+        lines.append(f"recipes: unavailable ({data['recipes_error']})")
+    opt = ", ".join(f"{k} {v}" if v else f"{k} missing" for k, v in data["optional"].items())
+    lines.append(f"optional: {opt}")
+    return lines
+
+
+def run(args) -> int:
+    """``dip info [--json]``."""
+    data = info_dict()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print("\n".join(_lines(data)))
+    return EXIT_OK

@@ -1,0 +1,168 @@
+"""What every fitting command does once its inputs are checked: ``Job`` and ``execute``.
+
+A fit command (``dip.cli.fit_command``) or ``dip resume`` (``dip.cli.resume_command``)
+checks and loads everything into a ``Job``; ``execute`` fits it with the progress bar and
+frames as callbacks, then writes the image, the report, the plot and the checkpoint
+(each atomically), and on SIGINT/SIGTERM the image so far and the checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dip.cli.checks import hw
+from dip.cli.errors import EXIT_OK, say
+from dip.cli.memory import format_bytes
+from dip.cli.progress import FrameSaver, ProgressBar
+from dip.cli.report import build_report, report_bytes, written_form
+
+
+@dataclasses.dataclass
+class Job:
+    """Everything a fit command checked and loaded before fitting."""
+
+    task: str
+    recipe: Any
+    observation: Any  # (C, h, w)
+    info: Any  # ImageInfo of the image whose form the output takes
+    out_hw: tuple[int, int]
+    mask: Any = None  # (1, H, W)
+    flash: Any = None  # (C, H, W)
+    gt: Any = None  # (C, H, W)
+    output: Path | None = None
+    report: Path | None = None
+    plot: Path | None = None
+    frames: Path | None = None
+    device: str = "cpu"
+    memory_estimate: int | None = None
+    allocator_tuned: bool = False
+    inputs: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: where checkpoints go (--checkpoint, or OUT.ckpt); written at the end only when
+    #: ``checkpoint_requested``, mid-fit every ``checkpoint_every`` steps, and on interruption
+    checkpoint_path: Path | None = None
+    checkpoint_requested: bool = False
+    checkpoint_every: int | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: runs the fit: ``runner(callbacks, **fit_kwargs) -> FitResult``
+    runner: Callable[..., Any] | None = None
+    title: str = ""
+
+
+def tune_process(args) -> bool:
+    """Process-wide speed settings for a command-line fit; False when not applied."""
+    if not getattr(args, "process_wide", False):
+        return False
+    from dip import runtime
+
+    return bool(runtime.configure_allocator())
+
+
+def save_checkpoint(job: Job, result) -> None:
+    """Write ``result`` (finished, interrupted or mid-fit) to the job's checkpoint, atomically."""
+    from dip import checkpoint
+
+    payload = checkpoint.payload_from_result(result, recipe=job.recipe, observation=job.observation[None],
+                                             image_info=job.info, options=job.options)
+    checkpoint.save(job.checkpoint_path, payload)
+
+
+def _fit(job: Job, args, stop_event=None):
+    """Run the job's fit with the progress bar (and --save-every frames) as callbacks."""
+    callbacks: list[Callable] = []
+    bar = ProgressBar.for_command(job.recipe.fit.steps, quiet=bool(args.quiet), desc=job.task)
+    callbacks.append(bar)
+    if job.frames is not None:
+        job.frames.mkdir(exist_ok=True)
+        callbacks.append(FrameSaver(job.frames, args.save_every))
+    fit_kwargs: dict[str, Any] = {"stop_event": stop_event}
+    if job.checkpoint_every is not None:
+        fit_kwargs["checkpoint_every"] = job.checkpoint_every
+        fit_kwargs["on_checkpoint"] = lambda partial: save_checkpoint(job, partial)
+    try:
+        return job.runner(callbacks, **fit_kwargs)
+    finally:
+        bar.close()
+
+
+def _baseline(job: Job):
+    """What the restoration is compared with: the observation itself, or for super-resolution
+    its bicubic enlargement. (C, H, W) at the output size."""
+    import torch
+
+    if tuple(job.observation.shape[-2:]) == tuple(job.out_hw):
+        return job.observation
+    up = torch.nn.functional.interpolate(job.observation[None], size=job.out_hw, mode="bicubic",
+                                         align_corners=False)
+    return up[0].clamp(0, 1)
+
+
+def _write_outputs(job: Job, args, result, interrupted: bool) -> float | None:
+    """The image, then the report, plot and checkpoint as asked; returns the input's PSNR
+    against --gt (None without it)."""
+    from dip import images, metrics
+    from dip.files import atomic_write
+    from dip.plots import fit_curves_png
+
+    image = result.image[0].clamp(0, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", images.ImageWarning)
+        images.write_image(job.output, image, job.info, bit_depth=args.bit_depth)
+    for w in caught:  # shown even with --quiet: the file differs from what was asked
+        sys.stderr.write(f"dip: note: {w.message}\n")
+    psnr_input = metrics.psnr(_baseline(job), job.gt) if job.gt is not None else None
+    if job.report is not None:
+        atomic_write(job.report, report_bytes(build_report(job, args, result, psnr_input)))
+    if job.plot is not None:
+        stop_step = result.returned_step if result.stop_reason == "auto" else None
+        atomic_write(job.plot, fit_curves_png(result.history, title=job.title, stop_step=stop_step))
+    if job.checkpoint_requested or interrupted:
+        save_checkpoint(job, result)
+    return psnr_input
+
+
+def _summary(job: Job, args, result, psnr_input: float | None) -> str:
+    """The line printed after a finished fit: what was written, how long it took, PSNR/SSIM."""
+    mode, bits = written_form(job.output, job.info, args.bit_depth)
+    line = (f"wrote {job.output} ({job.out_hw[1]}x{job.out_hw[0]}, {mode}, {bits}-bit): "
+            f"{result.steps_run} steps in {result.seconds:.1f} s ({result.ms_per_step:.0f} ms/step)")
+    if result.stop_reason == "auto":
+        line += f", stopped automatically; image of step {result.returned_step}"
+    if result.recoveries:
+        line += f", {result.recoveries} recover{'y' if result.recoveries == 1 else 'ies'}"
+    if result.psnr is not None:
+        base = "bicubic" if job.task == "sr" else "input"
+        line += f"; PSNR {result.psnr:.2f} dB" + (f" ({base} {psnr_input:.2f} dB)" if psnr_input is not None else "")
+        if result.ssim is not None:
+            line += f", SSIM {result.ssim:.4f}"
+    return line
+
+
+def execute(job: Job, args) -> int:
+    """Fit, then write the image, report, plot and checkpoint; on SIGINT/SIGTERM during the fit,
+    the image so far and the checkpoint, then exit 130/143."""
+    from dip.interrupt import SignalStop
+
+    job.allocator_tuned = tune_process(args)
+    fit_config = job.recipe.fit
+    say(args, f"{job.task}: {hw(job.observation)} -> {job.out_hw[1]}x{job.out_hw[0]}, recipe {job.recipe.name}, "
+              f"{fit_config.steps} steps (stop: {fit_config.stop}), {job.device}, {fit_config.precision}"
+              + (f", about {format_bytes(job.memory_estimate)}" if job.memory_estimate else ""))
+    with SignalStop() as stop:  # signals during the writing below wait for it to finish, too
+        result = _fit(job, args, stop_event=stop)
+        interrupted = result.stop_reason == "interrupted"
+        psnr_input = _write_outputs(job, args, result, interrupted)
+
+    if interrupted:
+        sys.stderr.write(f"dip: {stop.signal_name or 'stop requested'}: stopped after step {result.steps_run} of "
+                         f"{result.config.steps}; wrote the image so far to {job.output} and the checkpoint "
+                         f"{job.checkpoint_path}\ndip: continue with: dip resume {job.checkpoint_path}\n")
+        return stop.exit_code
+    if result.stop_reason == "diverged":
+        sys.stderr.write(f"dip: warning: the fit diverged ({result.stop_detail}); wrote the last good result\n")
+    if not args.quiet:
+        print(_summary(job, args, result, psnr_input))
+    return EXIT_OK
