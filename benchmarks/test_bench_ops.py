@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import dip.ops as ops
+from tests import oracle
 
 THREADS = 1
 ROUNDS = 25  # fixed, generous round counts: the minimum is robust on a busy machine
@@ -61,18 +61,6 @@ def _one_thread(benchmark):
     torch.set_num_threads(previous)
 
 
-def _lanczos2(factor: int) -> torch.Tensor:
-    width = 4 * factor + 1
-    centre = (width + 1) / 2
-    vals = []
-    for i in range(1, width):
-        d = abs(i + 0.5 - centre) / factor
-        vals.append(1.0 if d == 0 else 2 * math.sin(math.pi * d) * math.sin(math.pi * d / 2)
-                    / (math.pi ** 2 * d * d))
-    t = torch.tensor(vals, dtype=torch.float64)
-    return (t / t.sum()).float()
-
-
 def _fwd_bwd(fn, *inputs):
     def step():
         out = fn(*inputs)
@@ -83,26 +71,15 @@ def _fwd_bwd(fn, *inputs):
 
 
 # ----------------------------------------------------------------------------- downsample
-def _dense_downsampler(channels: int, taps: torch.Tensor, factor: int):
-    k = taps.shape[0]
-    conv = torch.nn.Conv2d(channels, channels, k, stride=factor, bias=False)
-    conv.weight.requires_grad_(False)  # the cheaper variant of the original (no weight grad)
-    with torch.no_grad():
-        conv.weight.zero_()
-        for i in range(channels):
-            conv.weight[i, i] = torch.outer(taps, taps)
-    pad = torch.nn.ReplicationPad2d((k - factor) // 2)
-    return lambda x: conv(pad(x))
-
-
 @pytest.mark.benchmark(group="downsample x4 3x512^2 fwd+bwd")
 @pytest.mark.parametrize("impl", ["native", "reference", "original"])
 def test_downsample(benchmark, impl):
-    taps = _lanczos2(4)
+    taps = oracle.lanczos_taps(4).float()
     x = torch.rand(1, 3, 512, 512, requires_grad=True)
     fn = {"native": lambda t: ops.downsample(t, taps, 4),
           "reference": lambda t: ops.downsample_reference(t, taps, 4),
-          "original": _dense_downsampler(3, taps, 4)}[impl]
+          # the cheaper variant of the original: no gradient for the fixed conv weight
+          "original": oracle.Downsampler(3, 4).requires_grad_(False)}[impl]
     out, _ = benchmark.pedantic(_fwd_bwd(fn, x), rounds=ROUNDS, warmup_rounds=2)
     assert out.shape == (1, 3, 128, 128)
 

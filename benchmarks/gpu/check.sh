@@ -12,7 +12,7 @@ TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" D
   timeout 300 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
 $PY -m dip info || exit 1
-timeout 200 $PY -m pytest -q -p no:cacheprovider tests/ops/test_cuda_kernels.py tests/test_cuda_fit.py \
+timeout 200 $PY -m pytest -q -p no:cacheprovider -m cuda tests \
   -x -rfEs 2>&1 | tee "$OUT/tests.log" | tail -25
 echo "tests done: $(( $(date +%s) - start )) s"
 timeout 200 $PY -m pytest -q -p no:cacheprovider benchmarks/test_bench_cuda.py -s \

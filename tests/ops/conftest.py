@@ -6,40 +6,10 @@ evaluated on the CPU in float64 where they compare values.
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 import dip.ops
-
-
-def lanczos2_taps(factor: int) -> torch.Tensor:
-    """The original's Lanczos-2, phase 1/2 1-D taps (sum 1), float64, length 4 * factor."""
-    support, width = 2, 4 * factor + 1
-    centre = (width + 1) / 2
-    values = []
-    for i in range(1, width):
-        d = abs(i + 0.5 - centre) / factor
-        if d == 0:
-            values.append(1.0)
-        else:
-            values.append(support * math.sin(math.pi * d) * math.sin(math.pi * d / support)
-                          / (math.pi ** 2 * d * d))
-    taps = torch.tensor(values, dtype=torch.float64)
-    return taps / taps.sum()
-
-
-def dense_downsample(x: torch.Tensor, taps: torch.Tensor, factor: int) -> torch.Tensor:
-    """The original's construction: replicate padding, then a dense C x C convolution whose
-    weight is the 2-D kernel taps (x) taps on the channel diagonal and zero elsewhere."""
-    c, k = x.shape[1], taps.shape[0]
-    weight = x.new_zeros(c, c, k, k)
-    for i in range(c):
-        weight[i, i] = torch.outer(taps, taps)
-    pad = (k - 1) // 2 if k % 2 else (k - factor) // 2
-    return F.conv2d(F.pad(x, (pad,) * 4, mode="replicate"), weight, stride=factor)
 
 
 @pytest.fixture
@@ -76,16 +46,6 @@ def _close(got: torch.Tensor, want: torch.Tensor, tol: float, what: str = "") ->
 def close():
     """The value comparison of the op tests (see _close)."""
     return _close
-
-
-@pytest.fixture
-def taps_for():
-    return lanczos2_taps
-
-
-@pytest.fixture
-def dense():
-    return dense_downsample
 
 
 class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):

@@ -94,6 +94,7 @@ def test_invalid_request_is_an_error_at_the_first_kernel_call(native):
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("copy", COPIES)
 def test_copy_matches_reference(native, copy):
     """The native-vs-reference tests of every op, in a child process forced to `copy`."""

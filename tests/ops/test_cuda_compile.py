@@ -25,6 +25,7 @@ def _nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
 def test_cuda_sources_compile(tmp_path):
     assert CUDA_SOURCES, "no CUDA sources found under csrc/cuda"
