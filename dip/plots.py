@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["fit_curves_png", "eval_curve_png"]
+__all__ = ["eval_curve_png", "fit_curves_figure", "fit_curves_png"]
 
 
 def _figure(size: tuple[float, float]):
@@ -30,30 +30,62 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def fit_curves_png(history: Mapping[str, Any], *, title: str, stop_step: int | None = None) -> bytes:
-    """Loss (log scale) and PSNR against the step, side by side, 900x360 pixels.
+def _integer_steps(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def fit_curves_png(history: Mapping[str, Any], *, title: str, stop_step: int | None = None,
+                   input_psnr: float | None = None, returned_step: int | None = None,
+                   returned_psnr: float | None = None) -> bytes:
+    """:func:`fit_curves_figure` as PNG bytes."""
+    return _png(fit_curves_figure(history, title=title, stop_step=stop_step, input_psnr=input_psnr,
+                                  returned_step=returned_step, returned_psnr=returned_psnr))
+
+
+def fit_curves_figure(history: Mapping[str, Any], *, title: str, stop_step: int | None = None,
+                      input_psnr: float | None = None, returned_step: int | None = None,
+                      returned_psnr: float | None = None):
+    """Loss (log scale) and PSNR against the step, side by side, 900x360 pixels (a matplotlib
+    ``Figure`` on an Agg canvas).
 
     Args:
         history: a ``FitResult.history``: ``step`` and ``loss`` lists; ``psnr_step``, ``psnr``
             and ``psnr_avg`` (dB) when the fit had a ground truth.
         title: the figure's title.
         stop_step: where automatic stopping returned its image (a dashed line), or None.
+        input_psnr: the observation's PSNR against the ground truth (dB), drawn as a dotted
+            line, or None.
+        returned_step, returned_psnr: the step and PSNR (dB) of the returned image, marked with
+            a dot, or None.
+    Sparse curves (fewer than 30 points) are drawn with markers; step ticks are integers.
     """
     fig = _figure((9, 3.6))
     ax = fig.add_subplot(1, 2, 1)
-    ax.plot(history["step"], history["loss"], lw=0.8)
+    ax.plot(history["step"], history["loss"], lw=0.8, marker="." if len(history["step"]) < 30 else None)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("fit loss")
     ax.grid(alpha=0.3)
+    _integer_steps(ax)
     ax2 = fig.add_subplot(1, 2, 2)
     if history.get("psnr_step"):
-        ax2.plot(history["psnr_step"], history["psnr"], label="output", lw=1)
-        if history.get("psnr_avg") and any(a != b for a, b in zip(history["psnr_avg"], history["psnr"], strict=False)):
-            ax2.plot(history["psnr_step"], history["psnr_avg"], label="averaged", lw=1)
+        marker = "o" if len(history["psnr_step"]) < 30 else None
+        ax2.plot(history["psnr_step"], history["psnr"], label="output", lw=1, marker=marker, ms=3)
+        averaged = history.get("psnr_avg") and any(
+            a != b for a, b in zip(history["psnr_avg"], history["psnr"], strict=False))
+        if averaged:
+            ax2.plot(history["psnr_step"], history["psnr_avg"], label="averaged", lw=1, marker=marker, ms=3)
+        if input_psnr is not None and math.isfinite(input_psnr):
+            ax2.axhline(input_psnr, ls=":", color="grey", lw=0.8, label=f"input {input_psnr:.2f} dB")
+        if returned_step is not None and returned_psnr is not None and math.isfinite(returned_psnr):
+            ax2.plot([returned_step], [returned_psnr], "o", color="red", ms=5,
+                     label=f"returned {returned_psnr:.2f} dB (step {returned_step})")
         ax2.set_ylabel("PSNR (dB)")
-        ax2.legend(loc="lower right")
+        ax2.legend(loc="lower right", fontsize=8)
+        _integer_steps(ax2)
     else:
         ax2.text(0.5, 0.5, "no ground truth (--gt):\nno PSNR", ha="center", va="center", transform=ax2.transAxes)
         ax2.set_xticks([])
@@ -66,7 +98,7 @@ def fit_curves_png(history: Mapping[str, Any], *, title: str, stop_step: int | N
     ax2.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def eval_curve_png(row: Mapping[str, Any]) -> bytes:
