@@ -22,6 +22,14 @@ for ONNX, ``torch.jit.load``, ``torch.export.load``) and compared with the eager
 output; a difference above the tolerance (1e-4) is an :class:`ExportError` and the files
 written by that call are removed.
 
+Every artefact carries a metadata record (input/output names and shapes, value range, crop,
+dip version, recipe, z's shape): ONNX ``metadata_props``, and the extra file ``dip.json`` in
+TorchScript and .pt2 archives; see :mod:`dip.export_metadata`.
+
+onnx, onnxscript and onnxruntime are ordinary dependencies of dip; when one is missing, ONNX
+export and render fail with :class:`~dip.export_metadata.MissingDependencyError`, one line that
+names the package to install.
+
 Security: TorchScript (.pt) and torch.export (.pt2) files are code as much as data; load or
 render only models you trust.  ONNX files are run by onnxruntime.
 """
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import operator as _operator
 import os
@@ -42,6 +51,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from dip import export_metadata as meta
+from dip.export_metadata import MissingDependencyError
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +89,10 @@ class ExportReport:
         output_shape: shape of the exported models' output, (1, C, H, W).
         tolerance: the tolerance verified against.
         extra_files: other files written (e.g. ONNX external data), format -> paths.
+        image_is_average: True when the given image was an average of the fit's outputs (the
+            exported models render the generator's own output G(z), which differs from it by
+            ``image_diff``), False when it was the plain output, None when unknown.
+        metadata: the record written into every artefact (see :mod:`dip.export_metadata`).
     """
 
     paths: dict[str, Path]
@@ -86,6 +102,21 @@ class ExportReport:
     output_shape: tuple[int, ...]
     tolerance: float = TOLERANCE
     extra_files: dict[str, list[Path]] = field(default_factory=dict)
+    image_is_average: bool | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def average_note(self) -> str | None:
+        """The sentence that says the exported model does not render the written image, or None."""
+        if self.image_diff is None:
+            return None
+        levels = f"{self.image_diff:.3g} ({self.image_diff * 255:.1f}/255)"
+        if self.image_is_average:
+            return ("the fit returned the average of its outputs; the exported model renders the generator's "
+                    f"own output G(z), which differs from the written image by up to {levels}")
+        if self.image_diff > self.tolerance:
+            return ("the fit returned another image than the generator's own output G(z); the exported model "
+                    f"renders G(z), which differs from the written image by up to {levels}")
+        return None
 
     def lines(self) -> list[str]:
         """Human-readable summary, one line per artefact plus the image difference."""
@@ -95,13 +126,12 @@ class ExportReport:
                        f"tolerance {self.tolerance:.0e})")
         shape = "x".join(str(s) for s in self.output_shape)
         out.append(f"output: {shape} float32" + (", input: z" if self.input_z else ", no inputs (z baked in)"))
-        if self.image_diff is not None:
-            note = ""
-            if self.image_diff > self.tolerance:
-                note = (" (the fit returned another image than this generator's plain output, e.g. an average "
-                        "of outputs; the exported model renders the generator's image)")
-            out.append(f"max |difference| between the generator's image and the fit's returned image: "
-                       f"{self.image_diff:.2e}{note}")
+        note = self.average_note()
+        if note is not None:
+            out.append(f"note: {note}")
+        elif self.image_diff is not None:
+            out.append(f"the exported model renders the fit's written image (max |difference| "
+                       f"{self.image_diff:.2e})")
         return out
 
 
@@ -316,9 +346,8 @@ def nonstandard_ops(artefact) -> list[str]:
             elif getattr(target, "__module__", None) != _operator.__name__:
                 bad.add(str(target))
         return sorted(bad)
-    import onnx
-
-    if isinstance(artefact, onnx.ModelProto):
+    onnx = sys.modules.get("onnx")  # an onnx.ModelProto exists only once onnx is imported
+    if onnx is not None and isinstance(artefact, onnx.ModelProto):
         bad = {f"{n.domain}::{n.op_type}" for n in artefact.graph.node if n.domain not in _STANDARD_ONNX_DOMAINS}
         bad |= {f"function {f.domain}::{f.name}" for f in artefact.functions}
         return sorted(bad)
@@ -337,7 +366,8 @@ def _require_standard(fmt: str, path: Path, artefact) -> None:
 # writing
 # --------------------------------------------------------------------------------------------
 
-def _write_torchscript(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> None:
+def _write_torchscript(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path,
+                       record: dict[str, Any]) -> None:
     with warnings.catch_warnings():
         # shapes are fixed by design; tracing warnings about shape-dependent Python code and
         # TorchScript's deprecation notice say nothing about this model
@@ -345,7 +375,7 @@ def _write_torchscript(module: nn.Module, args: tuple[torch.Tensor, ...], path: 
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(module, args, check_trace=False)
-        torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path), _extra_files=meta.extra_files(record))
 
 
 def _exported_program(module: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
@@ -368,13 +398,15 @@ class _QuietLogger:
 
 
 def _write_onnx(program: torch.export.ExportedProgram, args: tuple[torch.Tensor, ...], path: Path,
-                names: tuple[list[str], str], external: bool) -> None:
+                names: tuple[list[str], str], external: bool, record: dict[str, Any]) -> None:
     # the exporter's op registry warns about every torchvision op when torchvision is absent
     with warnings.catch_warnings(), _QuietLogger("torch.onnx._internal.exporter._registration", logging.ERROR):
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(program, args, str(path), dynamo=True, external_data=external, verbose=False,
-                          input_names=names[0] or None, output_names=[names[1]])
+        onnx_program = torch.onnx.export(program, args, dynamo=True, verbose=False,
+                                         input_names=names[0] or None, output_names=[names[1]])
+    onnx_program.model.metadata_props.update(meta.to_onnx_props(record))
+    onnx_program.save(str(path), external_data=external)
 
 
 def _model_bytes(module: nn.Module) -> int:
@@ -399,7 +431,8 @@ class LoadedModel:
     """An exported model loaded for inference: ``model(*inputs) -> (N, C, H, W) float32 tensor``.
 
     ``num_inputs`` is 0 for a model with z baked in, 1 for an ``input_z`` model; ``input_shape``
-    is the shape the input must have (ONNX records it; None when unknown).
+    is the shape the input must have (None when unknown); ``metadata`` is the record the model
+    carries (see :mod:`dip.export_metadata`; {} for a model without one).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -408,12 +441,14 @@ class LoadedModel:
         if not self.path.is_file():
             raise FileNotFoundError(f"model file {str(self.path)!r} does not exist")
         self.input_shape: tuple[int, ...] | None = None
+        extra = {meta.EXTRA_FILE: ""}
         if self.format == "onnx":
-            import onnx
-            import onnxruntime
+            onnx = meta.require("onnx", "loading an ONNX model")
+            onnxruntime = meta.require("onnxruntime", "running an ONNX model")
 
             self.proto = onnx.load(str(self.path), load_external_data=False)
             self.artefact: Any = self.proto
+            self.metadata = meta.from_onnx_props({p.key: p.value for p in self.proto.metadata_props})
             self._session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
             inputs = self._session.get_inputs()
             self.input_names = [i.name for i in inputs]
@@ -423,16 +458,21 @@ class LoadedModel:
         elif self.format == "torchscript":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                self.artefact = torch.jit.load(str(self.path), map_location="cpu")
+                self.artefact = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
             self.num_inputs = len(self.artefact.forward.schema.arguments) - 1
         else:
-            self.artefact = torch.export.load(str(self.path))
+            self.artefact = torch.export.load(str(self.path), extra_files=extra)
             self.num_inputs = len(self.artefact.graph_signature.user_inputs)
             placeholders = [n for n in self.artefact.graph.nodes if n.op == "placeholder"]
             user = [n for n in placeholders if n.name in set(self.artefact.graph_signature.user_inputs)]
             if user and "val" in user[0].meta:
                 self.input_shape = tuple(int(s) for s in user[0].meta["val"].shape)
             self._module = self.artefact.module()
+        if self.format != "onnx":
+            text = extra[meta.EXTRA_FILE]
+            self.metadata = json.loads(text.decode() if isinstance(text, bytes) else text) if text else {}
+        if self.input_shape is None and self.num_inputs == 1 and self.metadata.get("inputs"):
+            self.input_shape = tuple(self.metadata["inputs"][0]["shape"])
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         if len(inputs) != self.num_inputs:
@@ -489,13 +529,17 @@ def _targets(onnx, torchscript, pt2) -> dict[str, Path]:
         raise ValueError("no output given: pass at least one of onnx=, torchscript=, pt2=")
     if len(set(targets.values())) != len(targets):
         raise ValueError(f"output paths must differ, got {[str(p) for p in targets.values()]}")
+    for fmt in targets:
+        meta.require_format(fmt)
     return targets
 
 
 def _write_and_verify(module: nn.Module, example: tuple[torch.Tensor, ...], targets: dict[str, Path],
                       cases: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]], tolerance: float,
-                      names: tuple[list[str], str]) -> tuple[dict[str, float], dict[str, list[Path]]]:
-    """Write every target, load each back, compare with the references; remove all on failure.
+                      names: tuple[list[str], str], record: dict[str, Any],
+                      ) -> tuple[dict[str, float], dict[str, list[Path]]]:
+    """Write every target with the metadata ``record``, load each back, compare with the
+    references; remove all on failure.
 
     ``names``: (ONNX input names, ONNX output name)."""
     written: list[Path] = []
@@ -508,22 +552,22 @@ def _write_and_verify(module: nn.Module, example: tuple[torch.Tensor, ...], targ
         for fmt, path in targets.items():
             written.append(path)
             if fmt == "torchscript":
-                _write_torchscript(module, example, path)
+                _write_torchscript(module, example, path, record)
             elif fmt == "pt2":
-                torch.export.save(program, str(path))
+                torch.export.save(program, str(path), extra_files=meta.extra_files(record))
             else:
                 external = _model_bytes(module) > ONNX_SINGLE_FILE_LIMIT
                 data_file = path.with_name(path.name + ".data")
-                _write_onnx(program, example, path, names, external)
+                _write_onnx(program, example, path, names, external, record)
                 if data_file.exists():
                     written.append(data_file)
                     extra["onnx"] = [data_file]
             loaded = LoadedModel(path)
             _require_standard(fmt, path, loaded.artefact)
             if fmt == "onnx":
-                import onnx
-
-                onnx.checker.check_model(str(path), full_check=True)
+                meta.require("onnx", "ONNX export").checker.check_model(str(path), full_check=True)
+            if loaded.metadata != record:
+                raise ExportError(f"{path}: the metadata read back differ from those written")
             worst = 0.0
             for inputs, reference in cases:
                 out = loaded(*inputs)
@@ -546,9 +590,54 @@ def _write_and_verify(module: nn.Module, example: tuple[torch.Tensor, ...], targ
     return diffs, extra
 
 
+def _value_range(generator: nn.Module) -> tuple[float, float] | None:
+    """(0, 1) for a generator that ends with a sigmoid (``config["need_sigmoid"]``, or a last
+    module that is an ``nn.Sigmoid``), else None."""
+    config = getattr(generator, "config", None)
+    if isinstance(config, dict) and "need_sigmoid" in config:
+        return (0.0, 1.0) if config["need_sigmoid"] else None
+    last = list(generator.modules())[-1]
+    return (0.0, 1.0) if isinstance(last, nn.Sigmoid) else None
+
+
+def _image_difference(image: torch.Tensor | None, reference: torch.Tensor) -> float | None:
+    if image is None:
+        return None
+    image = image.detach().cpu().float()
+    if image.dim() == 3:
+        image = image[None]
+    if tuple(image.shape) != tuple(reference.shape):
+        raise ValueError(f"image has shape {tuple(image.shape)} but the generator renders "
+                         f"{tuple(reference.shape)} (check crop)")
+    return float((reference - image).abs().max())
+
+
+def returned_image_is_average(image: torch.Tensor | None, image_plain: torch.Tensor | None,
+                              image_avg: torch.Tensor | None, *, returned_step: int | None = None,
+                              steps_run: int | None = None) -> bool | None:
+    """Whether a fit's returned ``image`` is the average of its outputs rather than G(z).
+
+    Decided from what the fit recorded, not from its configuration: no averaged output
+    (``image_avg`` None) means no; otherwise the image is the average unless it is exactly
+    ``image_plain`` at the last step (fits shorter than the averaging warm-up return the plain
+    output even with averaging on).  With automatic stopping (``returned_step`` before
+    ``steps_run``) the held image is the average whenever averaging ran.  None when ``image``
+    is None.  Images are (1, C, H, W) float32.
+    """
+    if image is None:
+        return None
+    if image_avg is None:
+        return False
+    at_last_step = returned_step is None or steps_run is None or int(returned_step) == int(steps_run)
+    if at_last_step and image_plain is not None and torch.equal(image.cpu(), image_plain.cpu()):
+        return False
+    return True
+
+
 def export(generator: nn.Module, z: torch.Tensor, *, onnx: str | os.PathLike | None = None,
            torchscript: str | os.PathLike | None = None, pt2: str | os.PathLike | None = None,
            input_z: bool = False, crop: Crop | None = None, image: torch.Tensor | None = None,
+           image_is_average: bool | None = None, recipe: str | None = None,
            tolerance: float = TOLERANCE) -> ExportReport:
     """Export a fitted generator and verify every file written.
 
@@ -564,6 +653,10 @@ def export(generator: nn.Module, z: torch.Tensor, *, onnx: str | os.PathLike | N
             (``FitResult.crop``), or None for the whole output.
         image: the image the fit returned (1, C, H, W); the report gives the largest difference
             between it and the generator's image (non-zero when the fit returned an average).
+        image_is_average: whether ``image`` is an average of the fit's outputs (see
+            :func:`returned_image_is_average`); the report then says that the exported model
+            renders G(z), not the written image.  None: unknown.
+        recipe: the recipe's name, recorded in the models' metadata.
         tolerance: largest accepted max |difference| between each artefact and the eager
             training-mode output.
 
@@ -572,6 +665,7 @@ def export(generator: nn.Module, z: torch.Tensor, *, onnx: str | os.PathLike | N
 
     Raises:
         ValueError / TypeError: bad arguments (no output, bad crop, bad z).
+        MissingDependencyError: a package the format needs is not installed (one-line message).
         ExportError: an artefact differs by more than ``tolerance`` or contains non-standard
             operators; the files written by this call are removed.
     """
@@ -580,28 +674,25 @@ def export(generator: nn.Module, z: torch.Tensor, *, onnx: str | os.PathLike | N
     module = prepare(generator, z, input_z=input_z, crop=crop)
     box: Crop | None = module.crop.box  # type: ignore[union-attr,assignment]
     reference = _Crop(box)(train_mode_output(generator, z))
-    cases: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]]
+    cases: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]] = [((), reference)]
+    example: tuple[torch.Tensor, ...] = ()
+    names: tuple[list[str], str] = ([], "image")
     if input_z:
         other = z.flip(-1, -2).contiguous()
         cases = [((z,), reference), ((other,), _Crop(box)(train_mode_output(generator, other)))]
-        example: tuple[torch.Tensor, ...] = (z,)
-        names: tuple[list[str], str] = (["z"], "image")
-    else:
-        cases = [((), reference)]
-        example = ()
-        names = ([], "image")
-    image_diff = None
-    if image is not None:
-        image = image.detach().cpu().float()
-        if image.dim() == 3:
-            image = image[None]
-        if tuple(image.shape) != tuple(reference.shape):
-            raise ValueError(f"image has shape {tuple(image.shape)} but the generator renders "
-                             f"{tuple(reference.shape)} (check crop)")
-        image_diff = float((reference - image).abs().max())
-    diffs, extra = _write_and_verify(module, example, targets, cases, tolerance, names)
-    return ExportReport(paths=targets, max_abs_diff=diffs, image_diff=image_diff, input_z=input_z,
-                        output_shape=tuple(reference.shape), tolerance=tolerance, extra_files=extra)
+        example, names = (z,), (["z"], "image")
+    image_diff = _image_difference(image, reference)
+    record = meta.build(inputs=[("z", tuple(z.shape))] if input_z else [], output=("image", tuple(reference.shape)),
+                        z_shape=tuple(z.shape), crop=box, input_z=input_z, value_range=_value_range(generator),
+                        recipe=recipe, image_is_average=image_is_average if image is not None else None)
+    diffs, extra = _write_and_verify(module, example, targets, cases, tolerance, names, record)
+    report = ExportReport(paths=targets, max_abs_diff=diffs, image_diff=image_diff, input_z=input_z,
+                          output_shape=tuple(reference.shape), tolerance=tolerance, extra_files=extra,
+                          image_is_average=record["image_is_average"], metadata=record)
+    note = report.average_note()
+    if note is not None:
+        log.info("%s", note)
+    return report
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, *, onnx: str | os.PathLike | None = None,
@@ -629,15 +720,22 @@ def export_payload(payload: dict, *, onnx: str | os.PathLike | None = None,
 
     Uses the parameters of the step whose image the fit returned (``returned.state``; the
     final weights when absent), the saved code z and crop, and reports the difference to the
-    returned image (``returned.image``).  ``source`` names the checkpoint in error messages.
+    returned image (``returned.image``), saying whether that image was an average of the fit's
+    outputs (:func:`returned_image_is_average` on the ``fit`` section's ``image_plain`` and
+    ``image_avg``).  ``source`` names the checkpoint in error messages.
     """
     from dip import checkpoint as ckpt
 
     ckpt.require(payload, "generator.config", "z", path=source)
     generator = generator_from_payload(payload, path=source)
     returned = payload.get("returned") or {}
+    fit = payload.get("fit") or {}
+    averaged = returned_image_is_average(returned.get("image"), fit.get("image_plain"), fit.get("image_avg"),
+                                         returned_step=returned.get("step"), steps_run=fit.get("steps_run"))
+    recipe = payload.get("recipe")
     return export(generator, payload["z"], onnx=onnx, torchscript=torchscript, pt2=pt2, input_z=input_z,
-                  crop=payload.get("crop"), image=returned.get("image"), tolerance=tolerance)
+                  crop=payload.get("crop"), image=returned.get("image"), image_is_average=averaged,
+                  recipe=recipe.get("name") if isinstance(recipe, dict) else None, tolerance=tolerance)
 
 
 def generator_from_payload(payload: dict, *, path=None) -> nn.Module:
@@ -707,11 +805,14 @@ def export_operator(op: nn.Module, example: torch.Tensor, *, onnx: str | os.Path
         reference = op.to("cpu")(example).float()
         other = torch.rand(example.shape, generator=torch.Generator().manual_seed(0))
         reference_other = op(other).float()
+    record = meta.build(kind="operator", inputs=[("x", tuple(example.shape))], output=("y", tuple(reference.shape)),
+                        z_shape=None, crop=None, input_z=False, value_range=None)
     diffs, extra = _write_and_verify(module, (example,), targets,
                                      [((example,), reference), ((other,), reference_other)], tolerance,
-                                     (["x"], "y"))
+                                     (["x"], "y"), record)
     return ExportReport(paths=targets, max_abs_diff=diffs, image_diff=None, input_z=True,
-                        output_shape=tuple(reference.shape), tolerance=tolerance, extra_files=extra)
+                        output_shape=tuple(reference.shape), tolerance=tolerance, extra_files=extra,
+                        metadata=record)
 
 
 # --------------------------------------------------------------------------------------------
@@ -758,7 +859,8 @@ def run_export(args: argparse.Namespace) -> int:
                                 input_z=args.input_z, tolerance=args.tolerance, source=args.checkpoint)
         if args.save_z:
             np.save(args.save_z, payload["z"].numpy().astype(np.float32), allow_pickle=False)
-    except (checkpoint.CheckpointError, FileNotFoundError, ValueError, TypeError, OSError) as exc:
+    except (checkpoint.CheckpointError, FileNotFoundError, ValueError, TypeError, OSError,
+            MissingDependencyError) as exc:
         print(f"dip export: {exc}", file=sys.stderr)
         return 2
     except ExportError as exc:
@@ -803,7 +905,7 @@ def run_render(args: argparse.Namespace) -> int:
         if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] not in (1, 3):
             raise ValueError(f"{args.model} outputs shape {tuple(image.shape)}, not an image (1, 1|3, H, W)")
         written = write_image(args.output, image[0].clamp(0, 1), bit_depth=args.bit_depth)
-    except (ImageError, FileNotFoundError, ValueError, TypeError) as exc:
+    except (ImageError, FileNotFoundError, ValueError, TypeError, MissingDependencyError) as exc:
         print(f"dip render: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # a model file that onnxruntime / torch cannot load
@@ -815,7 +917,8 @@ def run_render(args: argparse.Namespace) -> int:
 
 __all__ = ["TOLERANCE", "ExportError", "ExportReport", "export", "export_checkpoint", "export_payload",
            "export_operator",
-           "prepare", "freeze_batch_statistics", "use_batch_statistics", "train_mode_output",
+           "prepare", "returned_image_is_average", "MissingDependencyError",
+           "freeze_batch_statistics", "use_batch_statistics", "train_mode_output",
            "nonstandard_ops", "LoadedModel", "render", "format_of", "generator_from_payload",
            "RenderImage", "RenderFromCode", "DownsampleGraph",
            "add_export_arguments", "run_export", "add_render_arguments", "run_render"]
