@@ -16,7 +16,8 @@ from PIL import Image
 from dip import export as E
 from dip.io import write_image
 
-SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "render_onnx.py"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "docs" / "render_onnx.py"
 TOL = 1e-4
 
 
@@ -55,10 +56,35 @@ def _check_same_image(pixels, raw, model, z_file, reference, tmp_path, tag):
     assert np.array_equal(pixels, np.asarray(Image.open(dip_png)))
 
 
-def test_script_renders_what_dip_renders(exported, exported_input_z, tmp_path):
+def _readme_snippet() -> str:
+    """The README's torch-free snippet (the python block after "Deployment without torch")."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("**Deployment without torch or dip.**"):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("\n```", start)]
+
+
+def _render_with_readme(python, model, z_file, folder: Path):
+    """Run the README snippet in ``folder`` on copies named model.onnx (and z.npy)."""
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(Path(model).read_bytes())
+    if z_file is not None:
+        (folder / "z.npy").write_bytes(Path(z_file).read_bytes())
+    proc = subprocess.run([str(python), "-c", _readme_snippet()], cwd=folder, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.asarray(Image.open(folder / "restored.png"))
+
+
+def _check_both(python, exported, exported_input_z, tmp_path, tag):
     for i, (model, z_file, reference) in enumerate(_cases(exported, exported_input_z)):
-        pixels, raw = _render_with_script(sys.executable, model, z_file, tmp_path, f"case{i}")
-        _check_same_image(pixels, raw, model, z_file, reference, tmp_path, f"case{i}")
+        pixels, raw = _render_with_script(python, model, z_file, tmp_path, f"{tag}{i}")
+        _check_same_image(pixels, raw, model, z_file, reference, tmp_path, f"{tag}{i}")
+        assert np.array_equal(_render_with_readme(python, model, z_file, tmp_path / f"{tag}{i}-readme"), pixels)
+
+
+def test_script_and_readme_render_what_dip_renders(exported, exported_input_z, tmp_path):
+    _check_both(sys.executable, exported, exported_input_z, tmp_path, "here")
 
 
 def test_script_says_what_an_input_z_model_needs(exported_input_z, tmp_path):
@@ -83,6 +109,4 @@ def test_render_in_a_venv_without_torch(exported, exported_input_z, tmp_path):
              "sys.exit(0 if u.find_spec('torch') is None and u.find_spec('dip') is None else 1)")
     assert subprocess.run([str(python), "-c", probe], env=_env(), cwd=tmp_path, timeout=60).returncode == 0, \
         "torch or dip is importable in the deployment venv"
-    for i, (model, z_file, reference) in enumerate(_cases(exported, exported_input_z)):
-        pixels, raw = _render_with_script(python, model, z_file, tmp_path, f"venv{i}")
-        _check_same_image(pixels, raw, model, z_file, reference, tmp_path, f"venv{i}")
+    _check_both(python, exported, exported_input_z, tmp_path, "venv")

@@ -2,7 +2,9 @@
 export says when the fit's written image is an average that the model does not render."""
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 
 import pytest
 import torch
@@ -112,3 +114,23 @@ def test_returned_image_is_average_rules():
     assert E.returned_image_is_average(b, a, b) is True              # the average
     # automatic stopping held an earlier (averaged) image
     assert E.returned_image_is_average(a, a, b, returned_step=5, steps_run=9) is True
+
+
+@pytest.mark.parametrize("package", ["onnx", "onnxscript", "onnxruntime"])
+def test_a_missing_onnx_package_is_one_line_naming_it(package, monkeypatch, tmp_path, tiny, capsys):
+    net, z, box = tiny.fitted("resnet")
+    monkeypatch.setitem(sys.modules, package, None)  # `import package` now raises ImportError
+    with pytest.raises(M.MissingDependencyError, match=f"pip install {package}"):
+        E.export(net, z, onnx=str(tmp_path / "m.onnx"))
+    assert not (tmp_path / "m.onnx").exists()
+    # TorchScript and .pt2 need none of them
+    assert E.export(net, z, torchscript=str(tmp_path / "m.pt")).max_abs_diff["torchscript"] <= E.TOLERANCE
+    args = argparse.Namespace(checkpoint=None, onnx=str(tmp_path / "m.onnx"), torchscript=None, pt2=None,
+                              input_z=False, save_z=None, tolerance=E.TOLERANCE)
+    payload = {"generator": {"config": dict(net.config), "state": net.state_dict()}, "z": z}
+    path = C.save(tmp_path / "fit.ckpt", payload)
+    args.checkpoint = str(path)
+    assert E.run_export(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"pip install {package}" in err and "dip[export]" in err
+    assert "bug" not in err and "Traceback" not in err
