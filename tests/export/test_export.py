@@ -17,6 +17,7 @@ from torch import nn
 import dip.ops
 import dip.physics
 from dip import export as E
+from dip.export import write as export_write
 
 TOL = 1e-4
 
@@ -139,7 +140,7 @@ def test_returned_image_difference_is_reported_and_large_onnx_uses_external_data
     net, z, box = tiny.fitted("resnet")
     ref = tiny.eager_train_output(net, z, box)
     averaged = (ref + 0.01).clamp(0, 1)
-    monkeypatch.setattr(E, "ONNX_SINGLE_FILE_LIMIT", 1000)  # bytes: this model counts as "too large"
+    monkeypatch.setattr(export_write, "ONNX_SINGLE_FILE_LIMIT", 1000)  # bytes: this model counts as "too large"
     report = E.export(net, z, onnx=str(tmp_path / "m.onnx"), image=averaged, image_is_average=True)
     assert report.image_diff == pytest.approx(float((ref - averaged).abs().max()), abs=1e-6)
     assert report.image_diff > TOL

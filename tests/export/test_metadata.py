@@ -14,8 +14,8 @@ import dip.models
 import dip.physics
 from dip import checkpoint as C
 from dip import export as E
-from dip import export_metadata as M
 from dip.engine.loop import AVERAGE_MIN_STEPS
+from dip.export import metadata as M
 from dip.fit import FitConfig, fit, generator_geometry
 
 
