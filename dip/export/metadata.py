@@ -43,7 +43,8 @@ from typing import Any
 EXTRA_FILE = "dip.json"
 #: prefix of the record's keys among ONNX metadata_props
 ONNX_PREFIX = "dip."
-#: packages export and render need per format (all are ordinary dependencies of dip)
+#: packages export and render need per format (ordinary dependencies of dip; the ``export``
+#: extra is an empty alias kept for old install commands)
 NEEDS = {"onnx": ("onnx", "onnxscript", "onnxruntime")}
 
 
@@ -59,8 +60,8 @@ def require(package: str, purpose: str) -> ModuleType:
         return importlib.import_module(package)
     except ImportError as exc:
         raise MissingDependencyError(
-            f"{purpose} needs the package {package!r}, which cannot be imported ({exc}); install it with "
-            f"pip install {package} (or pip install 'dip[export]')") from None
+            f"{purpose} needs {package!r}, a dependency of dip that cannot be imported here ({exc}); "
+            f"install it with pip install {package}") from None
 
 
 def require_format(fmt: str) -> None:
