@@ -56,10 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="PNG to write")
     parser.add_argument("--z", help="z.npy (dip export --save-z) for a model exported with --input-z")
     parser.add_argument("--npy", help="also save the float32 output (1, C, H, W) to this .npy file")
-    parser.add_argument("--info", action="store_true", help="print the model's dip metadata as JSON")
+    parser.add_argument("--info", action="store_true",
+                        help="print the model's dip metadata, one key a line (values as JSON)")
     args = parser.parse_args(argv)
     if args.info:
-        print(json.dumps(metadata(ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])), indent=1))
+        info = metadata(ort.InferenceSession(args.model, providers=["CPUExecutionProvider"]))
+        for key in sorted(info):
+            print(f"{key}: {json.dumps(info[key])}")
     image = render(args.model, np.load(args.z, allow_pickle=False) if args.z else None)
     write_png(image, args.output)
     if args.npy:

@@ -44,7 +44,7 @@ def _render_with_script(python, model, z_file, folder: Path, tag: str):
         cmd += ["--z", str(z_file)]
     proc = subprocess.run(cmd, cwd=folder, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"wrote {png}" in proc.stdout and '"dip_version"' in proc.stdout
+    assert f"wrote {png}" in proc.stdout and "\ninput_z: " in proc.stdout
     return np.asarray(Image.open(png)), np.load(raw)
 
 
