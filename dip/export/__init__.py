@@ -30,6 +30,16 @@ onnx, onnxscript and onnxruntime are ordinary dependencies of dip; when one is m
 export and render fail with :class:`~dip.export.metadata.MissingDependencyError`, one line that
 names the package to install.
 
+The models render G(z).  A fit that averaged its outputs (``exp_weight``, 100 steps or more)
+wrote that average instead, which no generator reproduces: :class:`ExportReport` says so
+(``image_is_average``, and a note in ``lines()`` with the largest difference).
+
+Modules: ``prepare`` (the module to export), ``scan`` (non-standard operators), ``write``
+(each format with its metadata, and verification), ``load`` (running artefacts, ``render``),
+``generator`` (``export`` and its report, from a module, checkpoint or payload), ``operators``
+(degradation operators), ``metadata`` (the record and the optional-import check), ``command``
+(``dip export`` / ``dip render``).  Everything public is importable from ``dip.export``.
+
 Security: TorchScript (.pt) and torch.export (.pt2) files are code as much as data; load or
 render only models you trust.  ONNX files are run by onnxruntime.
 """

@@ -16,6 +16,7 @@ from dip.export.write import TOLERANCE, _targets, _write_and_verify
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class ExportReport:
     """What :func:`export` wrote and how well it reproduces the eager output.
