@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,3 +82,16 @@ def exported(tmp_path_factory):
         out[name] = dict(paths=paths, reference=eager_train_output(net, z, box), report=report,
                          net=net, z=z, box=box)
     return out
+
+
+@pytest.fixture(scope="session")
+def exported_input_z(tmp_path_factory):
+    """"skip-bilinear-reflection" (seed 1, with its crop) exported with ``input_z=True`` to all
+    three formats, plus its code saved as z.npy.  Returns dict(paths, report, net, z, box, z_file)."""
+    folder = tmp_path_factory.mktemp("exported_z")
+    net, z, box = fitted("skip-bilinear-reflection", seed=1)
+    paths = {"onnx": folder / "m.onnx", "torchscript": folder / "m.pt", "pt2": folder / "m.pt2"}
+    report = E.export(net, z, input_z=True, crop=box, **{k: str(v) for k, v in paths.items()})
+    z_file = folder / "z.npy"
+    np.save(z_file, z.numpy())
+    return dict(paths=paths, report=report, net=net, z=z, box=box, z_file=z_file)

@@ -1,0 +1,111 @@
+"""Command-line hooks: ``dip export`` and ``dip render`` (argument definitions and runners)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dip.export.generator import export_payload
+from dip.export.load import render
+from dip.export.metadata import MissingDependencyError
+from dip.export.prepare import ExportError
+from dip.export.write import TOLERANCE
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``dip export CKPT [--onnx F] [--torchscript F] [--pt2 F] [--input-z]``."""
+    parser.add_argument("checkpoint", help="checkpoint written by a fit command's --checkpoint")
+    parser.add_argument("--onnx", metavar="FILE", help="write an ONNX model (.onnx), run by onnxruntime")
+    parser.add_argument("--torchscript", metavar="FILE", help="write a TorchScript model (.pt)")
+    parser.add_argument("--pt2", metavar="FILE", help="write a torch.export program (.pt2)")
+    parser.add_argument("--input-z", action="store_true",
+                        help="make the code z the model's input (BatchNorm then uses batch statistics, so "
+                             "another z renders correctly); default: no inputs, z baked in")
+    parser.add_argument("--save-z", metavar="Z.npy",
+                        help="also write the fit's code z as a float32 .npy file (the input of an --input-z "
+                             "model: dip render MODEL --z Z.npy)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help=f"largest accepted difference to the eager output (default {TOLERANCE:g})")
+    return parser
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Run ``dip export``: 0 on success, 2 for bad input (no format, unreadable checkpoint),
+    1 when verification fails.  Writes the report to stdout and errors to stderr."""
+    from dip import checkpoint
+
+    if not (args.onnx or args.torchscript or args.pt2):
+        print("dip export: give at least one output: --onnx FILE, --torchscript FILE or --pt2 FILE",
+              file=sys.stderr)
+        return 2
+    for flag, value, suffix in (("--onnx", args.onnx, ".onnx"), ("--torchscript", args.torchscript, ".pt"),
+                                ("--pt2", args.pt2, ".pt2")):
+        if value and Path(value).suffix.lower() != suffix:
+            print(f"dip export: {flag} {value}: the file name must end in {suffix}", file=sys.stderr)
+            return 2
+    if args.save_z and Path(args.save_z).suffix.lower() != ".npy":
+        print(f"dip export: --save-z {args.save_z}: the file name must end in .npy", file=sys.stderr)
+        return 2
+    try:
+        payload = checkpoint.load(args.checkpoint)
+        report = export_payload(payload, onnx=args.onnx, torchscript=args.torchscript, pt2=args.pt2,
+                                input_z=args.input_z, tolerance=args.tolerance, source=args.checkpoint)
+        if args.save_z:
+            np.save(args.save_z, payload["z"].numpy().astype(np.float32), allow_pickle=False)
+    except (checkpoint.CheckpointError, FileNotFoundError, ValueError, TypeError, OSError,
+            MissingDependencyError) as exc:
+        print(f"dip export: {exc}", file=sys.stderr)
+        return 2
+    except ExportError as exc:
+        print(f"dip export: verification failed: {exc}", file=sys.stderr)
+        return 1
+    for line in report.lines():
+        print(line)
+    if args.save_z:
+        print(f"z: {args.save_z} ({'x'.join(str(d) for d in payload['z'].shape)} float32)")
+    return 0
+
+
+def add_render_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``dip render MODEL.onnx|.pt|.pt2 -o OUT.png [--z Z.npy]``."""
+    parser.add_argument("model", help="exported model: .onnx (onnxruntime), .pt (TorchScript) or .pt2 "
+                                      "(torch.export). .pt and .pt2 files are code: render only models you trust")
+    parser.add_argument("-o", "--output", required=True, help="image to write (.png, .tif, .jpg, ...)")
+    parser.add_argument("--z", metavar="Z.npy", help="code for a model exported with --input-z: a float32 "
+                                                     ".npy array of the model's input shape")
+    parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="bits per sample (default 8)")
+    return parser
+
+
+def _load_code(path: str) -> torch.Tensor:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--z {path}: not a readable .npy array ({exc})") from None
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"--z {path}: expected a float array, got dtype {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def run_render(args: argparse.Namespace) -> int:
+    """Run ``dip render``: 0 on success, 2 for bad input.  TorchScript (.pt) and .pt2 files
+    are code; render only models you trust."""
+    from dip.images import ImageError, write_image
+
+    try:
+        z = _load_code(args.z) if args.z else None
+        image = render(args.model, z)
+        if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] not in (1, 3):
+            raise ValueError(f"{args.model} outputs shape {tuple(image.shape)}, not an image (1, 1|3, H, W)")
+        written = write_image(args.output, image[0].clamp(0, 1), bit_depth=args.bit_depth)
+    except (ImageError, FileNotFoundError, ValueError, TypeError, MissingDependencyError) as exc:
+        print(f"dip render: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a model file that onnxruntime / torch cannot load
+        print(f"dip render: cannot run {args.model}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {written} ({image.shape[-1]}x{image.shape[-2]})")
+    return 0
