@@ -128,6 +128,40 @@ class _Progress:
         self.bar.close()
 
 
+def _check_counts(workers: Any, threads: Any, retries: Any) -> None:
+    """BatchError unless workers >= 1, threads None or >= 1 and retries >= 0 are whole numbers."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise BatchError(f"workers must be a whole number >= 1, got {workers!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise BatchError(f"threads must be a whole number >= 1, got {threads!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise BatchError(f"retries must be a whole number >= 0, got {retries!r}")
+
+
+def _final_record(job: ImageJob, attempted: dict[str, dict[str, Any]], todo: list[ImageJob],
+                  steps: int | None) -> dict[str, Any]:
+    """The summary's record of ``job``: its attempt in this run, else skipped (done earlier) or
+    pending (not reached before the batch stopped)."""
+    if str(job.input) in attempted:
+        return attempted[str(job.input)]
+    if job not in todo:
+        return _skipped_record(job)
+    return _pending_record(job, steps)
+
+
+def _execute(todo: list[ImageJob], command: Command, *, ray_address: str | None, workers: int, retries: int,
+             device: str | None, runner: Runner | None, stop: StopFlag, on_record: Any,
+             handle_signals: bool) -> None:
+    """Fit ``todo``: local child processes (``ray_address`` None) or one Ray task per image."""
+    if ray_address is None:
+        with executors.stop_on_signals(stop, handle_signals):
+            executors.run_local(todo, command, workers=workers, runner=runner, stop=stop, on_record=on_record)
+    else:
+        executors.run_ray(todo, command, address=ray_address, num_cpus=workers * command.threads, retries=retries,
+                          gpus=1 if device == "cuda" else 0, runner=runner, stop=stop, on_record=on_record,
+                          handle_signals=handle_signals)
+
+
 def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike, *,
               workers: int = 1, threads: int | None = None, ray_address: str | None = None,
               retries: int = 3, fit_args: Sequence[str] = (), steps: int | None = None,
@@ -173,12 +207,7 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
     Raises:
         BatchError: bad inputs or options (nothing has run).
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise BatchError(f"workers must be a whole number >= 1, got {workers!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise BatchError(f"threads must be a whole number >= 1, got {threads!r}")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise BatchError(f"retries must be a whole number >= 0, got {retries!r}")
+    _check_counts(workers, threads, retries)
     if ray_address is not None:
         executors.import_ray()  # before anything is written
     jobs, ignored = plan(task, inputs, outdir, mask_pattern=mask_pattern, masks_dir=masks_dir,
@@ -186,9 +215,9 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
     out = jobs[0].output.parent
     for message in ignored:
         log.warning("ignored %s", message)
-    if threads is None:
-        threads = 1 if ray_address not in (None, "local") else default_threads(workers)
     extra = list(fit_args) + (["--device", device] if device else [])
+    if threads is None:  # one image per CPU on a cluster
+        threads = 1 if ray_address not in (None, "local") else default_threads(workers)
     command = Command(task=task, fit_args=tuple(extra), steps=steps, checkpoint_every=checkpoint_every,
                       threads=threads, mask_invert=mask_invert)
     preflight(command, jobs[0])
@@ -212,22 +241,10 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
 
     stop = StopFlag()
     try:
-        if ray_address is None:
-            with executors.stop_on_signals(stop, handle_signals):
-                executors.run_local(todo, command, workers=workers, runner=runner, stop=stop, on_record=on_record)
-        else:
-            executors.run_ray(todo, command, address=ray_address, num_cpus=workers * threads, retries=retries,
-                              gpus=1 if device == "cuda" else 0, runner=runner, stop=stop, on_record=on_record,
-                              handle_signals=handle_signals)
+        _execute(todo, command, ray_address=ray_address, workers=workers, retries=retries, device=device,
+                 runner=runner, stop=stop, on_record=on_record, handle_signals=handle_signals)
     finally:
         bar.close()
-    records = []
-    for job in jobs:
-        if str(job.input) in attempted:
-            records.append(attempted[str(job.input)])
-        elif job not in todo:
-            records.append(_skipped_record(job))
-        else:
-            records.append(_pending_record(job, steps))
+    records = [_final_record(job, attempted, todo, steps) for job in jobs]
     write_summary_csv(out / SUMMARY_NAME, records)
     return BatchResult(records=records, ignored=ignored, signal=stop.signum, outdir=out)
