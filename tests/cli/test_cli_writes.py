@@ -1,0 +1,118 @@
+"""What a run writes: checked before the fit (folder, name length, free space), never lost after it,
+and never over an existing file without --force (nor over an input even with it)."""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from dip import cli
+from dip import files as dip_files
+from dip.cli import space
+
+
+@pytest.fixture
+def img(tmp_path, image_maker):
+    path = tmp_path / "img.png"
+    image_maker(path, 12, 14, "RGB")
+    return path
+
+
+def _err(capsys) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert "this is a bug" not in captured.err
+    return captured.err
+
+
+def test_temporary_names_are_short(tmp_path):
+    """A destination name the file system accepts can always be written (the temporary name is fixed in size)."""
+    fits, limit = dip_files.name_fits(tmp_path / ("a" * 10))
+    assert fits
+    longest = tmp_path / ("b" * (limit - 4) + ".png")
+    dip_files.atomic_write(longest, b"x")
+    assert longest.read_bytes() == b"x"
+    assert not dip_files.name_fits(tmp_path / ("c" * (limit + 1)))[0]
+
+
+def test_unwritable_output_folder_is_refused_before_the_fit(img, capsys):
+    code = cli.main(["denoise", str(img), "-o", "/proc/out.png", "--steps", "1"])
+    assert code == 2
+    assert "cannot write in the folder /proc" in _err(capsys)
+
+
+def test_too_long_output_name_is_refused_before_the_fit(img, tmp_path, capsys):
+    _fits, limit = dip_files.name_fits(tmp_path / "x")
+    code = cli.main(["denoise", str(img), "-o", str(tmp_path / ("a" * limit + ".png")), "--steps", "1"])
+    assert code == 2
+    assert f"over the {limit}" in _err(capsys)
+    # the implicit OUT.ckpt is five bytes longer: said before the fit, with the way out
+    code = cli.main(["denoise", str(img), "-o", str(tmp_path / ("a" * (limit - 6) + ".png")), "--steps", "1"])
+    assert code == 2
+    assert "--checkpoint FILE" in _err(capsys)
+
+
+def test_too_little_disk_space_is_refused_before_the_fit(img, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(space, "free_bytes", lambda folder: 1000)
+    code = cli.main(["denoise", str(img), "-o", str(tmp_path / "out.png"), "--steps", "1"])
+    assert code == 2
+    assert "not enough free disk space" in _err(capsys)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_checkpoint_space_counts_weights_and_adam():
+    small = space.checkpoint_bytes(1000, (16, 16), 3)
+    assert small >= 3 * 3 * 4 * 1000
+    assert space.checkpoint_bytes(2000, (16, 16), 3) - small == 3 * 3 * 4 * 1000
+
+
+def test_a_failed_image_write_after_the_fit_keeps_the_result(img, tmp_path, capsys, monkeypatch):
+    """The disk fills up after the checks: the image and the checkpoint go beside the report, exit 1."""
+    from dip import checkpoint
+    from dip.images import writing
+
+    out_dir, report_dir = tmp_path / "out", tmp_path / "rep"
+    out_dir.mkdir()
+    report_dir.mkdir()
+    real = writing.atomic_write
+
+    def full_disk(path, data, **kw):
+        if os.path.dirname(path) == str(out_dir):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(writing, "atomic_write", full_disk)
+    monkeypatch.setattr(checkpoint, "atomic_write", full_disk)
+    code = cli.main(["denoise", str(img), "-o", str(out_dir / "out.png"), "--report", str(report_dir / "r.json"),
+                     "--steps", "2", "--quiet"])
+    err = _err(capsys)
+    assert code == 1, err
+    assert "No space left on device" in err and f"saved it to {report_dir / 'out.png'}" in err
+    assert (report_dir / "out.png").is_file() and (report_dir / "r.json").is_file()
+    assert (report_dir / "out.png.ckpt").is_file()  # the fit itself is kept, too
+    assert not list(out_dir.iterdir())
+
+
+def test_a_failed_write_falls_back_to_the_temp_folder(img, tmp_path, capsys, monkeypatch):
+    """With no other output folder, the image goes to the system's temporary folder."""
+    import tempfile
+
+    from dip.images import writing
+
+    spare = tmp_path / "spare"
+    spare.mkdir()
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(spare))
+    real = writing.atomic_write
+
+    def read_only(path, data, **kw):
+        if os.path.dirname(path) == str(tmp_path / "out"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real(path, data, **kw)
+
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(writing, "atomic_write", read_only)
+    code = cli.main(["denoise", str(img), "-o", str(tmp_path / "out" / "o.png"), "--steps", "1", "--quiet"])
+    err = _err(capsys)
+    assert code == 1 and f"saved it to {spare / 'o.png'}" in err, err
+    assert (spare / "o.png").is_file()
