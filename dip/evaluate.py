@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -68,6 +69,7 @@ import numpy as np
 import torch
 
 from dip import metrics, recipes, stopping
+from dip.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -533,11 +535,12 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+    buffer = io.StringIO(newline="")
+    w = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+    atomic_write(path, buffer.getvalue())
 
 
 #: value of the "format" key of a curves file
@@ -595,8 +598,7 @@ def write_curves(rows: Sequence[dict], path: str | os.PathLike) -> None:
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(curves_document(rows), fh, separators=(",", ":"), allow_nan=False)
+    atomic_write(path, json.dumps(curves_document(rows), separators=(",", ":"), allow_nan=False))
 
 
 # ---------------------------------------------------------------------------------- CLI

@@ -223,6 +223,10 @@ def prepare(task: str, args) -> Job:
     if args.gt is not None:
         gt = checks.read_ground_truth(args.gt, out_hw, int(inputs.observation.shape[0]))
         inputs.files["gt"] = args.gt
+    for flag, path in (("-o", outputs.output), ("--report", outputs.report), ("--plot", outputs.plot),
+                       ("--checkpoint", checkpoint_path)):
+        if path is not None:
+            checks.check_not_input(path, inputs.files, flag)
     estimate = _check_memory(recipe, out_hw, inputs, device)
     checkpoint_requested = outputs.checkpoint is not None or args.checkpoint_every is not None
     if estimate is not None:

@@ -74,6 +74,9 @@ def prepare(args) -> Job:
     source = Path(args.checkpoint_in)
     loaded, total = _load(source, args.steps)
     outputs = _outputs(args, source, loaded.options.get("output"))
+    for flag, path in (("-o", outputs.output), ("--report", outputs.report), ("--plot", outputs.plot)):
+        if path is not None:
+            checks.check_not_input(path, {"checkpoint": str(source)}, flag)
     device = _device(args, source, loaded.config.device)
     checks.apply_threads(args.threads)
 

@@ -116,3 +116,50 @@ def test_a_failed_write_falls_back_to_the_temp_folder(img, tmp_path, capsys, mon
     err = _err(capsys)
     assert code == 1 and f"saved it to {spare / 'o.png'}" in err, err
     assert (spare / "o.png").is_file()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    ("render {d}/m.onnx -o {d}/old.png", "-o {d}/old.png already exists"),
+    ("export {d}/c.ckpt --onnx {d}/old.onnx", "--onnx {d}/old.onnx already exists"),
+    ("export {d}/c.ckpt --torchscript {d}/old.pt", "--torchscript {d}/old.pt already exists"),
+    ("eval --cases denoise --csv {d}/old.csv", "--csv {d}/old.csv already exists"),
+], ids=["render", "export onnx", "export torchscript", "eval csv"])
+def test_every_command_keeps_existing_files_without_force(tmp_path, capsys, argv, needle):
+    for name in ("old.png", "old.onnx", "old.pt", "old.csv", "m.onnx", "c.ckpt"):
+        (tmp_path / name).write_bytes(b"keep me")
+    code = cli.main(argv.format(d=tmp_path).split())
+    assert code == 2
+    assert needle.format(d=tmp_path) in _err(capsys)
+    assert all((tmp_path / n).read_bytes() == b"keep me" for n in ("old.png", "old.onnx", "old.pt", "old.csv"))
+
+
+@pytest.mark.parametrize("argv", [
+    "denoise {d}/img.png -o {d}/img.png --force",
+    "denoise {d}/img.png -o {d}/link.png --force",
+    "denoise {d}/img.png -o {d}/out.png --report {d}/img.png --force",
+    "render {d}/m.onnx -o {d}/m.onnx --force",
+    "export {d}/c.ckpt --onnx {d}/c.ckpt --force",
+], ids=["fit -o input", "fit -o link to input", "fit --report input", "render -o model", "export over checkpoint"])
+def test_an_output_that_is_an_input_is_refused_even_with_force(img, tmp_path, capsys, argv):
+    (tmp_path / "link.png").symlink_to(img)
+    (tmp_path / "m.onnx").write_bytes(b"model")
+    (tmp_path / "c.ckpt").write_bytes(b"ckpt")
+    before = img.read_bytes()
+    code = cli.main(argv.format(d=tmp_path).split())
+    err = _err(capsys)
+    assert code == 2 and "would destroy" in err, err
+    assert img.read_bytes() == before and (tmp_path / "m.onnx").read_bytes() == b"model"
+    assert (tmp_path / "c.ckpt").read_bytes() == b"ckpt"
+
+
+def test_frames_of_an_earlier_run_are_kept_without_force(img, tmp_path, capsys):
+    frames = tmp_path / "fr"
+    frames.mkdir()
+    (frames / "step_000001.png").write_bytes(b"earlier")
+    argv = ["denoise", str(img), "-o", str(tmp_path / "out.png"), "--steps", "1", "--save-every", "1",
+            "--frames", str(frames), "--quiet"]
+    assert cli.main(argv) == 2
+    assert "already holds 1 frames" in _err(capsys)
+    assert (frames / "step_000001.png").read_bytes() == b"earlier"
+    assert cli.main(argv + ["--force"]) == 0
+    assert (frames / "step_000001.png").read_bytes() != b"earlier"
