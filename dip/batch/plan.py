@@ -257,10 +257,20 @@ def _check_outdir(out: Path) -> Path:
         if not parent.is_dir():
             raise BatchError(f"output folder {out}: its parent folder {parent} does not exist",
                              "create it first or choose another folder")
+        _check_writable(parent, f"output folder {out}: cannot create it in {parent}")
         return out.resolve()
-    if not os.access(out, os.W_OK):
-        raise BatchError(f"output folder {out} is not writable", "choose another folder")
+    _check_writable(out, f"output folder {out} is not writable")
     return out.resolve()
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """A file can be created in ``folder`` (tried: ``os.access`` says yes to root on a read-only disk)."""
+    from dip.files import probe_folder
+
+    try:
+        probe_folder(folder)
+    except OSError as exc:
+        raise BatchError(f"{what} ({exc.strerror or exc})", "choose a folder you can write to") from None
 
 
 def _check_folder(path: str | os.PathLike, option: str) -> Path:

@@ -44,6 +44,22 @@ def _user_error_types() -> tuple:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dip`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
 
+    Ctrl-C at any moment outside a fit (which saves and stops on its own, see ``dip.cli``)
+    answers one line and exit code 130, never a traceback. See ``_main``.
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write(INTERRUPTED)
+        return EXIT_INTERRUPTED
+
+
+INTERRUPTED = "dip: interrupted; no output was written for the unfinished command\n"
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    """Run the ``dip`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
+
     Run as the process's command line (``argv`` None), fit commands first raise glibc's mmap
     threshold (``dip.runtime.configure_allocator``: large activations are reused instead of
     page-faulted afresh every step; process-wide and permanent). Called with an explicit
@@ -75,9 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         err(exc.message, exc.hint)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write("dip: interrupted; no output was written for the unfinished fit\n")
-        return EXIT_INTERRUPTED
     except Exception as exc:
         if isinstance(exc, _user_error_types()):
             err(str(exc))
