@@ -14,7 +14,7 @@ from dip import cli
 from dip.batch.core import run_batch
 from dip.batch.manifest import MANIFEST_NAME, SUMMARY_NAME, format_table
 from dip.batch.plan import BATCH_TASKS, DEFAULT_MASK_PATTERN, BatchError
-from dip.cli.argtypes import seed_value, steps_count
+from dip.cli.argtypes import seed_value, steps_count, threads_count
 
 #: (option, argparse keyword arguments): single-image fit options a batch passes to fresh fits
 _PASSED = (
@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("where")
     run.add_argument("--workers", type=_positive_int, default=1, help="fits at the same time on this machine "
                                                                       "(default 1)")
-    run.add_argument("--threads", type=_positive_int,
+    run.add_argument("--threads", type=threads_count,
                      help="CPU threads per fit (default: CPUs // workers; 1 on a Ray cluster)")
     run.add_argument("--ray", metavar="ADDRESS",
                      help="run on Ray: 'local' (a private instance on this machine, loopback only), "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 
 #: the limits ``dip.engine.config.FitConfig`` sets (mirrored so that parsing imports no torch;
@@ -35,6 +36,24 @@ positive_int = whole_number(1)
 steps_count = whole_number(1, MAX_STEPS, " (longer fits take days; every step's loss is kept)")
 #: --seed: 0 .. MAX_SEED
 seed_value = whole_number(0, MAX_SEED, " (2**63 - 2, the largest seed a fit's generators take)")
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads_count(text: str) -> int:
+    """--threads N: 1 .. the CPUs this process may use (more threads than CPUs only slow a fit down)."""
+    value = positive_int(text)
+    cpus = available_cpus()
+    if value > cpus:
+        raise argparse.ArgumentTypeError(f"must be at most {cpus}, the CPUs this process may use, got {value} "
+                                         "(more threads than CPUs make every step far slower)")
+    return value
 
 
 def factor(text: str) -> int:

@@ -184,12 +184,16 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
-def apply_threads(threads: int | None) -> None:
-    """--threads N: torch's intra-op threads for this process."""
-    if threads is not None:
-        import torch
+def apply_threads(threads: int | None) -> int:
+    """--threads N: torch's intra-op threads for this process (at most the CPUs available);
+    returns the thread count the fit will use."""
+    import torch
 
-        torch.set_num_threads(threads)
+    from dip.cli.argtypes import available_cpus
+
+    if threads is not None:
+        torch.set_num_threads(max(1, min(int(threads), available_cpus())))
+    return int(torch.get_num_threads())
 
 
 def hw(t) -> str:

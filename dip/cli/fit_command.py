@@ -215,7 +215,7 @@ def prepare(task: str, args) -> Job:
     outputs = checks.check_outputs(args, args.output, output_force=force, checkpoint_force=force)
     checkpoint_path = outputs.checkpoint or checks.implicit_checkpoint(outputs.output, force)
     device = checks.resolve_device(args.device)
-    checks.apply_threads(args.threads)
+    threads = checks.apply_threads(args.threads)
 
     inputs = _read_inputs(task, args)
     out_hw = _output_size(recipe, inputs.observation, args.max_megapixels)
@@ -243,7 +243,8 @@ def prepare(task: str, args) -> Job:
               memory_estimate=None if estimate is None else estimate.memory,
               inputs=inputs.files, checkpoint_path=checkpoint_path,
               checkpoint_requested=checkpoint_requested,
-              checkpoint_every=args.checkpoint_every, options=_recorded_options(args, task),
+              checkpoint_every=args.checkpoint_every,
+              options=dict(_recorded_options(args, task), threads=threads),
               title=f"dip {task} ({recipe.name})")
     mask4 = None if job.mask is None else job.mask[None]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from dip.cli.argtypes import nonneg_float, positive_float, positive_int, seed_value, steps_count
+from dip.cli.argtypes import nonneg_float, positive_float, positive_int, seed_value, steps_count, threads_count
 
 FIT_EPILOG = ("The progress bar (step, loss, PSNR with --gt, steps/s, time left) shows when stderr is a "
               "terminal; DIP_PROGRESS=1 shows it anyway. Exit codes: 0 done, 2 bad input or options "
@@ -76,7 +76,8 @@ def add_machine_options(group, variant: Variant) -> None:
     """--device and --threads."""
     group.add_argument("--device", choices=("cpu", "cuda", "auto"), default=variant.device_default,
                        help=variant.device_help)
-    group.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's)")
+    group.add_argument("--threads", type=threads_count,
+                       help="CPU threads, at most the CPUs available (default: torch's; dip resume: the fit's)")
 
 
 def add_fit_options(p: argparse.ArgumentParser) -> None:

@@ -78,7 +78,10 @@ def prepare(args) -> Job:
         if path is not None:
             checks.check_not_input(path, {"checkpoint": str(source)}, flag)
     device = _device(args, source, loaded.config.device)
-    checks.apply_threads(args.threads)
+    # the fit's own thread count (recorded with its options) unless --threads says otherwise
+    recorded_threads = loaded.options.get("threads")
+    threads = checks.apply_threads(args.threads if args.threads is not None else
+                                   recorded_threads if isinstance(recorded_threads, int) else None)
 
     observation = loaded.y[0]
     x_hw = tuple(loaded.physics.x_size(tuple(observation.shape[-2:])))
@@ -94,7 +97,8 @@ def prepare(args) -> Job:
               gt=gt, output=outputs.output, report=outputs.report, plot=outputs.plot, frames=outputs.frames,
               device=device, inputs={"checkpoint": str(source)},
               checkpoint_path=outputs.checkpoint or source, checkpoint_requested=True,
-              checkpoint_every=args.checkpoint_every, options=dict(loaded.options, output=str(outputs.output)),
+              checkpoint_every=args.checkpoint_every,
+              options=dict(loaded.options, output=str(outputs.output), threads=threads),
               title=f"dip resume {loaded.task} ({recipe.name})")
 
     def runner(callbacks, **fit_kwargs):

@@ -219,3 +219,29 @@ def test_render_refuses_a_bad_code(files, capsys, content, needle):
     captured = capsys.readouterr()
     assert code == 2 and needle in captured.err, captured.err
     assert "allow_pickle" not in captured.err and not (files / "out.png").exists()
+
+
+def test_more_threads_than_cpus_is_refused(files, capsys):
+    from dip.cli.argtypes import available_cpus
+
+    code = cli.main(["denoise", str(files / "img.png"), "-o", str(files / "out.png"),
+                     "--threads", str(available_cpus() + 1)])
+    captured = capsys.readouterr()
+    assert code == 2 and f"must be at most {available_cpus()}" in captured.err, captured.err
+
+
+def test_resume_reuses_the_fits_thread_count(files, capsys):
+    """The checkpoint records the fit's threads; dip resume uses them unless --threads is given."""
+    from dip import checkpoint as ckpt
+
+    before = torch.get_num_threads()
+    try:
+        assert cli.main(["denoise", str(files / "img.png"), "-o", str(files / "fit.png"), "--steps", "1",
+                         "--stop", "steps", "--threads", "1", "--checkpoint", str(files / "fit.ckpt"), "-q"]) == 0
+        assert ckpt.load(files / "fit.ckpt")["options"]["threads"] == 1
+        torch.set_num_threads(2)
+        assert cli.main(["resume", str(files / "fit.ckpt"), "--steps", "2", "-q"]) == 0
+        assert torch.get_num_threads() == 1
+        assert ckpt.load(files / "fit.ckpt")["options"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
