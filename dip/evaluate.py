@@ -520,7 +520,15 @@ def format_table(rows: Sequence[dict]) -> str:
                 f"{_fmt(mean('fixed_psnr'), mean('fixed_ssim')):>12} {_fmt(mean('auto_psnr'), mean('auto_ssim')):>12} "
                 f"{mean('peak_psnr'):>7.2f}       {mean('fixed_seconds'):>7.1f}        "
                 f"{mean('auto_seconds'):>7.1f}  auto within 0.5 dB of peak: {within}/{len(sel)}")
+    if any(TASKS.get(r["case"], {}).get("task") == "denoise" and not math.isfinite(r["baseline_psnr"])
+           for r in rows):
+        lines.append(BM3D_MISSING)
     return "\n".join(lines)
+
+
+#: the table's footnote when denoising has no baseline
+BM3D_MISSING = ("baseline '-' for denoising: it is BM3D, from the optional bm3d package; "
+                "install it with: pip install 'dip[bm3d]'")
 
 
 CSV_FIELDS = ("case", "image", "seed", "recipe", "size", "metric",

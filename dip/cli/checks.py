@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 from dip.cli.errors import UsageError
+from dip.cli.notes import input_notes
 
 CHECKPOINT_SUFFIX = ".ckpt"
 
@@ -151,13 +153,17 @@ def implicit_checkpoint(output: Path, force: bool) -> Path:
 
 
 def read_image_arg(path: str, what: str):
-    """``dip.images.read_image(path)``; a bad file is a UsageError naming the option ``what``."""
+    """``dip.images.read_image(path)``; a bad file is a UsageError naming the option ``what``;
+    a conversion on reading (CMYK, palette transparency, animation) is a note on stderr."""
     from dip import images
 
     try:
-        return images.read_image(path)
+        image, info = images.read_image(path)
     except images.ImageError as exc:
         raise UsageError(f"{what}: {exc}") from None
+    for note in input_notes(path, info):  # shown even with --quiet, like the notes on writing
+        sys.stderr.write(f"dip: note: {what} {path}: {note}\n")
+    return image, info
 
 
 def read_ground_truth(path: str, out_hw: tuple[int, int], channels: int):

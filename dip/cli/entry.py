@@ -29,6 +29,12 @@ def _dispatch(args) -> int:
     raise UsageError(f"unknown command {command!r}", "run 'dip --help' for the commands")
 
 
+def log_prefix(command: str | None) -> str:
+    """What every logged message starts with: ``dip: `` or, for a hooked command, ``dip COMMAND: ``
+    (the form of the command's own messages, whichever module logs)."""
+    return f"dip {command}: " if command in hooks.HOOKS else "dip: "
+
+
 def _user_error_types() -> tuple:
     """Errors about the user's files, answered with exit code 2: ImageError, CheckpointError."""
     from dip import images
@@ -83,7 +89,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args.argv = argv
     args.process_wide = process_wide
     debug = bool(getattr(args, "debug", False))
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=log_prefix(args.command) + "%(message)s")
     if debug:
         logging.getLogger("dip").setLevel(logging.DEBUG)
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from typing import Any
 
 from dip.cli import checks, memory, space
@@ -200,6 +201,23 @@ def _check_memory(recipe, out_hw: tuple[int, int], inputs: _Inputs, device: str)
     return fit_estimate
 
 
+#: padding that is worth a warning: this many times the image's pixels, costing this much memory
+PADDING_RATIO = 4
+PADDING_MEMORY = 512 * 1024 * 1024
+
+
+def _warn_padding(out_hw: tuple[int, int], estimate) -> None:
+    """One line when the generator's padded size makes the fit far bigger than the image."""
+    if estimate is None:
+        return
+    ratio = (estimate.padded_hw[0] * estimate.padded_hw[1]) / float(out_hw[0] * out_hw[1])
+    if ratio >= PADDING_RATIO and estimate.memory >= PADDING_MEMORY:
+        sys.stderr.write(f"dip: warning: the network renders the {out_hw[1]}x{out_hw[0]} image at its padded size "
+                         f"{estimate.padded_hw[1]}x{estimate.padded_hw[0]} ({ratio:.0f}x the pixels): about "
+                         f"{memory.format_bytes(estimate.memory)} of memory and as much slower per step; "
+                         "crop or pad the image nearer a square to fit faster\n")
+
+
 def _recorded_options(args, task: str) -> dict[str, Any]:
     """The command's options as JSON-like values, recorded in checkpoints."""
     options = {k: v for k, v in vars(args).items()
@@ -228,6 +246,7 @@ def prepare(task: str, args) -> Job:
         if path is not None:
             checks.check_not_input(path, inputs.files, flag)
     estimate = _check_memory(recipe, out_hw, inputs, device)
+    _warn_padding(out_hw, estimate)
     checkpoint_requested = outputs.checkpoint is not None or args.checkpoint_every is not None
     if estimate is not None:
         space.check_free_space(space.Plan(

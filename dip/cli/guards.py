@@ -2,8 +2,9 @@
 the one rule for files every command writes, and ``dip render --z``'s code.
 
 The rule: an existing file is kept unless ``--force``; an output that is one of the command's
-inputs is refused even with ``--force`` (writing it would destroy the input). ``add_force``
-gives a hooked command its ``--force``; ``check(command, args)`` raises ``UsageError``.
+inputs is refused even with ``--force`` (writing it would destroy the input). ``add_options``
+gives a hooked command its ``--force`` (and ``dip eval`` its ``--threads``); ``check(command,
+args)`` raises ``UsageError``.
 """
 from __future__ import annotations
 
@@ -21,10 +22,19 @@ WRITES = {
 }
 
 
-def add_force(command: str, parser: argparse.ArgumentParser) -> None:
-    """``--force`` for a hooked command that writes files (unless its module gave it one)."""
+#: hooked commands that fit and so take --threads
+FITS = ("eval",)
+
+
+def add_options(command: str, parser: argparse.ArgumentParser) -> None:
+    """``--force`` for a hooked command that writes files, ``--threads`` for one that fits
+    (unless its module gave it them)."""
+    from dip.cli.argtypes import threads_count
+
     if command in WRITES and "--force" not in parser._option_string_actions:
         parser.add_argument("--force", action="store_true", help="overwrite existing output files")
+    if command in FITS and "--threads" not in parser._option_string_actions:
+        parser.add_argument("--threads", type=threads_count, help="CPU threads (default: torch's)")
 
 
 def _written(command: str, args) -> list[tuple[str, Path]]:
@@ -74,3 +84,7 @@ def check(command: str, args) -> None:
         check_outputs(command, args)
     if command == "render" and getattr(args, "z", None):
         check_code(args.z)
+    if command in FITS and getattr(args, "threads", None) is not None:
+        from dip.cli.checks import apply_threads
+
+        apply_threads(args.threads)

@@ -49,7 +49,7 @@ def add_parsers(sub, hooked: str | None) -> None:
         p = sub.add_parser(name, help=help_text, add_help=name == hooked)
         if name == hooked:
             hook_function(name, add_name)(p)
-            guards.add_force(name, p)
+            guards.add_options(name, p)
         else:
             p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
