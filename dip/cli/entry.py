@@ -103,6 +103,10 @@ def _main(argv: Sequence[str] | None) -> int:
             return EXIT_USAGE
         if debug:
             raise
+        if isinstance(exc, OSError):  # the machine's files, not dip: say which, not "a bug"
+            err(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+                "check that file or folder (space, permissions); --debug shows where it happened")
+            return EXIT_FAILURE
         err(f"{type(exc).__name__}: {exc}", "this is a bug or an environment problem; "
                                             "run again with --debug for the traceback")
         return EXIT_FAILURE

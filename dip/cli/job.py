@@ -77,6 +77,16 @@ def save_checkpoint(job: Job, result, path: Path | None = None) -> None:
     checkpoint.save(path or job.checkpoint_path, checkpoint_payload(job, result))
 
 
+def _periodic_checkpoint(job: Job, partial) -> None:
+    """--checkpoint-every: a save that fails (full disk) is a warning; the fit goes on, and its
+    end writes the checkpoint again (elsewhere if need be)."""
+    try:
+        save_checkpoint(job, partial)
+    except OSError as exc:
+        sys.stderr.write(f"dip: warning: cannot save the checkpoint {job.checkpoint_path} at step "
+                         f"{partial.steps_run} ({exc.strerror or exc}); the fit goes on\n")
+
+
 def _fit(job: Job, args, stop_event=None):
     """Run the job's fit with the progress bar (and --save-every frames) as callbacks."""
     callbacks: list[Callable] = []
@@ -88,7 +98,7 @@ def _fit(job: Job, args, stop_event=None):
     fit_kwargs: dict[str, Any] = {"stop_event": stop_event}
     if job.checkpoint_every is not None:
         fit_kwargs["checkpoint_every"] = job.checkpoint_every
-        fit_kwargs["on_checkpoint"] = lambda partial: save_checkpoint(job, partial)
+        fit_kwargs["on_checkpoint"] = lambda partial: _periodic_checkpoint(job, partial)
     try:
         return job.runner(callbacks, **fit_kwargs)
     finally:

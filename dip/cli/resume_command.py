@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dip.cli import checks
+from dip.cli import checks, space
 from dip.cli.errors import UsageError
 from dip.cli.job import Job, execute
 from dip.cli.options import add_resume_options
@@ -67,6 +67,18 @@ def _recipe(loaded):
                           input_kind="noise", input_depth=int(loaded.z.shape[1]), physics={}, fit=loaded.config)
 
 
+def _check_space(loaded, args, outputs, source: Path, x_hw, info, total: int) -> None:
+    """Free disk space for what the resumed run writes (``dip.cli.space``)."""
+    from dip.fit import generator_geometry
+
+    padded_hw = tuple(generator_geometry(loaded.generator, x_hw)[0])
+    space.check_free_space(space.Plan(
+        out_hw=x_hw, channels=int(loaded.y.shape[1]), bits=args.bit_depth or info.bit_depth,
+        params=sum(p.numel() for p in loaded.generator.parameters()), steps=total, padded_hw=padded_hw,
+        output=outputs.output, report=outputs.report, plot=outputs.plot,
+        checkpoint=outputs.checkpoint or source, frames=outputs.frames, save_every=args.save_every))
+
+
 def prepare(args) -> Job:
     """All checks and loading before the resumed fit; raises UsageError."""
     from dip import images, resume
@@ -92,6 +104,7 @@ def prepare(args) -> Job:
     if args.gt is not None:
         gt = checks.read_ground_truth(args.gt, x_hw, int(observation.shape[0]))
     recipe = _recipe(loaded)
+    _check_space(loaded, args, outputs, source, x_hw, info, total)
     recipe.fit = loaded.config.updated(steps=total, device=device)
     job = Job(task=loaded.task, recipe=recipe, observation=observation, info=info, out_hw=x_hw,
               gt=gt, output=outputs.output, report=outputs.report, plot=outputs.plot, frames=outputs.frames,

@@ -163,3 +163,56 @@ def test_frames_of_an_earlier_run_are_kept_without_force(img, tmp_path, capsys):
     assert (frames / "step_000001.png").read_bytes() == b"earlier"
     assert cli.main(argv + ["--force"]) == 0
     assert (frames / "step_000001.png").read_bytes() != b"earlier"
+
+
+def _failing_in(folder, real, code=errno.ENOSPC):
+    def write(path, data, **kw):
+        if os.path.dirname(path) == str(folder):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, data, **kw)
+    return write
+
+
+def test_frames_that_cannot_be_written_do_not_end_the_fit(img, tmp_path, capsys, monkeypatch):
+    from dip.images import writing
+
+    frames = tmp_path / "fr"
+    monkeypatch.setattr(writing, "atomic_write", _failing_in(frames, writing.atomic_write))
+    code = cli.main(["denoise", str(img), "-o", str(tmp_path / "out.png"), "--steps", "3", "--save-every", "1",
+                     "--frames", str(frames), "--quiet"])
+    err = _err(capsys)
+    assert code == 0 and err.count("cannot write the frame") == 1, err
+    assert (tmp_path / "out.png").is_file()
+
+
+def test_a_periodic_checkpoint_that_fails_does_not_end_the_fit(img, tmp_path, capsys, monkeypatch):
+    from dip import checkpoint
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    monkeypatch.setattr(checkpoint, "atomic_write", _failing_in(ck, checkpoint.atomic_write))
+    code = cli.main(["denoise", str(img), "-o", str(tmp_path / "out.png"), "--steps", "2", "--stop", "steps",
+                     "--checkpoint", str(ck / "c.ckpt"), "--checkpoint-every", "1", "--quiet"])
+    err = _err(capsys)
+    assert code == 1, err
+    assert "cannot save the checkpoint" in err and f"saved it to {tmp_path / 'c.ckpt'}" in err
+    assert (tmp_path / "out.png").is_file() and (tmp_path / "c.ckpt").is_file()
+
+
+def test_an_unexpected_os_error_is_not_called_a_bug(img, tmp_path, capsys, monkeypatch):
+    from dip.cli import fit_command
+
+    def broken(task, args):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), "/some/file")
+
+    monkeypatch.setattr(fit_command, "prepare", broken)
+    assert cli.main(["denoise", str(img), "-o", str(tmp_path / "out.png")]) == 1
+    assert "Input/output error: /some/file" in _err(capsys)
+
+
+def test_resume_checks_free_space_too(img, tmp_path, capsys, monkeypatch):
+    assert cli.main(["denoise", str(img), "-o", str(tmp_path / "fit.png"), "--steps", "1", "--stop", "steps",
+                     "--checkpoint", str(tmp_path / "fit.ckpt"), "-q"]) == 0
+    monkeypatch.setattr(space, "free_bytes", lambda folder: 1000)
+    assert cli.main(["resume", str(tmp_path / "fit.ckpt"), "--steps", "2", "-q"]) == 2
+    assert "not enough free disk space" in _err(capsys)
