@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -68,6 +69,7 @@ import numpy as np
 import torch
 
 from dip import metrics, recipes, stopping
+from dip.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -518,7 +520,15 @@ def format_table(rows: Sequence[dict]) -> str:
                 f"{_fmt(mean('fixed_psnr'), mean('fixed_ssim')):>12} {_fmt(mean('auto_psnr'), mean('auto_ssim')):>12} "
                 f"{mean('peak_psnr'):>7.2f}       {mean('fixed_seconds'):>7.1f}        "
                 f"{mean('auto_seconds'):>7.1f}  auto within 0.5 dB of peak: {within}/{len(sel)}")
+    if any(TASKS.get(r["case"], {}).get("task") == "denoise" and not math.isfinite(r["baseline_psnr"])
+           for r in rows):
+        lines.append(BM3D_MISSING)
     return "\n".join(lines)
+
+
+#: the table's footnote when denoising has no baseline
+BM3D_MISSING = ("baseline '-' for denoising: it is BM3D, from the optional bm3d package; "
+                "install it with: pip install 'dip[bm3d]'")
 
 
 CSV_FIELDS = ("case", "image", "seed", "recipe", "size", "metric",
@@ -533,11 +543,12 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+    buffer = io.StringIO(newline="")
+    w = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+    atomic_write(path, buffer.getvalue())
 
 
 #: value of the "format" key of a curves file
@@ -595,8 +606,7 @@ def write_curves(rows: Sequence[dict], path: str | os.PathLike) -> None:
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(curves_document(rows), fh, separators=(",", ":"), allow_nan=False)
+    atomic_write(path, json.dumps(curves_document(rows), separators=(",", ":"), allow_nan=False))
 
 
 # ---------------------------------------------------------------------------------- CLI

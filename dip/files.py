@@ -6,6 +6,9 @@ the disk (``fsync``) and the temporary file is renamed over the destination (``o
 atomic on POSIX and Windows within one file system). A crash or an exception at any point
 leaves either the old file or the new one, never a mixture, and no temporary file behind.
 
+The temporary file's name is short and fixed in form (``.dip-XXXXXXXX.tmp``, 17 characters),
+so any destination name the file system accepts can be written: ``name_fits`` says whether it does.
+
 The new file gets the permissions an ordinary ``open(path, "w")`` would give it, 0o666 less
 the process's umask (``tempfile.mkstemp`` creates files 0o600, readable by their owner only).
 """
@@ -16,7 +19,12 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "name_fits", "probe_folder", "TEMP_PREFIX", "TEMP_SUFFIX"]
+
+#: the temporary file's name is TEMP_PREFIX + 8 random characters + TEMP_SUFFIX
+TEMP_PREFIX = ".dip-"
+TEMP_SUFFIX = ".tmp"
+_DEFAULT_NAME_MAX = 255
 
 
 def _umask() -> int:
@@ -32,6 +40,35 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system of ``folder`` accepts (255 when unknown)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return _DEFAULT_NAME_MAX
+
+
+def name_fits(path: str | os.PathLike) -> tuple[bool, int]:
+    """Whether the file name of ``path`` (its last component, in the file system's encoding)
+    is short enough for the file system of its folder, which must exist; and that limit (bytes)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    limit = _name_max(folder)
+    return len(os.fsencode(path.name)) <= limit, limit
+
+
+def probe_folder(folder: str | os.PathLike) -> None:
+    """Create and remove one temporary file in ``folder``: the check that ``atomic_write`` can
+    write there (``os.access`` says yes to root on a read-only file system).
+
+    Raises:
+        OSError: the folder is missing, not writable, on a read-only or full file system.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _sync_folder(folder: Path) -> None:
@@ -64,7 +101,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | bytearray | memoryview |
     path = Path(path)
     payload = data.encode(encoding) if isinstance(data, str) else data
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)

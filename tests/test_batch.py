@@ -59,11 +59,11 @@ def test_inputs_folders_globs_duplicates_and_ignored(tmp_path, three):
     other = tmp_path / "other"
     other.mkdir()
     make_image(other / "d.png", 3)
-    (other / "e.gif").write_bytes(b"GIF89a")  # named explicitly: reported
-    jobs, ignored = plan("denoise", [three, str(three / "a.png"), str(other / "*.png"), other / "e.gif"],
+    (other / "e.svg").write_text("<svg/>")  # named explicitly: reported
+    jobs, ignored = plan("denoise", [three, str(three / "a.png"), str(other / "*.png"), other / "e.svg"],
                          tmp_path / "out")
     assert [j.stem for j in jobs] == ["a", "b", "c", "d"]
-    assert len(ignored) == 1 and "e.gif" in ignored[0] and "not a supported image" in ignored[0]
+    assert len(ignored) == 1 and "e.svg" in ignored[0] and "not a supported image" in ignored[0]
     job = jobs[0]
     out = (tmp_path / "out").resolve()
     assert (job.output, job.report, job.checkpoint) == (out / "a.png", out / "a.json", out / "a.ckpt")
@@ -71,6 +71,19 @@ def test_inputs_folders_globs_duplicates_and_ignored(tmp_path, three):
     assert jpg_jobs[0].output.suffix == ".png"
     tif_jobs, _ = plan("jpeg", [three / "a.png"], tmp_path / "out", ext="tif")
     assert tif_jobs[0].output == out / "a.tif"
+
+
+def test_every_suffix_a_fit_reads_is_a_batch_input(tmp_path):
+    """A GIF (read by a single fit: its first frame) is an input; --ext same writes it as PNG."""
+    from PIL import Image
+
+    from dip.batch.plan import input_suffixes
+
+    assert set(io.SUPPORTED_SUFFIXES) | {".gif"} == set(input_suffixes())
+    Image.new("RGB", (SIZE, SIZE), (10, 200, 30)).save(tmp_path / "g.gif")
+    jobs, ignored = plan("denoise", [tmp_path], tmp_path / "out", ext="same")
+    assert [j.stem for j in jobs] == ["g"] and not ignored
+    assert jobs[0].output.suffix == ".png"
 
 
 def test_inputs_that_match_nothing(tmp_path, three, capsys):

@@ -14,6 +14,7 @@ from dip import cli
 from dip.batch.core import run_batch
 from dip.batch.manifest import MANIFEST_NAME, SUMMARY_NAME, format_table
 from dip.batch.plan import BATCH_TASKS, DEFAULT_MASK_PATTERN, BatchError
+from dip.cli.argtypes import seed_value, steps_count, threads_count
 
 #: (option, argparse keyword arguments): single-image fit options a batch passes to fresh fits
 _PASSED = (
@@ -22,7 +23,7 @@ _PASSED = (
     ("--lr", {"help": "Adam learning rate"}),
     ("--reg-noise", {"metavar": "STD", "help": "std of the noise added to the input code every step"}),
     ("--net", {"help": "generator: skip, unet, resnet, decoder"}),
-    ("--seed", {"help": "random seed of every fit (default the recipe's)"}),
+    ("--seed", {"type": seed_value, "help": "random seed of every fit (default the recipe's)"}),
     ("--stop", {"choices": ("auto", "steps"), "help": "stopping rule"}),
     ("--precision", {"choices": ("fp32", "bf16"), "help": "arithmetic of the network"}),
     ("--bit-depth", {"choices": ("8", "16"), "help": "bits per sample of the outputs"}),
@@ -63,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("where")
     run.add_argument("--workers", type=_positive_int, default=1, help="fits at the same time on this machine "
                                                                       "(default 1)")
-    run.add_argument("--threads", type=_positive_int,
+    run.add_argument("--threads", type=threads_count,
                      help="CPU threads per fit (default: CPUs // workers; 1 on a Ray cluster)")
     run.add_argument("--ray", metavar="ADDRESS",
                      help="run on Ray: 'local' (a private instance on this machine, loopback only), "
@@ -74,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="device of every fit; cuda makes each Ray task ask for one GPU")
 
     fit = parser.add_argument_group("fit (passed to every image's fit)")
-    fit.add_argument("--steps", type=_positive_int, help="steps per image (default: the recipe's)")
+    fit.add_argument("--steps", type=steps_count, help="steps per image (default: the recipe's)")
     fit.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
                      help="save each fit's checkpoint every N steps (a fit whose worker dies resumes from it)")
     for option, kwargs in _PASSED:

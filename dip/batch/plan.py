@@ -1,7 +1,8 @@
 """Which images a batch restores, with their masks, ground truths and output files.
 
 Inputs are files, folders (the image files directly inside, sorted by name; not recursive) or
-glob patterns. Files are recognised as images by their suffix (``dip.images.SUPPORTED_SUFFIXES``);
+glob patterns. Files are recognised as images by their suffix (``input_suffixes``: what
+``dip.images`` writes, ``SUPPORTED_SUFFIXES``, and GIF, which a fit reads);
 other files inside folders are ignored silently, named or matched ones are reported. Every image
 gets the files ``OUTDIR/<stem>.<ext>`` (the restored image), ``OUTDIR/<stem>.json`` (the fit's
 report), ``OUTDIR/<stem>.ckpt`` (its checkpoint) and ``OUTDIR/<stem>.log`` (the fit's messages),
@@ -62,14 +63,24 @@ class ImageJob:
     gt: Path | None = None
 
 
+#: formats a fit reads but ``dip.images`` does not write (a GIF's first frame): inputs, not outputs
+READ_ONLY_SUFFIXES = (".gif",)
+
+
 def _supported_suffixes() -> tuple[str, ...]:
+    """Suffixes of the formats the restored images can be written in."""
     from dip import images
 
     return tuple(sorted(images.SUPPORTED_SUFFIXES))
 
 
+def input_suffixes() -> tuple[str, ...]:
+    """Suffixes of the files a batch takes as images: every one a single fit command reads."""
+    return tuple(sorted(set(_supported_suffixes()) | set(READ_ONLY_SUFFIXES)))
+
+
 def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in _supported_suffixes()
+    return path.suffix.lower() in input_suffixes()
 
 
 def _shorten(items: Sequence[str]) -> str:
@@ -149,7 +160,7 @@ def mask_path(image: Path, pattern: str = DEFAULT_MASK_PATTERN, masks_dir: Path 
 def find_gt(stem: str, gt_dir: Path) -> Path | None:
     """The ground truth of image ``stem`` in ``gt_dir``: the image file named ``<stem>.<suffix>``
     (``.png`` first, then the other suffixes in sorted order), or None."""
-    suffixes = _supported_suffixes()
+    suffixes = input_suffixes()
     ordered = (".png",) + tuple(s for s in suffixes if s != ".png")
     for suffix in ordered:
         for candidate in (gt_dir / f"{stem}{suffix}", gt_dir / f"{stem}{suffix.upper()}"):
@@ -159,13 +170,15 @@ def find_gt(stem: str, gt_dir: Path) -> Path | None:
 
 
 def output_suffix(image: Path, ext: str) -> str:
-    """Suffix of the restored image: ``.ext``, or the input's suffix when ``ext == "same"``.
+    """Suffix of the restored image: ``.ext``, or the input's suffix when ``ext == "same"``
+    (``.png`` for an input in a format that is read only, such as GIF).
 
     Raises:
         BatchError: ``ext`` is not a supported image format.
     """
-    if ext == "same":
-        return image.suffix.lower()
+    if ext == "same":  # a format that is read only (GIF) is written as PNG
+        suffix = image.suffix.lower()
+        return suffix if suffix in _supported_suffixes() else ".png"
     suffix = "." + ext.lower().lstrip(".")
     if suffix not in _supported_suffixes():
         raise BatchError(f"--ext {ext!r} is not a supported image format",
@@ -215,7 +228,7 @@ def plan(task: str, specs: Sequence[str | os.PathLike], outdir: str | os.PathLik
                              + "; change it with --mask-pattern / --masks DIR")
     if not images:
         raise BatchError("no input images: the inputs name no image file "
-                         f"({', '.join(_supported_suffixes())})", "check the paths and patterns")
+                         f"({', '.join(input_suffixes())})", "check the paths and patterns")
     _check_clashes(images)
 
     jobs = []
@@ -257,10 +270,20 @@ def _check_outdir(out: Path) -> Path:
         if not parent.is_dir():
             raise BatchError(f"output folder {out}: its parent folder {parent} does not exist",
                              "create it first or choose another folder")
+        _check_writable(parent, f"output folder {out}: cannot create it in {parent}")
         return out.resolve()
-    if not os.access(out, os.W_OK):
-        raise BatchError(f"output folder {out} is not writable", "choose another folder")
+    _check_writable(out, f"output folder {out} is not writable")
     return out.resolve()
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """A file can be created in ``folder`` (tried: ``os.access`` says yes to root on a read-only disk)."""
+    from dip.files import probe_folder
+
+    try:
+        probe_folder(folder)
+    except OSError as exc:
+        raise BatchError(f"{what} ({exc.strerror or exc})", "choose a folder you can write to") from None
 
 
 def _check_folder(path: str | os.PathLike, option: str) -> Path:

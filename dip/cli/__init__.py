@@ -11,6 +11,8 @@ Every fit command reads its inputs, checks everything that can be checked before
 (files, sizes, options, device, memory), and only then fits. A mistake is answered with exit
 code 2 and one or two lines on stderr — what is wrong and what to do — and no output file is
 created or overwritten. Outputs are written atomically (temporary file, then rename).
+Every command that writes keeps existing files unless ``--force``, and never writes over one
+of its own inputs, even with ``--force``.
 
 Exit codes: 0 success; 1 an unexpected failure (run with ``--debug`` for the traceback);
 2 bad input or options; 130 interrupted (SIGINT), 143 terminated (SIGTERM).
@@ -35,9 +37,12 @@ Modules, one job each (as in ``dip.batch``):
   the checks both make before fitting (outputs, frames, ground truth, device); ``argtypes``;
 - ``fit_command`` (denoise, jpeg, sr, inpaint, restore, flash), ``resume_command``, ``demo``,
   ``info``, ``hooks`` (eval, export, render, batch, implemented in their own modules);
-- ``job``: fitting a checked ``Job`` and writing its outputs; ``progress``: the fit callbacks
-  (progress bar, frames); ``report``: the JSON report; ``memory``: the memory estimate;
-  ``errors``: exit codes and ``UsageError``. Plots are drawn by ``dip.plots``, files written by
+- ``job``: fitting a checked ``Job`` and writing its outputs; ``rescue``: where a file goes
+  when it cannot be written after the fit (beside the other outputs, else the temp folder:
+  exit 1, never a lost fit); ``progress``: the fit callbacks (progress bar, frames);
+  ``report``: the JSON report; ``memory``: the memory estimate; ``space``: free disk space
+  against what a run writes; ``guards``: --force and the checks of export, render and eval;
+  ``notes``: notes on inputs converted on reading; ``errors``: exit codes and ``UsageError``. Plots are drawn by ``dip.plots``, files written by
   ``dip.files.atomic_write``.
 
 Nothing here imports torch before a command needs it: ``dip --help`` stays fast.

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 from dip.cli.errors import UsageError
+from dip.cli.notes import input_notes
 
 CHECKPOINT_SUFFIX = ".ckpt"
 
@@ -30,6 +32,39 @@ def _folder(path: Path) -> Path:
     return path.parent if str(path.parent) else Path(".")
 
 
+def check_writable(folder: Path, what: str) -> None:
+    """``folder`` takes new files (a temporary file is created and removed there)."""
+    from dip.files import probe_folder
+
+    try:
+        probe_folder(folder)
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot write in the folder {folder} ({exc.strerror or exc})",
+                         "choose a folder you can write to") from None
+
+
+def check_name_length(path: Path, what: str, hint: str = "choose a shorter name") -> None:
+    """The file name of ``path`` is not longer than its file system allows."""
+    from dip.files import name_fits
+
+    fits, limit = name_fits(path)
+    if not fits:
+        raise UsageError(f"{what}: the file name {path.name[:40]}... is {len(os.fsencode(path.name))} bytes long, "
+                         f"over the {limit} its file system allows", hint)
+
+
+def check_not_input(output: Path, inputs: dict[str, str], what: str = "output") -> None:
+    """The output is none of the input files (even with --force: it would destroy the input)."""
+    for role, text in inputs.items():
+        source = Path(text)
+        same = output.resolve() == source.resolve()
+        if not same and output.exists() and source.exists():
+            same = os.path.samefile(output, source)
+        if same:
+            raise UsageError(f"{what} {output} is the {role} file; writing it would destroy the {role}",
+                             "write the result to another file (--force does not change this)")
+
+
 def check_output_path(path_text: str, what: str, force: bool, *, image: bool = False) -> Path:
     """Validate a file we are going to write: folder exists, not a directory, exists only with --force."""
     from dip import images
@@ -44,17 +79,21 @@ def check_output_path(path_text: str, what: str, force: bool, *, image: bool = F
     folder = _folder(path)
     if not folder.is_dir():
         raise UsageError(f"{what} {path}: the folder {folder} does not exist", "create it first or choose another path")
+    check_name_length(path, what)
     if path.is_dir():
         raise UsageError(f"{what} {path} is a directory", "give a file name")
     if path.exists() and not force:
         raise UsageError(f"{what} {path} already exists", "use --force to overwrite it or choose another name")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{what} {path}: the folder {folder} is not writable", "choose another folder")
+    check_writable(folder, f"{what} {path}")
     return path
 
 
-def check_frames(save_every: int | None, frames_text: str | None) -> Path | None:
-    """--save-every N and --frames DIR come together; the folder exists, or its parent does."""
+FRAME_PATTERN = "step_*.png"
+
+
+def check_frames(save_every: int | None, frames_text: str | None, force: bool = False) -> Path | None:
+    """--save-every N and --frames DIR come together; the folder exists, or its parent does;
+    either can be written to; frames of an earlier run (``step_*.png``) are kept unless ``force``."""
     if save_every is not None and frames_text is None:
         raise UsageError("--save-every needs --frames DIR", "add --frames FOLDER for the intermediate images")
     if frames_text is not None and save_every is None:
@@ -66,6 +105,12 @@ def check_frames(save_every: int | None, frames_text: str | None) -> Path | None
         raise UsageError(f"--frames {frames} is a file, not a folder", "give a folder name")
     if not frames.exists() and not _folder(frames).is_dir():
         raise UsageError(f"--frames {frames}: its parent folder does not exist", "create it first")
+    check_writable(frames if frames.is_dir() else _folder(frames), f"--frames {frames}")
+    if frames.is_dir() and not force:
+        earlier = sorted(frames.glob(FRAME_PATTERN))
+        if earlier:
+            raise UsageError(f"--frames {frames} already holds {len(earlier)} frames ({earlier[0].name}, ...)",
+                             "use --force to overwrite them or choose another folder")
     return frames
 
 
@@ -79,7 +124,7 @@ def check_outputs(args, output_text: str, *, output_force: bool, checkpoint_forc
     from dip import images
 
     force = bool(args.force)
-    frames = check_frames(args.save_every, args.frames)
+    frames = check_frames(args.save_every, args.frames, force)
     output = check_output_path(output_text, "output", output_force, image=True)
     if args.bit_depth == 16 and images.format_for_path(output) not in ("PNG", "TIFF"):
         raise UsageError(f"--bit-depth 16: {output.suffix} files hold 8 bits per sample", "write a .png or .tif")
@@ -99,6 +144,8 @@ def implicit_checkpoint(output: Path, force: bool) -> Path:
     """OUT.ckpt: where a checkpoint goes when --checkpoint is not given. It must not silently
     replace the checkpoint of an earlier, interrupted fit of the same output."""
     path = output.with_name(output.name + CHECKPOINT_SUFFIX)
+    check_name_length(path, "the checkpoint (written if the fit is interrupted)",
+                      "choose a shorter output name, or give --checkpoint FILE")
     if path.exists() and not force:
         raise UsageError(f"{path} exists (the checkpoint of an earlier fit of {output.name}?)",
                          f"continue that fit with 'dip resume {path}', or add --force to start afresh")
@@ -106,13 +153,17 @@ def implicit_checkpoint(output: Path, force: bool) -> Path:
 
 
 def read_image_arg(path: str, what: str):
-    """``dip.images.read_image(path)``; a bad file is a UsageError naming the option ``what``."""
+    """``dip.images.read_image(path)``; a bad file is a UsageError naming the option ``what``;
+    a conversion on reading (CMYK, palette transparency, animation) is a note on stderr."""
     from dip import images
 
     try:
-        return images.read_image(path)
+        image, info = images.read_image(path)
     except images.ImageError as exc:
         raise UsageError(f"{what}: {exc}") from None
+    for note in input_notes(path, info):  # shown even with --quiet, like the notes on writing
+        sys.stderr.write(f"dip: note: {what} {path}: {note}\n")
+    return image, info
 
 
 def read_ground_truth(path: str, out_hw: tuple[int, int], channels: int):
@@ -139,12 +190,16 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
-def apply_threads(threads: int | None) -> None:
-    """--threads N: torch's intra-op threads for this process."""
-    if threads is not None:
-        import torch
+def apply_threads(threads: int | None) -> int:
+    """--threads N: torch's intra-op threads for this process (at most the CPUs available);
+    returns the thread count the fit will use."""
+    import torch
 
-        torch.set_num_threads(threads)
+    from dip.cli.argtypes import available_cpus
+
+    if threads is not None:
+        torch.set_num_threads(max(1, min(int(threads), available_cpus())))
+    return int(torch.get_num_threads())
 
 
 def hw(t) -> str:

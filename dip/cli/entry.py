@@ -29,6 +29,12 @@ def _dispatch(args) -> int:
     raise UsageError(f"unknown command {command!r}", "run 'dip --help' for the commands")
 
 
+def log_prefix(command: str | None) -> str:
+    """What every logged message starts with: ``dip: `` or, for a hooked command, ``dip COMMAND: ``
+    (the form of the command's own messages, whichever module logs)."""
+    return f"dip {command}: " if command in hooks.HOOKS else "dip: "
+
+
 def _user_error_types() -> tuple:
     """Errors about the user's files, answered with exit code 2: ImageError, CheckpointError."""
     from dip import images
@@ -42,6 +48,22 @@ def _user_error_types() -> tuple:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``dip`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
+
+    Ctrl-C at any moment outside a fit (which saves and stops on its own, see ``dip.cli``)
+    answers one line and exit code 130, never a traceback. See ``_main``.
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write(INTERRUPTED)
+        return EXIT_INTERRUPTED
+
+
+INTERRUPTED = "dip: interrupted; no output was written for the unfinished command\n"
+
+
+def _main(argv: Sequence[str] | None) -> int:
     """Run the ``dip`` command with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
 
     Run as the process's command line (``argv`` None), fit commands first raise glibc's mmap
@@ -67,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     args.process_wide = process_wide
     debug = bool(getattr(args, "debug", False))
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=log_prefix(args.command) + "%(message)s")
     if debug:
         logging.getLogger("dip").setLevel(logging.DEBUG)
     try:
@@ -75,15 +97,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         err(exc.message, exc.hint)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write("dip: interrupted; no output was written for the unfinished fit\n")
-        return EXIT_INTERRUPTED
     except Exception as exc:
         if isinstance(exc, _user_error_types()):
             err(str(exc))
             return EXIT_USAGE
         if debug:
             raise
+        if isinstance(exc, OSError):  # the machine's files, not dip: say which, not "a bug"
+            err(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+                "check that file or folder (space, permissions); --debug shows where it happened")
+            return EXIT_FAILURE
         err(f"{type(exc).__name__}: {exc}", "this is a bug or an environment problem; "
                                             "run again with --debug for the traceback")
         return EXIT_FAILURE

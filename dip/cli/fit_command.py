@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from typing import Any
 
-from dip.cli import checks, memory
+from dip.cli import checks, memory, space
 from dip.cli.argtypes import factor
 from dip.cli.errors import UsageError
 from dip.cli.job import Job, execute
@@ -182,20 +183,39 @@ def _output_size(recipe, observation, max_megapixels: float | None) -> tuple[int
     return out_hw
 
 
-def _check_memory(recipe, out_hw: tuple[int, int], inputs: _Inputs, device: str) -> int | None:
-    """The memory estimate (bytes, None when it failed); UsageError when it exceeds what is available."""
+def _check_memory(recipe, out_hw: tuple[int, int], inputs: _Inputs, device: str):
+    """The fit's ``memory.FitEstimate`` (None when it failed); UsageError when its memory exceeds
+    what is available."""
     in_channels = int(inputs.flash.shape[0]) if inputs.flash is not None else None
     try:
-        estimate = memory.estimate_fit_memory(recipe, out_hw, int(inputs.observation.shape[0]), in_channels)
+        fit_estimate = memory.fit_estimate(recipe, out_hw, int(inputs.observation.shape[0]), in_channels)
     except Exception as exc:  # the estimate is advisory: never block a fit because it failed
         log.debug("memory estimate failed: %s", exc)
         return None
+    estimate = fit_estimate.memory
     available = memory.available_memory(device)
     if available is not None and estimate > available:
         raise UsageError(f"the image is too large for this machine: fitting {out_hw[1]}x{out_hw[0]} needs about "
                          f"{memory.format_bytes(estimate)}, {memory.format_bytes(available)} of {device} memory "
                          "is available", "use a smaller image (crop or resize), or a machine with more memory")
-    return estimate
+    return fit_estimate
+
+
+#: padding that is worth a warning: this many times the image's pixels, costing this much memory
+PADDING_RATIO = 4
+PADDING_MEMORY = 512 * 1024 * 1024
+
+
+def _warn_padding(out_hw: tuple[int, int], estimate) -> None:
+    """One line when the generator's padded size makes the fit far bigger than the image."""
+    if estimate is None:
+        return
+    ratio = (estimate.padded_hw[0] * estimate.padded_hw[1]) / float(out_hw[0] * out_hw[1])
+    if ratio >= PADDING_RATIO and estimate.memory >= PADDING_MEMORY:
+        sys.stderr.write(f"dip: warning: the network renders the {out_hw[1]}x{out_hw[0]} image at its padded size "
+                         f"{estimate.padded_hw[1]}x{estimate.padded_hw[0]} ({ratio:.0f}x the pixels): about "
+                         f"{memory.format_bytes(estimate.memory)} of memory and as much slower per step; "
+                         "crop or pad the image nearer a square to fit faster\n")
 
 
 def _recorded_options(args, task: str) -> dict[str, Any]:
@@ -213,7 +233,7 @@ def prepare(task: str, args) -> Job:
     outputs = checks.check_outputs(args, args.output, output_force=force, checkpoint_force=force)
     checkpoint_path = outputs.checkpoint or checks.implicit_checkpoint(outputs.output, force)
     device = checks.resolve_device(args.device)
-    checks.apply_threads(args.threads)
+    threads = checks.apply_threads(args.threads)
 
     inputs = _read_inputs(task, args)
     out_hw = _output_size(recipe, inputs.observation, args.max_megapixels)
@@ -221,15 +241,29 @@ def prepare(task: str, args) -> Job:
     if args.gt is not None:
         gt = checks.read_ground_truth(args.gt, out_hw, int(inputs.observation.shape[0]))
         inputs.files["gt"] = args.gt
+    for flag, path in (("-o", outputs.output), ("--report", outputs.report), ("--plot", outputs.plot),
+                       ("--checkpoint", checkpoint_path)):
+        if path is not None:
+            checks.check_not_input(path, inputs.files, flag)
     estimate = _check_memory(recipe, out_hw, inputs, device)
+    _warn_padding(out_hw, estimate)
+    checkpoint_requested = outputs.checkpoint is not None or args.checkpoint_every is not None
+    if estimate is not None:
+        space.check_free_space(space.Plan(
+            out_hw=out_hw, channels=int(inputs.observation.shape[0]), bits=args.bit_depth or inputs.info.bit_depth,
+            params=estimate.params, steps=recipe.fit.steps, padded_hw=estimate.padded_hw, output=outputs.output,
+            report=outputs.report, plot=outputs.plot, checkpoint=checkpoint_path if checkpoint_requested else None,
+            frames=outputs.frames, save_every=args.save_every))
 
     recipe.fit = recipe.fit.updated(device=device)
     job = Job(task=task, recipe=recipe, observation=inputs.observation, info=inputs.info, out_hw=out_hw,
               mask=inputs.mask, flash=inputs.flash, gt=gt, output=outputs.output, report=outputs.report,
-              plot=outputs.plot, frames=outputs.frames, device=device, memory_estimate=estimate,
+              plot=outputs.plot, frames=outputs.frames, device=device,
+              memory_estimate=None if estimate is None else estimate.memory,
               inputs=inputs.files, checkpoint_path=checkpoint_path,
-              checkpoint_requested=outputs.checkpoint is not None or args.checkpoint_every is not None,
-              checkpoint_every=args.checkpoint_every, options=_recorded_options(args, task),
+              checkpoint_requested=checkpoint_requested,
+              checkpoint_every=args.checkpoint_every,
+              options=dict(_recorded_options(args, task), threads=threads),
               title=f"dip {task} ({recipe.name})")
     mask4 = None if job.mask is None else job.mask[None]
 

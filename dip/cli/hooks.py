@@ -2,7 +2,8 @@
 
 Each is a module with an argument-adding function and a run function, imported only when its
 command is the one being run (they import torch, onnx, ray, ...): ``dip --help`` lists them
-without importing any.
+without importing any. ``dip.cli.guards`` gives those that write files ``--force`` and checks
+their outputs (and ``render --z``) before they run.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 import importlib
 from collections.abc import Callable
 
+from dip.cli import guards
 from dip.cli.errors import UsageError
 
 #: command -> (module, add-arguments function, run function, help)
@@ -47,10 +49,12 @@ def add_parsers(sub, hooked: str | None) -> None:
         p = sub.add_parser(name, help=help_text, add_help=name == hooked)
         if name == hooked:
             hook_function(name, add_name)(p)
+            guards.add_options(name, p)
         else:
             p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
 
 def run(command: str, args) -> int:
-    """Run hooked ``command`` with parsed ``args``."""
+    """Run hooked ``command`` with parsed ``args``, after ``dip.cli.guards.check``."""
+    guards.check(command, args)
     return int(hook_function(command, HOOKS[command][2])(args) or 0)

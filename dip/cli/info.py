@@ -25,6 +25,12 @@ def native_status() -> tuple[bool, str]:
         return False, f"unknown ({exc})"
 
 
+def recipe_settings(recipe) -> dict[str, Any]:
+    """What ``dip info`` says of a recipe: its task, network, steps, learning rate and stopping rule."""
+    return {"task": recipe.task, "net": recipe.net.get("name"), "steps": recipe.fit.steps,
+            "lr": recipe.fit.lr, "stop": recipe.fit.stop}
+
+
 def info_dict() -> dict[str, Any]:
     """What ``dip info`` shows."""
     import torch
@@ -52,6 +58,7 @@ def info_dict() -> dict[str, Any]:
         from dip import models, recipes
 
         out["recipes"] = recipes.names()
+        out["recipe_settings"] = {name: recipe_settings(recipes.get(name)) for name in recipes.names()}
         out["nets"] = models.names()
     except Exception as exc:  # info must work on a damaged install
         out["recipes_error"] = str(exc)
@@ -82,7 +89,11 @@ def _lines(data: dict[str, Any]) -> list:
                     else "not available (CPU-only torch)"),
     ]
     if "recipes" in data:
-        lines.append(f"recipes: {', '.join(data['recipes'])}")
+        lines.append("recipes:")
+        width = max(len(n) for n in data["recipes"])
+        for name, r in data["recipe_settings"].items():
+            lines.append(f"  {name:<{width}}  {r['task']}: {r['net']} net, {r['steps']} steps, lr {r['lr']:g}, "
+                         f"stop {r['stop']}")
         lines.append(f"nets: {', '.join(data['nets'])}")
     else:
         lines.append(f"recipes: unavailable ({data['recipes_error']})")

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from dip.cli.checks import hw
-from dip.cli.errors import EXIT_OK, say
+from dip.cli.errors import EXIT_FAILURE, EXIT_OK, say
 from dip.cli.memory import format_bytes
 from dip.cli.progress import FrameSaver, ProgressBar
 from dip.cli.report import build_report, report_bytes, written_form
+from dip.cli.rescue import Saver
 
 
 @dataclasses.dataclass
@@ -61,13 +62,29 @@ def tune_process(args) -> bool:
     return bool(runtime.configure_allocator())
 
 
-def save_checkpoint(job: Job, result) -> None:
-    """Write ``result`` (finished, interrupted or mid-fit) to the job's checkpoint, atomically."""
+def checkpoint_payload(job: Job, result) -> dict:
+    """The checkpoint of ``result`` (finished, interrupted or mid-fit)."""
     from dip import checkpoint
 
-    payload = checkpoint.payload_from_result(result, recipe=job.recipe, observation=job.observation[None],
-                                             image_info=job.info, options=job.options)
-    checkpoint.save(job.checkpoint_path, payload)
+    return checkpoint.payload_from_result(result, recipe=job.recipe, observation=job.observation[None],
+                                          image_info=job.info, options=job.options)
+
+
+def save_checkpoint(job: Job, result, path: Path | None = None) -> None:
+    """Write ``result`` to ``path`` (default: the job's checkpoint), atomically."""
+    from dip import checkpoint
+
+    checkpoint.save(path or job.checkpoint_path, checkpoint_payload(job, result))
+
+
+def _periodic_checkpoint(job: Job, partial) -> None:
+    """--checkpoint-every: a save that fails (full disk) is a warning; the fit goes on, and its
+    end writes the checkpoint again (elsewhere if need be)."""
+    try:
+        save_checkpoint(job, partial)
+    except OSError as exc:
+        sys.stderr.write(f"dip: warning: cannot save the checkpoint {job.checkpoint_path} at step "
+                         f"{partial.steps_run} ({exc.strerror or exc}); the fit goes on\n")
 
 
 def _fit(job: Job, args, stop_event=None):
@@ -81,7 +98,7 @@ def _fit(job: Job, args, stop_event=None):
     fit_kwargs: dict[str, Any] = {"stop_event": stop_event}
     if job.checkpoint_every is not None:
         fit_kwargs["checkpoint_every"] = job.checkpoint_every
-        fit_kwargs["on_checkpoint"] = lambda partial: save_checkpoint(job, partial)
+        fit_kwargs["on_checkpoint"] = lambda partial: _periodic_checkpoint(job, partial)
     try:
         return job.runner(callbacks, **fit_kwargs)
     finally:
@@ -100,28 +117,56 @@ def _baseline(job: Job):
     return up[0].clamp(0, 1)
 
 
-def _write_outputs(job: Job, args, result, interrupted: bool) -> float | None:
-    """The image, then the report, plot and checkpoint as asked; returns the input's PSNR
-    against --gt (None without it)."""
-    from dip import images, metrics
+def _fallback_folders(job: Job) -> list[Path]:
+    """Where a file that cannot be written goes instead: beside the report, the checkpoint, the image."""
+    return [p.parent if str(p.parent) else Path(".") for p in (job.report, job.checkpoint_path, job.output)
+            if p is not None]
+
+
+def _write_image(job: Job, args, image, path: Path) -> None:
+    from dip import images
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", images.ImageWarning)
+        images.write_image(path, image, job.info, bit_depth=args.bit_depth)
+    for w in caught:  # shown even with --quiet: the file differs from what was asked
+        sys.stderr.write(f"dip: note: {w.message}\n")
+
+
+def _write_outputs(job: Job, args, result, interrupted: bool) -> tuple[float | None, Saver]:
+    """The image, then the report, plot and checkpoint as asked, each through a ``Saver`` (a
+    file that cannot be written goes to a fallback folder); returns the input's PSNR against
+    --gt (None without it) and the Saver. When the image goes elsewhere the checkpoint is
+    written too, so the fit can be exported or resumed."""
+    from dip import checkpoint, metrics
     from dip.files import atomic_write
     from dip.plots import fit_curves_png
 
+    saver = Saver(_fallback_folders(job))
     image = result.image[0].clamp(0, 1)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", images.ImageWarning)
-        images.write_image(job.output, image, job.info, bit_depth=args.bit_depth)
-    for w in caught:  # shown even with --quiet: the file differs from what was asked
-        sys.stderr.write(f"dip: note: {w.message}\n")
+    saver.write("image", job.output, lambda p: _write_image(job, args, image, p))
     psnr_input = metrics.psnr(_baseline(job), job.gt) if job.gt is not None else None
     if job.report is not None:
-        atomic_write(job.report, report_bytes(build_report(job, args, result, psnr_input)))
+        data = report_bytes(build_report(job, args, result, psnr_input))
+        saver.write("report", job.report, lambda p: atomic_write(p, data))
     if job.plot is not None:
         stop_step = result.returned_step if result.stop_reason == "auto" else None
-        atomic_write(job.plot, fit_curves_png(result.history, title=job.title, stop_step=stop_step))
-    if job.checkpoint_requested or interrupted:
-        save_checkpoint(job, result)
-    return psnr_input
+        png = fit_curves_png(result.history, title=job.title, stop_step=stop_step)
+        saver.write("plot", job.plot, lambda p: atomic_write(p, png))
+    if job.checkpoint_requested or interrupted or saver.failed:
+        payload = checkpoint_payload(job, result)
+        saver.write("checkpoint", job.checkpoint_path, lambda p: checkpoint.save(p, payload))
+    return psnr_input, saver
+
+
+def _report_rescue(saver: Saver) -> int:
+    """Tell where the files went that could not be written; exit code 1."""
+    for note in saver.notes:
+        sys.stderr.write(f"dip: error: {note}\n")
+    ckpt = saver.written.get("checkpoint")
+    if saver.written.get("image") is None and ckpt is not None:
+        sys.stderr.write(f"dip: the fitted generator is kept in the checkpoint {ckpt} (see 'dip export')\n")
+    return EXIT_FAILURE
 
 
 def _summary(job: Job, args, result, psnr_input: float | None) -> str:
@@ -154,8 +199,10 @@ def execute(job: Job, args) -> int:
     with SignalStop() as stop:  # signals during the writing below wait for it to finish, too
         result = _fit(job, args, stop_event=stop)
         interrupted = result.stop_reason == "interrupted"
-        psnr_input = _write_outputs(job, args, result, interrupted)
+        psnr_input, saver = _write_outputs(job, args, result, interrupted)
 
+    if saver.failed:
+        return _report_rescue(saver)
     if interrupted:
         sys.stderr.write(f"dip: {stop.signal_name or 'stop requested'}: stopped after step {result.steps_run} of "
                          f"{result.config.steps}; wrote the image so far to {job.output} and the checkpoint "

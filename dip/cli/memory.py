@@ -8,6 +8,7 @@ gradients, Adam's two moments), times 1.25 for allocator slack. It is rough and 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 MEMORY_SLACK = 1.25
@@ -53,7 +54,35 @@ def _leaf_output_elements(net, depth: int, z_hw: tuple[int, int]) -> int:
     return total[0]
 
 
+def _build_net(recipe, channels: int, in_channels: int | None):
+    """(input depth, the recipe's generator), built without touching the global random state."""
+    import torch
+
+    from dip import models
+
+    depth = in_channels if in_channels is not None else recipe.input_depth
+    kwargs = {k: v for k, v in recipe.net.items() if k != "name"}
+    with torch.random.fork_rng(devices=[]):
+        net = models.build(recipe.net["name"], depth, channels, **kwargs)
+    return depth, net
+
+
+@dataclasses.dataclass(frozen=True)
+class FitEstimate:
+    """What a fit will take: ``memory`` (bytes, rough, errs high), the generator's ``params``
+    (elements) and the ``padded_hw`` (H, W) it renders before cropping to the image."""
+
+    memory: int
+    params: int
+    padded_hw: tuple[int, int]
+
+
 def estimate_fit_memory(recipe, x_hw: tuple[int, int], channels: int, in_channels: int | None = None) -> int:
+    """Rough peak memory of fitting ``recipe`` to an image of size ``x_hw`` (bytes); see ``fit_estimate``."""
+    return fit_estimate(recipe, x_hw, channels, in_channels).memory
+
+
+def fit_estimate(recipe, x_hw: tuple[int, int], channels: int, in_channels: int | None = None) -> FitEstimate:
     """Rough peak memory of fitting ``recipe`` to an image of size ``x_hw`` (bytes).
 
     Runs the generator once, without gradients, at the smallest input it accepts and counts
@@ -64,15 +93,9 @@ def estimate_fit_memory(recipe, x_hw: tuple[int, int], channels: int, in_channel
     few image-sized buffers and, with automatic stopping, its window of W outputs; fp32 (4 bytes);
     times 1.25 for allocator slack. It errs high for bf16.
     """
-    import torch
-
-    from dip import models
     from dip.fit import generator_geometry
 
-    depth = in_channels if in_channels is not None else recipe.input_depth
-    kwargs = {k: v for k, v in recipe.net.items() if k != "name"}
-    with torch.random.fork_rng(devices=[]):
-        net = models.build(recipe.net["name"], depth, channels, **kwargs)
+    depth, net = _build_net(recipe, channels, in_channels)
     net.eval()  # running statistics: the smallest input may have 1x1 maps at the deepest scale
     out_hw, z_hw = generator_geometry(net, x_hw)
     small_out, small_z = generator_geometry(net, (1, 1))
@@ -83,7 +106,8 @@ def estimate_fit_memory(recipe, x_hw: tuple[int, int], channels: int, in_channel
     window = int(recipe.fit.stop_window) if recipe.fit.stop == "auto" else 0
     elements = (2 * activations * scale + 4 * params + 2 * depth * z_hw[0] * z_hw[1]
                 + (4 + window) * channels * out_hw[0] * out_hw[1])
-    return int(MEMORY_SLACK * 4 * elements)
+    return FitEstimate(memory=int(MEMORY_SLACK * 4 * elements), params=int(params),
+                       padded_hw=(int(out_hw[0]), int(out_hw[1])))
 
 
 def format_bytes(n: float) -> str:

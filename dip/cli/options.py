@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from dip.cli.argtypes import nonneg_float, positive_float, positive_int
+from dip.cli.argtypes import nonneg_float, positive_float, positive_int, seed_value, steps_count, threads_count
 
 FIT_EPILOG = ("The progress bar (step, loss, PSNR with --gt, steps/s, time left) shows when stderr is a "
               "terminal; DIP_PROGRESS=1 shows it anyway. Exit codes: 0 done, 2 bad input or options "
@@ -76,7 +76,8 @@ def add_machine_options(group, variant: Variant) -> None:
     """--device and --threads."""
     group.add_argument("--device", choices=("cpu", "cuda", "auto"), default=variant.device_default,
                        help=variant.device_help)
-    group.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's)")
+    group.add_argument("--threads", type=threads_count,
+                       help="CPU threads, at most the CPUs available (default: torch's; dip resume: the fit's)")
 
 
 def add_fit_options(p: argparse.ArgumentParser) -> None:
@@ -86,12 +87,12 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     fit = p.add_argument_group("fit")
     fit.add_argument("--recipe", help="preset (see 'dip info'); default: denoise, jpeg, sr2/sr4/sr8 "
                                       "(sr4's settings for other factors), inpaint-text, restore-50, flash")
-    fit.add_argument("--steps", type=positive_int, help="number of optimisation steps (default: the recipe's)")
+    fit.add_argument("--steps", type=steps_count, help="number of optimisation steps (default: the recipe's)")
     fit.add_argument("--lr", type=positive_float, help="Adam learning rate (default: the recipe's)")
     fit.add_argument("--reg-noise", type=nonneg_float, metavar="STD",
                      help="std of the noise added to the input code every step")
     fit.add_argument("--net", help="generator: skip, unet, resnet, decoder (default: the recipe's)")
-    fit.add_argument("--seed", type=int, help="random seed of weights, code and noise")
+    fit.add_argument("--seed", type=seed_value, help="random seed of weights, code and noise")
     fit.add_argument("--stop", choices=("auto", "steps"),
                      help="'auto': stop when the output stops improving (windowed variance); "
                           "'steps': run all steps")
@@ -106,7 +107,7 @@ def add_resume_options(p: argparse.ArgumentParser) -> None:
     """``dip resume CKPT``: the checkpoint, --steps, the output options and --device/--threads."""
     p.epilog = FIT_EPILOG
     p.add_argument("checkpoint_in", metavar="CKPT", help="checkpoint of the fit (e.g. OUT.ckpt)")
-    p.add_argument("--steps", type=positive_int,
+    p.add_argument("--steps", type=steps_count,
                    help="total number of steps to reach (default: the steps the fit was started with)")
     add_output_options(p, RESUME)
     add_machine_options(p.add_argument_group("fit"), RESUME)

@@ -52,17 +52,28 @@ class ProgressBar:
 
 class FrameSaver:
     """Writes the current image (the averaged one where averaging is on) every ``every`` steps
-    to ``folder/step_000100.png`` (8-bit PNG)."""
+    to ``folder/step_000100.png`` (8-bit PNG). A frame that cannot be written (full disk) ends
+    the frames with one warning, not the fit."""
 
     def __init__(self, folder: Path, every: int):
         self.folder = folder
         self.every = int(every)
         self.written: list[Path] = []
+        #: why writing frames stopped (the fit goes on without them), or None
+        self.failure: str | None = None
 
     def __call__(self, event) -> None:
         from dip import images
 
+        if self.failure is not None:
+            return
         image = event.output_avg if event.output_avg is not None else event.output
         path = self.folder / f"step_{event.step:06d}.png"
-        images.write_image(path, image[0], None)
+        try:
+            images.write_image(path, image[0], None)
+        except OSError as exc:  # a full disk must not end the fit: its result matters more
+            self.failure = f"{path}: {exc.strerror or exc}"
+            sys.stderr.write(f"dip: warning: cannot write the frame {self.failure}; the fit goes on "
+                             "without frames\n")
+            return
         self.written.append(path)

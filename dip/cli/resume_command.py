@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dip.cli import checks
+from dip.cli import checks, space
 from dip.cli.errors import UsageError
 from dip.cli.job import Job, execute
 from dip.cli.options import add_resume_options
@@ -67,6 +67,18 @@ def _recipe(loaded):
                           input_kind="noise", input_depth=int(loaded.z.shape[1]), physics={}, fit=loaded.config)
 
 
+def _check_space(loaded, args, outputs, source: Path, x_hw, info, total: int) -> None:
+    """Free disk space for what the resumed run writes (``dip.cli.space``)."""
+    from dip.fit import generator_geometry
+
+    padded_hw = tuple(generator_geometry(loaded.generator, x_hw)[0])
+    space.check_free_space(space.Plan(
+        out_hw=x_hw, channels=int(loaded.y.shape[1]), bits=args.bit_depth or info.bit_depth,
+        params=sum(p.numel() for p in loaded.generator.parameters()), steps=total, padded_hw=padded_hw,
+        output=outputs.output, report=outputs.report, plot=outputs.plot,
+        checkpoint=outputs.checkpoint or source, frames=outputs.frames, save_every=args.save_every))
+
+
 def prepare(args) -> Job:
     """All checks and loading before the resumed fit; raises UsageError."""
     from dip import images, resume
@@ -74,8 +86,14 @@ def prepare(args) -> Job:
     source = Path(args.checkpoint_in)
     loaded, total = _load(source, args.steps)
     outputs = _outputs(args, source, loaded.options.get("output"))
+    for flag, path in (("-o", outputs.output), ("--report", outputs.report), ("--plot", outputs.plot)):
+        if path is not None:
+            checks.check_not_input(path, {"checkpoint": str(source)}, flag)
     device = _device(args, source, loaded.config.device)
-    checks.apply_threads(args.threads)
+    # the fit's own thread count (recorded with its options) unless --threads says otherwise
+    recorded_threads = loaded.options.get("threads")
+    threads = checks.apply_threads(args.threads if args.threads is not None else
+                                   recorded_threads if isinstance(recorded_threads, int) else None)
 
     observation = loaded.y[0]
     x_hw = tuple(loaded.physics.x_size(tuple(observation.shape[-2:])))
@@ -86,12 +104,14 @@ def prepare(args) -> Job:
     if args.gt is not None:
         gt = checks.read_ground_truth(args.gt, x_hw, int(observation.shape[0]))
     recipe = _recipe(loaded)
+    _check_space(loaded, args, outputs, source, x_hw, info, total)
     recipe.fit = loaded.config.updated(steps=total, device=device)
     job = Job(task=loaded.task, recipe=recipe, observation=observation, info=info, out_hw=x_hw,
               gt=gt, output=outputs.output, report=outputs.report, plot=outputs.plot, frames=outputs.frames,
               device=device, inputs={"checkpoint": str(source)},
               checkpoint_path=outputs.checkpoint or source, checkpoint_requested=True,
-              checkpoint_every=args.checkpoint_every, options=dict(loaded.options, output=str(outputs.output)),
+              checkpoint_every=args.checkpoint_every,
+              options=dict(loaded.options, output=str(outputs.output), threads=threads),
               title=f"dip resume {loaded.task} ({recipe.name})")
 
     def runner(callbacks, **fit_kwargs):

@@ -165,3 +165,83 @@ def test_resume_takes_every_output_option_of_a_fit():
         return {(tuple(a.option_strings), a.dest) for a in group._group_actions}
 
     assert output_options("resume") == output_options("denoise")
+
+
+def test_steps_and_seed_limits_agree_with_the_fit_config():
+    from dip.cli import argtypes
+    from dip.engine import config
+
+    assert (argtypes.MAX_STEPS, argtypes.MAX_SEED) == (config.MAX_STEPS, config.MAX_SEED)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    ("denoise {d}/img.png --steps 1000000000000 -o {d}/out.png", "at most 10,000,000"),
+    ("denoise {d}/img.png --seed 1180591620717411303424 -o {d}/out.png", "at most 9,223,372,036,854,775,806"),
+    ("denoise {d}/img.png --seed -1 -o {d}/out.png", "at least 0"),
+    ("batch denoise {d}/img.png -o {d}/b --steps 1000000000000", "at most 10,000,000"),
+    ("batch denoise {d}/img.png -o /proc/newdir", "cannot create it in /proc"),
+], ids=["steps 10**12", "seed 2**70", "seed negative", "batch steps", "batch uncreatable outdir"])
+def test_out_of_range_options_are_usage_errors(files, capsys, argv, needle):
+    code = cli.main(argv.format(d=files).split())
+    captured = capsys.readouterr()
+    assert code == 2 and needle in captured.err, captured.err
+    assert "Traceback" not in captured.err and "bug" not in captured.err
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_130(files, capsys, monkeypatch):
+    from dip.cli import entry
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry, "build_parser", interrupted)
+    assert cli.main(["denoise", str(files / "img.png"), "-o", str(files / "out.png")]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dip: interrupted") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("nan", "values are NaN or infinite"),
+    ("text", "is not a NumPy .npy array"),
+    ("ints", "expected an array of floats"),
+])
+def test_render_refuses_a_bad_code(files, capsys, content, needle):
+    import numpy as np
+
+    z = files / "z.npy"
+    if content == "nan":
+        np.save(z, np.array([[1.0, np.nan, np.inf]], dtype=np.float32))
+    elif content == "ints":
+        np.save(z, np.arange(3))
+    else:
+        z.write_text("0.1 0.2 0.3\n")
+    code = cli.main(["render", str(files / "m.onnx"), "-o", str(files / "out.png"), "--z", str(z)])
+    captured = capsys.readouterr()
+    assert code == 2 and needle in captured.err, captured.err
+    assert "allow_pickle" not in captured.err and not (files / "out.png").exists()
+
+
+def test_more_threads_than_cpus_is_refused(files, capsys):
+    from dip.cli.argtypes import available_cpus
+
+    code = cli.main(["denoise", str(files / "img.png"), "-o", str(files / "out.png"),
+                     "--threads", str(available_cpus() + 1)])
+    captured = capsys.readouterr()
+    assert code == 2 and f"must be at most {available_cpus()}" in captured.err, captured.err
+
+
+def test_resume_reuses_the_fits_thread_count(files, capsys):
+    """The checkpoint records the fit's threads; dip resume uses them unless --threads is given."""
+    from dip import checkpoint as ckpt
+
+    before = torch.get_num_threads()
+    try:
+        assert cli.main(["denoise", str(files / "img.png"), "-o", str(files / "fit.png"), "--steps", "1",
+                         "--stop", "steps", "--threads", "1", "--checkpoint", str(files / "fit.ckpt"), "-q"]) == 0
+        assert ckpt.load(files / "fit.ckpt")["options"]["threads"] == 1
+        torch.set_num_threads(2)
+        assert cli.main(["resume", str(files / "fit.ckpt"), "--steps", "2", "-q"]) == 0
+        assert torch.get_num_threads() == 1
+        assert ckpt.load(files / "fit.ckpt")["options"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
