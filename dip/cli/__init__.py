@@ -42,8 +42,8 @@ Modules, one job each (as in ``dip.batch``):
   exit 1, never a lost fit); ``progress``: the fit callbacks (progress bar, frames);
   ``report``: the JSON report; ``memory``: the memory estimate; ``space``: free disk space
   against what a run writes; ``guards``: --force and the checks of export, render and eval;
-  ``notes``: notes on inputs converted on reading; ``errors``: exit codes and ``UsageError``. Plots are drawn by ``dip.plots``, files written by
-  ``dip.files.atomic_write``.
+  ``notes``: notes on inputs converted on reading; ``errors``: exit codes and ``UsageError``.
+  Plots are drawn by ``dip.plots``, files written by ``dip.files.atomic_write``.
 
 Nothing here imports torch before a command needs it: ``dip --help`` stays fast.
 """

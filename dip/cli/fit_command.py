@@ -103,7 +103,16 @@ def recipe_for(task: str, args) -> Any:
         fitting = [n for n in recipes.names() if _recipe_matches(recipes.get(n), task)]
         raise UsageError(f"recipe {name!r} is for the {recipe.task} task, not {task}",
                          f"for '{task}' choose one of: {', '.join(fitting)}")
-    return recipe
+    return _dense_psnr_curve(recipe) if getattr(args, "gt", None) else recipe
+
+
+def _dense_psnr_curve(recipe: Any) -> Any:
+    """With --gt, PSNR at least 30 times along the fit (the report's and the plot's curve):
+    a short fit would otherwise get one point from the recipe's every-50-steps."""
+    every = max(1, recipe.fit.steps // 30)
+    if every >= recipe.fit.psnr_every:
+        return recipe
+    return dataclasses.replace(recipe, fit=recipe.fit.updated(psnr_every=every))
 
 
 @dataclasses.dataclass

@@ -34,7 +34,7 @@ def hook_function(command: str, attr: str) -> Callable:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"'dip {command}' is not available: {module_name} cannot be imported ({exc})",
-                         "reinstall dip, or install the optional extra it needs (pip install 'dip[export]')") from exc
+                         "reinstall dip (pip install .) so that its dependencies are complete") from exc
     fn = getattr(module, attr, None)
     if fn is None:
         raise UsageError(f"'dip {command}' is not available: {module_name} has no {attr}()",

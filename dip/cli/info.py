@@ -62,13 +62,45 @@ def info_dict() -> dict[str, Any]:
         out["nets"] = models.names()
     except Exception as exc:  # info must work on a damaged install
         out["recipes_error"] = str(exc)
-    for name in ("onnx", "onnxruntime", "safetensors", "tifffile", "imageio"):
-        try:
-            module = __import__(name)
-            out.setdefault("optional", {})[name] = getattr(module, "__version__", "installed")
-        except ImportError:
-            out.setdefault("optional", {})[name] = None
+    out["cpu"] = cpu_choices()
+    out["packages"] = {name: _version(name) for name in DEPENDENCIES}
+    out["optional"] = {name: _version(name) for name in OPTIONAL}
     return out
+
+
+# dependencies whose presence the user may want to see; optional packages with their extra
+DEPENDENCIES = ("onnx", "onnxscript", "onnxruntime", "safetensors", "tifffile", "imageio")
+OPTIONAL = {"ray": "dip[ray]", "bm3d": "dip[bm3d]"}
+
+
+def _version(name: str) -> str | None:
+    """The installed version of distribution ``name`` (read from its metadata, not imported)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_choices() -> dict[str, Any]:
+    """The hardware-dependent choices of a CPU fit and the switches that force them: torch's
+    CPU capability, the native kernels' ISA copy, native bf16, channels_last for fp32."""
+    import torch
+
+    from dip import ops, runtime
+
+    probe = torch.nn.Conv2d(1, 1, 1)
+    choices: dict[str, Any] = {"capability": torch.backends.cpu.get_cpu_capability(),
+                               "kernel_isa": ops.build_info().get("cpu_isa") if ops.has_native() else None}
+    try:
+        choices["bf16_native"] = runtime.bf16_is_native("cpu")
+        choices["channels_last_fp32"] = runtime.use_channels_last(probe, "fp32", "cpu")
+    except ValueError as exc:  # a bad DIP_* switch
+        choices["error"] = str(exc)
+    choices["forced"] = {k: os.environ[k] for k in ("DIP_CHANNELS_LAST", "DIP_BF16_NATIVE", "DIP_CPU_ISA")
+                         if os.environ.get(k)}
+    return choices
 
 
 def add_parser(sub) -> None:
@@ -97,8 +129,16 @@ def _lines(data: dict[str, Any]) -> list:
         lines.append(f"nets: {', '.join(data['nets'])}")
     else:
         lines.append(f"recipes: unavailable ({data['recipes_error']})")
-    opt = ", ".join(f"{k} {v}" if v else f"{k} missing" for k, v in data["optional"].items())
-    lines.append(f"optional: {opt}")
+    cpu = data["cpu"]
+    forced = ", ".join(f"{k}={v}" for k, v in cpu["forced"].items())
+    lines.append(f"cpu: torch {cpu['capability']}, kernels {cpu['kernel_isa'] or '-'}, bf16 "
+                 f"{'native' if cpu.get('bf16_native') else 'emulated'}, fp32 layout "
+                 f"{'channels_last' if cpu.get('channels_last_fp32') else 'NCHW'}"
+                 + (f" (forced: {forced})" if forced else "") + (f"; {cpu['error']}" if "error" in cpu else ""))
+    lines.append("packages: " + ", ".join(f"{k} {v}" if v else f"{k} MISSING (reinstall dip)"
+                                          for k, v in data["packages"].items()))
+    lines.append("optional: " + ", ".join(f"{k} {v}" if v else f"{k} missing (pip install '{OPTIONAL[k]}')"
+                                          for k, v in data["optional"].items()))
     return lines
 
 

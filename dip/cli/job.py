@@ -151,7 +151,8 @@ def _write_outputs(job: Job, args, result, interrupted: bool) -> tuple[float | N
         saver.write("report", job.report, lambda p: atomic_write(p, data))
     if job.plot is not None:
         stop_step = result.returned_step if result.stop_reason == "auto" else None
-        png = fit_curves_png(result.history, title=job.title, stop_step=stop_step)
+        png = fit_curves_png(result.history, title=job.title, stop_step=stop_step, input_psnr=psnr_input,
+                             returned_step=result.returned_step, returned_psnr=result.psnr)
         saver.write("plot", job.plot, lambda p: atomic_write(p, png))
     if job.checkpoint_requested or interrupted or saver.failed:
         payload = checkpoint_payload(job, result)

@@ -40,6 +40,16 @@ def test_info(dip_run, capsys):
     data = json.loads(capsys.readouterr().out)
     assert {"dip", "torch", "native_ops", "native_status", "threads", "cuda_available"} <= set(data)
     assert isinstance(data["native_ops"], bool) and data["recipes"] and "skip" in data["nets"]
+    assert all(data["packages"][name] for name in ("onnx", "onnxscript", "onnxruntime"))  # dependencies
+
+
+def test_info_shows_the_hardware_choices_and_what_forced_them(monkeypatch, capsys):
+    monkeypatch.setenv("DIP_CHANNELS_LAST", "0")
+    monkeypatch.setenv("DIP_BF16_NATIVE", "1")
+    assert cli.main(["info"]) == 0
+    line = next(t for t in capsys.readouterr().out.splitlines() if t.startswith("cpu: "))
+    assert "bf16 native" in line and "fp32 layout NCHW" in line
+    assert "forced: DIP_CHANNELS_LAST=0, DIP_BF16_NATIVE=1" in line
 
 
 def test_help_and_version(capsys):
@@ -79,3 +89,13 @@ def test_hooked_command_missing_module(monkeypatch, capsys):
     assert cli.main(["eval", "--size", "32"]) == 1
     err = capsys.readouterr().err
     assert "'dip eval' is not available" in err and "Traceback" not in err
+
+
+def test_a_short_fit_with_ground_truth_records_a_dense_psnr_curve(tmp_path, image_maker):
+    noisy = tmp_path / "n.png"
+    image_maker(noisy, 20, 20, "RGB")
+    report = tmp_path / "r.json"
+    assert cli.main(["denoise", str(noisy), "-o", str(tmp_path / "c.png"), "--gt", str(noisy), "--steps", "30",
+                     "--stop", "steps", "--report", str(report), "-q"]) == 0
+    curve = json.loads(report.read_text())["psnr_curve"]
+    assert curve["step"] == list(range(1, 31))  # the recipe's every-50-steps would give one point
