@@ -1,4 +1,5 @@
-"""Helpers for the command-line tests: tiny images on disk and a subprocess runner."""
+"""Helpers for the command-line tests: a subprocess runner and a tiny input image (the image and
+mask makers are tests/conftest.py's)."""
 from __future__ import annotations
 
 import os
@@ -7,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import dip
-from dip import images
+from tests import oracle
 
 # the subprocess imports the same dip as this test process (source tree or installed package)
 DIP_ROOT = Path(dip.__file__).resolve().parents[1]
@@ -27,28 +27,10 @@ def run_dip(*args, cwd=None, env=None, module="dip", timeout=240):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def make_image(path, h, w, layout="RGB", bits=8, seed=0):
-    """Write a smooth random test image and return its pixels as a (C, H, W) tensor."""
-    g = torch.Generator().manual_seed(seed)
-    channels = 1 if layout in ("L", "LA") else 3
-    base = torch.rand(channels, max(h // 4, 2), max(w // 4, 2), generator=g)
-    image = torch.nn.functional.interpolate(base[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    alpha = torch.rand(1, h, w, generator=g) if "A" in layout else None
-    images.write_image(path, image, images.ImageInfo(layout, bits, alpha=alpha))
-    return image
-
-
-def make_mask(path, h, w):
-    mask = torch.ones(1, h, w)
-    mask[:, h // 4: h // 2, w // 4: 3 * w // 4] = 0
-    images.write_image(path, mask)
-    return mask
-
-
 @pytest.fixture
 def rgb_image(tmp_path):
     path = tmp_path / "in.png"
-    make_image(path, 27, 33, "RGB")
+    oracle.write_image(path, 27, 33, "RGB")
     return path
 
 
@@ -56,15 +38,3 @@ def rgb_image(tmp_path):
 def dip_run():
     """The subprocess runner ``run_dip(*args, cwd=None, env=None, module="dip")``."""
     return run_dip
-
-
-@pytest.fixture
-def image_maker():
-    """``make(path, h, w, layout="RGB", bits=8, seed=0)`` writes a test image."""
-    return make_image
-
-
-@pytest.fixture
-def mask_maker():
-    """``make(path, h, w)`` writes a mask with a missing block (0) in ones (known)."""
-    return make_mask
