@@ -1,4 +1,4 @@
-"""Quality evaluation harness: the ``dip eval`` command and ``evaluate()``.
+"""Quality evaluation harness: ``evaluate()`` and its cases (the ``dip eval`` command is ``dip.cli.eval_command``).
 
 For each case (a task, a ground-truth image, a seed) it degrades the image, restores it, and
 reports PSNR (dB) and SSIM against the ground truth of:
@@ -50,7 +50,6 @@ z, reg-noise), so seeds sample both sources of spread.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -58,7 +57,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -75,7 +73,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["TASKS", "BUILTIN_IMAGES", "Case", "builtin_images", "load_images", "make_case",
            "baseline", "run_case", "evaluate", "format_table", "write_csv", "write_curves",
-           "CURVES_FORMAT", "add_arguments", "run"]
+           "CURVES_FORMAT"]
 
 #: case kind -> (recipe name, task, parameter)
 TASKS: dict[str, dict] = {
@@ -607,83 +605,3 @@ def write_curves(rows: Sequence[dict], path: str | os.PathLike) -> None:
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(curves_document(rows), separators=(",", ":"), allow_nan=False))
-
-
-# ---------------------------------------------------------------------------------- CLI
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _name_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``dip eval`` options to ``parser``."""
-    parser.add_argument("--cases", type=_name_list, default=list(TASKS),
-                        help=f"comma-separated cases (default all): {', '.join(TASKS)}")
-    parser.add_argument("--images", metavar="DIR", default=None,
-                        help="evaluate the ground-truth images in DIR instead of the built-in crops")
-    parser.add_argument("--builtin", type=_name_list, default=None, metavar="NAMES",
-                        help=f"built-in images to use (default all): {', '.join(BUILTIN_IMAGES)}")
-    parser.add_argument("--size", type=int, default=128,
-                        help="crop size in pixels (built-in images; larger --images are centre-cropped)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="steps of the fixed run and cap of the auto run (default: each recipe's)")
-    parser.add_argument("--seeds", type=_int_list, default=[0], metavar="S0,S1,...",
-                        help="comma-separated seeds (degradation and fit), default 0")
-    parser.add_argument("--metric", choices=("rgb", "y"), default="rgb",
-                        help="rgb: all channels; y: luma PSNR/SSIM, 4-px border for sr (the paper's)")
-    parser.add_argument("--stop-window", type=int, default=None,
-                        help="ES-WMV window W (default: the recipe's, 200 for denoising)")
-    parser.add_argument("--stop-patience", type=int, default=None,
-                        help="ES-WMV patience P (default: the recipe's, 500 for denoising)")
-    parser.add_argument("--curve-every", type=int, default=1, help="PSNR-curve sampling in steps")
-    parser.add_argument("--csv", metavar="PATH", default=None, help="write the results as CSV")
-    parser.add_argument("--plots", metavar="DIR", default=None, help="write a PSNR-vs-step PNG per run")
-    parser.add_argument("--curves", metavar="FILE.json", default=None,
-                        help="write every run's per-step PSNR (plain, averaged, window means) and "
-                             "windowed output variance as JSON, for benchmarks/tune_stopping.py")
-    parser.add_argument("--curve-windows", type=_int_list, default=[50, 100, 200], metavar="W0,W1,...",
-                        help="with --curves: windows W whose variance and mean are recorded "
-                             "(default 50,100,200; the recipe's W is always added)")
-    parser.add_argument("--device", default="cpu", help="torch device for the fits (default cpu)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``dip eval`` with parsed ``args``; prints the table; returns the exit status
-    (0 success, 2 bad arguments)."""
-    try:
-        if args.size is not None and args.size < 8:
-            raise ValueError(f"--size must be at least 8 pixels, got {args.size}")
-        if args.steps is not None and args.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {args.steps}")
-        if args.images is not None:
-            images = load_images(args.images, args.size)
-        else:
-            images = builtin_images(args.size, args.builtin)
-
-        def progress(row):
-            log.info("%s/%s/seed%d: fixed %.2f dB, auto %.2f dB (stop %s, returned step %s), peak %.2f",
-                     row["case"], row["image"], row["seed"], row["fixed_psnr"], row["auto_psnr"],
-                     row["auto_steps"], row["auto_return_step"], row["peak_psnr"])
-
-        rows = evaluate(args.cases, images, steps=args.steps, seeds=args.seeds, metric=args.metric,
-                        plots=args.plots, stop_window=args.stop_window,
-                        stop_patience=args.stop_patience, curve_every=args.curve_every,
-                        curve_windows=args.curve_windows if args.curves else (),
-                        progress=progress, device=args.device)
-    except ValueError as exc:
-        sys.stderr.write(f"dip eval: error: {exc}\n")
-        return 2
-    sys.stdout.write(format_table(rows) + "\n")
-    if args.csv:
-        write_csv(rows, args.csv)
-    if args.curves:
-        write_curves(rows, args.curves)
-    return 0

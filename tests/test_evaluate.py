@@ -11,6 +11,7 @@ from PIL import Image
 from benchmarks import tune_stopping
 from dip import evaluate as ev
 from dip import metrics, recipes
+from dip.cli import eval_command
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +109,11 @@ def test_load_images_reads_a_directory(tmp_path):
 
 def test_dip_eval_command_writes_table_csv_and_plot(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    ev.add_arguments(parser)
+    eval_command.add_arguments(parser)
     args = parser.parse_args(["--size", "32", "--steps", "3", "--cases", "denoise25",
                               "--builtin", "astronaut", "--csv", str(tmp_path / "r.csv"),
                               "--plots", str(tmp_path / "plots")])
-    assert ev.run(args) == 0
+    assert eval_command.run(args) == 0
     table = capsys.readouterr().out
     assert "denoise25" in table and "astronaut" in table
     with open(tmp_path / "r.csv") as fh:
@@ -148,8 +149,8 @@ def test_recorded_auto_stop_equals_a_real_auto_run(crop32):
 
 def test_run_reports_bad_arguments(capsys):
     parser = argparse.ArgumentParser()
-    ev.add_arguments(parser)
-    assert ev.run(parser.parse_args(["--size", "4"])) == 2
+    eval_command.add_arguments(parser)
+    assert eval_command.run(parser.parse_args(["--size", "4"])) == 2
     assert "--size must be at least 8" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown case"):
         ev.evaluate(["denoise7"], [("x", torch.zeros(3, 8, 8))])
@@ -214,15 +215,15 @@ def test_curves_file_replays_the_recorded_auto_stop(tmp_path):
 
 def test_dip_eval_curves_option(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    ev.add_arguments(parser)
+    eval_command.add_arguments(parser)
     args = parser.parse_args(["--size", "32", "--steps", "4", "--cases", "denoise25", "--builtin",
                               "astronaut", "--stop-window", "3", "--curves", str(tmp_path / "c.json"),
                               "--curve-windows", "2"])
-    assert ev.run(args) == 0
+    assert eval_command.run(args) == 0
     import json
 
     (run,) = json.loads((tmp_path / "c.json").read_text())["runs"]
     assert run["image"] == "astronaut" and sorted(run["series"]["var"]) == ["2", "3"]
-    assert ev.run(parser.parse_args(["--size", "32", "--steps", "4", "--curves", "x.json",
+    assert eval_command.run(parser.parse_args(["--size", "32", "--steps", "4", "--curves", "x.json",
                                      "--curve-windows", "1"])) == 2
     assert "curve windows must be integers >= 2" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from dip.cli.errors import UsageError
 
 #: command -> (module, add-arguments function, run function, help)
 HOOKS = {
-    "eval": ("dip.evaluate", "add_arguments", "run",
+    "eval": ("dip.cli.eval_command", "add_arguments", "run",
              "evaluate DIP against baselines on built-in or your own ground-truth images"),
     "export": ("dip.export", "add_export_arguments", "run_export",
                "export a fitted generator from a checkpoint to ONNX / TorchScript / torch.export"),

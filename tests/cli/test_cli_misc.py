@@ -61,7 +61,7 @@ def test_help_and_version(capsys):
 
 
 @pytest.mark.parametrize("command,module,add,run", [
-    ("eval", "dip.evaluate", "add_arguments", "run"),
+    ("eval", "dip.cli.eval_command", "add_arguments", "run"),
     ("export", "dip.export", "add_export_arguments", "run_export"),
     ("render", "dip.export", "add_render_arguments", "run_render"),
 ])
@@ -85,7 +85,7 @@ def test_hooked_commands_are_wired(monkeypatch, capsys, command, module, add, ru
 
 
 def test_hooked_command_missing_module(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "dip.evaluate", None)  # import fails
+    monkeypatch.setitem(sys.modules, "dip.cli.eval_command", None)  # import fails
     assert cli.main(["eval", "--size", "32"]) == 1
     err = capsys.readouterr().err
     assert "'dip eval' is not available" in err and "Traceback" not in err
