@@ -76,20 +76,26 @@ def test_reference_adjoint_identity(mode, factor, k):
     assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
 
 
+def _check_forward_and_adjoint(native, close, x, taps, factor, mode, device, dtype):
+    """dip::downsample and dip::downsample_adjoint in ``dtype`` on ``device``, in every layout,
+    against the float64 reference on the float64 sample ``x`` (N, C, H, W)."""
+    hw = tuple(x.shape[-2:])
+    want = ops.downsample_reference(x, taps, factor, mode)
+    y = torch.randn_like(want)
+    want_adj = ops.downsample_adjoint_reference(y, taps, factor, mode, hw)
+    t = taps.to(device, dtype)
+    for name, xx in _layouts(x.to(dtype), device):
+        close(native.downsample(xx, t, factor, mode), want, TOL[dtype], name)
+    for name, yy in _layouts(y.to(dtype), device):
+        close(native.downsample_adjoint(yy, t, factor, mode, list(hw)), want_adj, TOL[dtype], name)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("factor,k", GEOMETRIES)
 def test_native_matches_reference(native, device, close, dtype, mode, factor, k):
-    taps = _taps(k)
-    base = torch.randn(2, 3, 37, 29, dtype=torch.float64)
-    want = ops.downsample_reference(base, taps, factor, mode)
-    y = torch.randn_like(want)
-    want_adj = ops.downsample_adjoint_reference(y, taps, factor, mode, (37, 29))
-    t = taps.to(device, dtype)
-    for name, x in _layouts(base.to(dtype), device):
-        close(native.downsample(x, t, factor, mode), want, TOL[dtype], name)
-    for name, yy in _layouts(y.to(dtype), device):
-        close(native.downsample_adjoint(yy, t, factor, mode, [37, 29]), want_adj, TOL[dtype], name)
+    _check_forward_and_adjoint(native, close, torch.randn(2, 3, 37, 29, dtype=torch.float64), _taps(k),
+                               factor, mode, device, dtype)
 
 
 def test_native_matches_reference_samples(native, device, close):
@@ -167,16 +173,8 @@ def test_native_matches_reference_wide_rows(native, device, close, dtype, mode, 
     """Rows wide enough for the kernels' 4-vector register blocks and their vector and scalar
     tails (95 columns: a block of 64 floats (AVX-512) or 2 of 32 + 3 or 1 vectors + a scalar
     tail; the output, 95 to 23 wide)."""
-    taps = _taps(k, seed=factor)
-    x = torch.randn(1, 2, 41, 95, dtype=torch.float64)
-    want = ops.downsample_reference(x, taps, factor, mode)
-    y = torch.randn_like(want)
-    want_adj = ops.downsample_adjoint_reference(y, taps, factor, mode, (41, 95))
-    t = taps.to(device, dtype)
-    for name, xx in _layouts(x.to(dtype), device):
-        close(native.downsample(xx, t, factor, mode), want, TOL[dtype], name)
-    for name, yy in _layouts(y.to(dtype), device):
-        close(native.downsample_adjoint(yy, t, factor, mode, [41, 95]), want_adj, TOL[dtype], name)
+    _check_forward_and_adjoint(native, close, torch.randn(1, 2, 41, 95, dtype=torch.float64),
+                               _taps(k, seed=factor), factor, mode, device, dtype)
 
 
 def test_large_image_and_bf16(native, device, close):
