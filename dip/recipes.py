@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from dip import models
-from dip.fit import FitConfig, FitResult, fit, generator_geometry, pad_to
+from dip.engine import FitConfig, FitResult, fit, generator_geometry, pad_to
 from dip.inputs import INPUT_KINDS, make_input
 from dip.physics import from_config as physics_from_config
 

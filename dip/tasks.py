@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from dip import recipes
-from dip.fit import FitResult
+from dip.engine import FitResult
 
 
 def denoise(img: torch.Tensor, *, sigma: float | None = None, recipe: str | None = None,

@@ -360,3 +360,26 @@ def test_ray_batch_retries_a_dead_worker_and_reruns_as_skips(tmp_path, three, ra
     assert sorted(row[:2] for row in rows if row and row[0] in ("a.png", "b.png", "c.png")) == [
         ["a.png", "skipped"], ["b.png", "skipped"]]
     assert len(read_manifest(out / "manifest.jsonl")) == 2
+
+
+@dataclasses.dataclass(frozen=True)
+class SlowRunner(StandInRunner):
+    """The stand-in, taking ``seconds`` per image like a fit does."""
+
+    seconds: float = 1.5
+
+    def __call__(self, argv, **kwargs):
+        time.sleep(self.seconds)
+        return super().__call__(argv, **kwargs)
+
+
+def test_the_bar_moves_while_an_image_is_fitted(tmp_path, three, capsys, monkeypatch):
+    # the bar names the image being fitted and its time so far before any image has finished,
+    # then the finished image's status and PSNR
+    monkeypatch.setenv("DIP_PROGRESS", "1")
+    result = run_batch("denoise", [three / "a.png"], tmp_path / "out", threads=1, runner=SlowRunner(),
+                       progress=True, handle_signals=False)
+    assert result.exit_code == 0
+    err = capsys.readouterr().err
+    assert "0/1" in err and "fitting=a 1s" in err
+    assert "last=a done 21.50 dB" in err

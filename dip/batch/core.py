@@ -5,6 +5,8 @@ import dataclasses
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -108,7 +110,11 @@ def _forget(job: ImageJob) -> None:
 
 
 class _Progress:
-    """A tqdm bar over images on stderr; the postfix shows the last image's PSNR."""
+    """A tqdm bar over images on stderr. The postfix names the images being fitted and for how
+    long (refreshed about once a second, so the bar moves while an image is fitted) and, once
+    an image is done, its status and PSNR."""
+
+    REFRESH_S = 1.0
 
     def __init__(self, total: int, done: int, enabled: bool):
         from tqdm import tqdm
@@ -116,12 +122,39 @@ class _Progress:
         disable = not enabled or (not sys.stderr.isatty() and not os.environ.get("DIP_PROGRESS"))
         self.bar = tqdm(total=total, initial=done, unit="image", desc="batch", file=sys.stderr,
                         disable=disable, dynamic_ncols=True, leave=False)
+        self._lock = threading.Lock()
+        self._running: dict[str, float] = {}  # stem -> monotonic start time
+        self._last = ""
+        self._shown = 0.0
+
+    def start(self, job: ImageJob) -> None:
+        """Called from a worker thread as ``job``'s fit starts."""
+        with self._lock:
+            self._running[job.stem] = time.monotonic()
+
+    def tick(self) -> None:
+        """Show the running images and their time so far (at most once per ``REFRESH_S``)."""
+        now = time.monotonic()
+        if now - self._shown < self.REFRESH_S:
+            return
+        self._shown = now
+        self.bar.set_postfix(self._postfix(now), refresh=True)
+
+    def _postfix(self, now: float) -> dict[str, str]:
+        with self._lock:
+            running = sorted(self._running.items(), key=lambda item: item[1])
+        post = {"fitting": ", ".join(f"{stem} {now - t0:.0f}s" for stem, t0 in running)} if running else {}
+        if self._last:
+            post["last"] = self._last
+        return post
 
     def update(self, record: dict[str, Any]) -> None:
-        post = {"last": f"{record['stem']} {record['status']}"}
+        with self._lock:
+            self._running.pop(record["stem"], None)
+        self._last = f"{record['stem']} {record['status']}"
         if record.get("psnr") is not None:
-            post["psnr"] = f"{float(record['psnr']):.2f}"
-        self.bar.set_postfix(post, refresh=False)
+            self._last += f" {float(record['psnr']):.2f} dB"
+        self.bar.set_postfix(self._postfix(time.monotonic()), refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
@@ -151,15 +184,16 @@ def _final_record(job: ImageJob, attempted: dict[str, dict[str, Any]], todo: lis
 
 def _execute(todo: list[ImageJob], command: Command, *, ray_address: str | None, workers: int, retries: int,
              device: str | None, runner: Runner | None, stop: StopFlag, on_record: Any,
-             handle_signals: bool) -> None:
+             handle_signals: bool, progress: _Progress) -> None:
     """Fit ``todo``: local child processes (``ray_address`` None) or one Ray task per image."""
     if ray_address is None:
         with executors.stop_on_signals(stop, handle_signals):
-            executors.run_local(todo, command, workers=workers, runner=runner, stop=stop, on_record=on_record)
+            executors.run_local(todo, command, workers=workers, runner=runner, stop=stop, on_record=on_record,
+                                on_start=progress.start, on_tick=progress.tick)
     else:
         executors.run_ray(todo, command, address=ray_address, num_cpus=workers * command.threads, retries=retries,
                           gpus=1 if device == "cuda" else 0, runner=runner, stop=stop, on_record=on_record,
-                          handle_signals=handle_signals)
+                          handle_signals=handle_signals, on_tick=progress.tick)
 
 
 def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike, *,
@@ -242,7 +276,7 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
     stop = StopFlag()
     try:
         _execute(todo, command, ray_address=ray_address, workers=workers, retries=retries, device=device,
-                 runner=runner, stop=stop, on_record=on_record, handle_signals=handle_signals)
+                 runner=runner, stop=stop, on_record=on_record, handle_signals=handle_signals, progress=bar)
     finally:
         bar.close()
     records = [_final_record(job, attempted, todo, steps) for job in jobs]

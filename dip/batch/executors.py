@@ -29,6 +29,8 @@ STOP_FILE_NAME = ".stop"
 #: how often the coordinator looks at finished work and at the stop flag (seconds)
 _POLL_S = 0.2
 RecordSink = Callable[[dict[str, Any]], None]
+StartSink = Callable[[ImageJob], None]  # called from a worker thread as an image's fit starts
+TickSink = Callable[[], None]  # called in the coordinating thread about every _POLL_S seconds
 
 
 @contextlib.contextmanager
@@ -63,9 +65,12 @@ def _failed(job: ImageJob, mode: str | None, error: str | None) -> dict[str, Any
             "seconds": None, "stop_reason": None, "recoveries": None, "error": error, "host": None}
 
 
-def _local_task(job: ImageJob, command: Command, runner: Runner | None, stop: StopFlag) -> dict[str, Any] | None:
+def _local_task(job: ImageJob, command: Command, runner: Runner | None, stop: StopFlag,
+                on_start: StartSink | None) -> dict[str, Any] | None:
     if stop:
         return None  # not started: left for the next run
+    if on_start is not None:
+        on_start(job)
     try:
         return run_image(job, command, runner, stop)
     except Exception as exc:  # the runner itself failed (e.g. the interpreter cannot start)
@@ -74,12 +79,14 @@ def _local_task(job: ImageJob, command: Command, runner: Runner | None, stop: St
 
 
 def run_local(jobs: Sequence[ImageJob], command: Command, *, workers: int, runner: Runner | None,
-              stop: StopFlag, on_record: RecordSink) -> None:
+              stop: StopFlag, on_record: RecordSink, on_start: StartSink | None = None,
+              on_tick: TickSink | None = None) -> None:
     """Fit ``jobs`` with ``workers`` at a time, each through ``runner`` (default: a child
     process, ``work.CommandRunner``), from threads of this process. A ``KeyboardInterrupt``
-    here stops the batch like SIGINT (the running fits save their checkpoints)."""
+    here stops the batch like SIGINT (the running fits save their checkpoints).
+    ``on_start(job)`` is called as a fit starts, ``on_tick()`` while the fits run."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dip-batch") as pool:
-        pending = {pool.submit(_local_task, job, command, runner, stop) for job in jobs}
+        pending = {pool.submit(_local_task, job, command, runner, stop, on_start) for job in jobs}
         while pending:
             try:
                 done, pending = concurrent.futures.wait(pending, timeout=_POLL_S,
@@ -91,6 +98,8 @@ def run_local(jobs: Sequence[ImageJob], command: Command, *, workers: int, runne
                 record = future.result()
                 if record is not None:
                     on_record(record)
+            if on_tick is not None:
+                on_tick()
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,7 +163,7 @@ def _ray_outcome(ray, ref, job: ImageJob) -> dict[str, Any] | None:
 
 def run_ray(jobs: Sequence[ImageJob], command: Command, *, address: str, num_cpus: int, retries: int,
             gpus: float, runner: Runner | None, stop: StopFlag, on_record: RecordSink,
-            handle_signals: bool = True) -> None:
+            handle_signals: bool = True, on_tick: TickSink | None = None) -> None:
     """Fit ``jobs`` as Ray tasks, one per image, each asking for ``command.threads`` CPUs and
     ``gpus`` GPUs and retried up to ``retries`` times when its worker process dies.
 
@@ -181,6 +190,8 @@ def run_ray(jobs: Sequence[ImageJob], command: Command, *, address: str, num_cpu
                     record = _ray_outcome(ray, ref, refs[ref])
                     if record is not None:
                         on_record(record)
+                if on_tick is not None:
+                    on_tick()
                 if stop and not cancelled:
                     stop_file.set(stop.signum)  # running tasks forward it to their fits
                     for ref in pending:  # tasks not started yet are dropped

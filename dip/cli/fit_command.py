@@ -71,7 +71,7 @@ def _fit_overrides(args) -> dict[str, Any]:
         if value is not None:
             overrides[field] = value
     if getattr(args, "compile", False):
-        from dip.fit import FitConfig
+        from dip.engine import FitConfig
 
         if "compile" not in {f.name for f in dataclasses.fields(FitConfig)}:
             raise UsageError("--compile is not supported by this version of dip", "run without --compile")

@@ -93,7 +93,7 @@ def fit_estimate(recipe, x_hw: tuple[int, int], channels: int, in_channels: int 
     few image-sized buffers and, with automatic stopping, its window of W outputs; fp32 (4 bytes);
     times 1.25 for allocator slack. It errs high for bf16.
     """
-    from dip.fit import generator_geometry
+    from dip.engine import generator_geometry
 
     depth, net = _build_net(recipe, channels, in_channels)
     net.eval()  # running statistics: the smallest input may have 1x1 maps at the deepest scale

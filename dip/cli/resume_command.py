@@ -69,7 +69,7 @@ def _recipe(loaded):
 
 def _check_space(loaded, args, outputs, source: Path, x_hw, info, total: int) -> None:
     """Free disk space for what the resumed run writes (``dip.cli.space``)."""
-    from dip.fit import generator_geometry
+    from dip.engine import generator_geometry
 
     padded_hw = tuple(generator_geometry(loaded.generator, x_hw)[0])
     space.check_free_space(space.Plan(
