@@ -8,6 +8,7 @@ always follow the image (grey or colour).
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,9 @@ from dip import models
 from dip.engine import FitConfig, FitResult, fit, generator_geometry, pad_to
 from dip.inputs import INPUT_KINDS, make_input
 from dip.physics import from_config as physics_from_config
+from dip.runtime import choose_precision
+
+log = logging.getLogger("dip.recipes")
 
 _STANDARD_SKIP = dict(num_channels_down=[128] * 5, num_channels_up=[128] * 5, num_channels_skip=[4] * 5,
                       upsample_mode="bilinear", pad="reflection", need_sigmoid=True, need_bias=True,
@@ -228,6 +232,11 @@ def run(recipe: Recipe, observation: torch.Tensor, *, mask: torch.Tensor | None 
     """Build and fit ``recipe`` on ``observation``; see ``build`` and ``dip.fit.fit`` (which
     takes ``fit_kwargs``: ``stop_event``, ``checkpoint_every``, ``on_checkpoint``)."""
     y, physics, generator, z = build(recipe, observation, mask=mask, flash=flash)
-    result = fit(y, physics, generator, z, recipe.fit, gt=gt, callbacks=callbacks, **fit_kwargs)
+    config = recipe.fit
+    if config.precision == "auto":  # the task's own choice (some tasks keep fp32)
+        precision, why = choose_precision("auto", config.device, recipe.task)
+        log.info("%s: precision %s (%s)", recipe.name, precision, why)
+        config = config.updated(precision=precision)
+    result = fit(y, physics, generator, z, config, gt=gt, callbacks=callbacks, **fit_kwargs)
     result.recipe = recipe
     return result

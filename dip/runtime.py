@@ -45,6 +45,7 @@ __all__ = [
     "autocast_context",
     "bf16_is_native",
     "check_precision",
+    "choose_precision",
     "configure_allocator",
     "forced_choice",
     "glibc_version",
@@ -54,6 +55,12 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "bf16")
+#: what a fit may ask for: a precision, or "auto" (``choose_precision``)
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+#: tasks for which bf16 is not proven as good as fp32, so that "auto" keeps them in fp32: a task
+#: is proven when its returned images in bf16 are within 0.1 dB of fp32 on average and 0.3 dB at
+#: worst (benchmarks/test_bench_precision.py; the measured table is in the README, "Precision")
+BF16_UNPROVEN_TASKS: frozenset[str] = frozenset({"jpeg", "restore", "flash"})
 
 # glibc mallopt parameter numbers (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -192,6 +199,26 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     return precision
+
+
+def choose_precision(requested: str, device: torch.device | str = "cpu",
+                     task: str | None = None) -> tuple[str, str]:
+    """The precision a fit runs at, and why, for ``requested`` "auto", "fp32" or "bf16".
+
+    "auto" is bf16 where the hardware does bf16 natively (``bf16_is_native``) and the task is
+    not in ``BF16_UNPROVEN_TASKS`` (``task`` None: any task), else fp32. Returns
+    (precision, reason), e.g. ("bf16", "auto: bf16 is native on this cpu").
+    """
+    if requested in PRECISIONS:
+        return requested, "asked for"
+    if requested != "auto":
+        raise ValueError(f"precision must be one of {list(PRECISION_CHOICES)}, got {requested!r}")
+    kind = torch.device(device).type
+    if not bf16_is_native(device):
+        return "fp32", f"auto: this {kind} has no native bf16 arithmetic"
+    if task in BF16_UNPROVEN_TASKS:
+        return "fp32", f"auto: bf16 is not proven as good as fp32 for {task}"
+    return "bf16", f"auto: bf16 is native on this {kind}"
 
 
 def bf16_is_native(device: torch.device | str = "cpu") -> bool:

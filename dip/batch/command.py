@@ -25,7 +25,7 @@ _PASSED = (
     ("--net", {"help": "generator: skip, unet, resnet, decoder"}),
     ("--seed", {"type": seed_value, "help": "random seed of every fit (default the recipe's)"}),
     ("--stop", {"choices": ("auto", "steps"), "help": "stopping rule"}),
-    ("--precision", {"choices": ("fp32", "bf16"), "help": "arithmetic of the network"}),
+    ("--precision", {"choices": ("auto", "fp32", "bf16"), "help": "arithmetic of the network"}),
     ("--bit-depth", {"choices": ("8", "16"), "help": "bits per sample of the outputs"}),
     ("--max-megapixels", {"metavar": "MP", "help": "refuse images whose restored size exceeds MP megapixels"}),
 )

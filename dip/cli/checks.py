@@ -176,6 +176,14 @@ def read_ground_truth(path: str, out_hw: tuple[int, int], channels: int):
     return match_channels(gt, channels)
 
 
+def resolve_precision(requested: str, device: str, task: str) -> tuple[str, str]:
+    """--precision auto|fp32|bf16 as the precision the fit runs at, and why
+    (``dip.runtime.choose_precision``)."""
+    from dip.runtime import choose_precision
+
+    return choose_precision(requested, device, task)
+
+
 def resolve_device(requested: str) -> str:
     """--device cpu|cuda|auto as the device to fit on; cuda must be available."""
     import torch

@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and the fit")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--threads", type=positive_int)
-    p.add_argument("--precision", choices=("fp32", "bf16"))
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--debug", action="store_true")
 

@@ -243,6 +243,8 @@ def prepare(task: str, args) -> Job:
     checkpoint_path = outputs.checkpoint or checks.implicit_checkpoint(outputs.output, force)
     device = checks.resolve_device(args.device)
     threads = checks.apply_threads(args.threads)
+    precision, precision_reason = checks.resolve_precision(recipe.fit.precision, device, recipe.task)
+    recipe.fit = recipe.fit.updated(precision=precision)
 
     inputs = _read_inputs(task, args)
     out_hw = _output_size(recipe, inputs.observation, args.max_megapixels)
@@ -267,7 +269,7 @@ def prepare(task: str, args) -> Job:
     recipe.fit = recipe.fit.updated(device=device)
     job = Job(task=task, recipe=recipe, observation=inputs.observation, info=inputs.info, out_hw=out_hw,
               mask=inputs.mask, flash=inputs.flash, gt=gt, output=outputs.output, report=outputs.report,
-              plot=outputs.plot, frames=outputs.frames, device=device,
+              plot=outputs.plot, frames=outputs.frames, device=device, precision_reason=precision_reason,
               memory_estimate=None if estimate is None else estimate.memory,
               inputs=inputs.files, checkpoint_path=checkpoint_path,
               checkpoint_requested=checkpoint_requested,

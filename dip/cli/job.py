@@ -39,6 +39,7 @@ class Job:
     plot: Path | None = None
     frames: Path | None = None
     device: str = "cpu"
+    precision_reason: str = ""  # why the fit runs at its precision (``checks.resolve_precision``)
     memory_estimate: int | None = None
     allocator_tuned: bool = False
     inputs: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -196,6 +197,7 @@ def execute(job: Job, args) -> int:
     fit_config = job.recipe.fit
     say(args, f"{job.task}: {hw(job.observation)} -> {job.out_hw[1]}x{job.out_hw[0]}, recipe {job.recipe.name}, "
               f"{fit_config.steps} steps (stop: {fit_config.stop}), {job.device}, {fit_config.precision}"
+              + (f" ({job.precision_reason})" if job.precision_reason.startswith("auto") else "")
               + (f", about {format_bytes(job.memory_estimate)}" if job.memory_estimate else ""))
     with SignalStop() as stop:  # signals during the writing below wait for it to finish, too
         result = _fit(job, args, stop_event=stop)

@@ -96,7 +96,7 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     fit.add_argument("--stop", choices=("auto", "steps"),
                      help="'auto': stop when the output stops improving (windowed variance); "
                           "'steps': run all steps")
-    fit.add_argument("--precision", choices=("fp32", "bf16"), help="arithmetic of the network (default fp32)")
+    fit.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="arithmetic of the network (default fp32)")
     fit.add_argument("--compile", action="store_true", help="compile the step with torch.compile")
     add_machine_options(fit, FIT)
     fit.add_argument("--max-megapixels", type=positive_float, metavar="MP",

@@ -55,6 +55,7 @@ def build_report(job, args, result, psnr_input: float | None) -> dict[str, Any]:
         "native_status": native_why,
         "device": job.device,
         "precision": fit.precision,
+        "precision_reason": job.precision_reason or "asked for",
         "net": job.recipe.net.get("name"),
         "lr": fit.lr,
         "reg_noise_std": fit.reg_noise_std,

@@ -108,7 +108,7 @@ def prepare(args) -> Job:
     recipe.fit = loaded.config.updated(steps=total, device=device)
     job = Job(task=loaded.task, recipe=recipe, observation=observation, info=info, out_hw=x_hw,
               gt=gt, output=outputs.output, report=outputs.report, plot=outputs.plot, frames=outputs.frames,
-              device=device, inputs={"checkpoint": str(source)},
+              device=device, precision_reason="as the checkpoint recorded", inputs={"checkpoint": str(source)},
               checkpoint_path=outputs.checkpoint or source, checkpoint_requested=True,
               checkpoint_every=args.checkpoint_every,
               options=dict(loaded.options, output=str(outputs.output), threads=threads),

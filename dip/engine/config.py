@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: dip.runtime.choose_precision
 OPTIMIZE = ("net", "input", "both")
 OPTIMIZERS = ("adam", "lbfgs")
 STOPS = ("steps", "auto")

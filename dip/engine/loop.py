@@ -39,7 +39,7 @@ from dip.engine.render import render
 from dip.engine.result import FitResult, StepEvent
 from dip.engine.state import FitState, MemberState
 from dip.engine.step import FastStep, load_optimizer_state, make_adam
-from dip.runtime import use_channels_last
+from dip.runtime import choose_precision, use_channels_last
 
 log = logging.getLogger("dip.fit")
 
@@ -104,8 +104,12 @@ class _FitRun:
 
     def __init__(self, y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tensor,
                  config: FitConfig, gt: torch.Tensor | None) -> None:
-        self.config, self.physics, self.generator = config, physics, generator
         self.device = _device(config)
+        if config.precision == "auto":  # the result's config records the precision that ran
+            precision, why = choose_precision("auto", self.device)
+            log.info("precision %s (%s)", precision, why)
+            config = config.updated(precision=precision)
+        self.config, self.physics, self.generator = config, physics, generator
         y = _check_observation(y)
         x_hw = physics.x_size(tuple(y.shape[-2:]))  # type: ignore[operator]  # an operator's method
         out_hw, z_hw = generator_geometry(generator, x_hw)

@@ -1,0 +1,69 @@
+"""--precision auto: bf16 where the hardware does bf16 natively and the task is proven, else fp32.
+
+``DIP_BF16_NATIVE`` forces the hardware's answer, so both branches run on any CPU."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dip import runtime
+from dip.engine import FitConfig, fit, generator_geometry
+from dip.models import build
+from dip.physics import Identity
+
+
+@pytest.mark.parametrize("native, task, expected", [
+    ("1", "denoise", "bf16"), ("1", "sr", "bf16"), ("1", "inpaint", "bf16"), ("1", None, "bf16"),
+    ("1", "restore", "fp32"), ("1", "jpeg", "fp32"), ("1", "flash", "fp32"),
+    ("0", "denoise", "fp32"), ("0", None, "fp32"),
+])
+def test_auto_follows_the_hardware_and_the_task(monkeypatch, native, task, expected):
+    monkeypatch.setenv("DIP_BF16_NATIVE", native)
+    precision, why = runtime.choose_precision("auto", "cpu", task)
+    assert precision == expected and why.startswith("auto: ")
+    if task in runtime.BF16_UNPROVEN_TASKS and native == "1":
+        assert task in why and "not proven" in why
+    if native == "0":
+        assert "no native bf16" in why
+
+
+def test_an_explicit_precision_is_kept_and_a_bad_one_refused(monkeypatch):
+    monkeypatch.setenv("DIP_BF16_NATIVE", "0")
+    assert runtime.choose_precision("bf16", "cpu", "denoise") == ("bf16", "asked for")
+    assert runtime.choose_precision("fp32", "cpu") == ("fp32", "asked for")
+    with pytest.raises(ValueError, match="'fp16'"):
+        runtime.choose_precision("fp16")
+    with pytest.raises(ValueError, match="precision"):
+        FitConfig(precision="fp16")
+
+
+@pytest.mark.parametrize("native, expected", [("0", "fp32"), ("1", "bf16")])
+def test_a_fit_records_the_precision_auto_chose(monkeypatch, native, expected):
+    monkeypatch.setenv("DIP_BF16_NATIVE", native)
+    torch.manual_seed(0)
+    g = build("skip", 3, 3, num_channels_down=[4, 4], num_channels_up=[4, 4], num_channels_skip=[2, 2])
+    y = torch.rand(1, 3, 8, 8)
+    z = torch.rand(1, 3, *generator_geometry(g, (8, 8))[1])
+    result = fit(y, Identity(), g, z, FitConfig(steps=2, precision="auto"))
+    assert result.config.precision == expected  # what a checkpoint records, so resume runs the same
+
+
+@pytest.mark.parametrize("native, task, expected", [("1", "denoise", "bf16"), ("0", "denoise", "fp32"),
+                                                    ("1", "restore", "fp32")])
+def test_the_command_reports_the_choice_and_why(tmp_path, image_maker, mask_maker, monkeypatch,
+                                                native, task, expected):
+    from dip.cli import main
+
+    monkeypatch.setenv("DIP_BF16_NATIVE", native)
+    src, out, report = tmp_path / "in.png", tmp_path / "out.png", tmp_path / "run.json"
+    image_maker(src, 12, 12)
+    extra = []
+    if task == "restore":
+        mask_maker(tmp_path / "m.png", 12, 12)
+        extra = ["--mask", str(tmp_path / "m.png")]
+    assert main([task, str(src), *extra, "-o", str(out), "--steps", "2", "-q", "--precision", "auto",
+                 "--report", str(report)]) == 0
+    payload = json.loads(report.read_text())
+    assert payload["precision"] == expected and payload["precision_reason"].startswith("auto: ")
