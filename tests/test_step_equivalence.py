@@ -144,3 +144,66 @@ def test_bf16_step_stays_close_to_fp32():
     with torch.no_grad():
         ref = net(z.contiguous(memory_format=torch.channels_last))
     assert 0 < (out - ref).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize("optimize_input", [False, True])
+def test_bf16_weight_copies_match_bf16_autocast(optimize_input):
+    """The bf16 step with bf16 weight copies (the default) against the bf16 step under autocast
+    (the reference): same loss and output to bf16 rounding, the same gradient in every master
+    parameter (fp32, in its own layout) whose gradient is more than rounding noise (where the
+    autocast step agrees with the fp32 step), and the same weights after an Adam step."""
+    _, net, z, y = _pair()
+    nets = [net] + [skip(DEPTH, 3, **KW) for _ in range(2)]
+    codes = [z] + [z.clone() for _ in range(2)]
+    steps = []
+    for generator, code, precision, autocast in zip(nets, codes, ("bf16", "bf16", "fp32"), (False, True, False),
+                                                    strict=True):
+        generator.load_state_dict(net.state_dict())
+        code.requires_grad_(optimize_input)
+        params = [*generator.parameters(), *([code] if optimize_input else [])]
+        steps.append(FastStep(generator, code, lambda out: F.mse_loss(out, y), precision=precision,
+                              channels_last=True, params=params, bf16_autocast=autocast))
+    copies, autocast, fp32 = steps
+    assert copies.bf16_weights is not None and autocast.bf16_weights is None
+    (loss, out), (loss_ref, out_ref), _ = copies.closure(), autocast.closure(), fp32.closure()
+    assert out.dtype == torch.float32 and (out - out_ref).abs().max().item() < 2e-2
+    assert abs(loss.item() - loss_ref.item()) <= 1e-2 * loss_ref.item()
+    scale = max(p.grad.abs().max().item() for p in autocast.params)
+    meaningful = 0
+    for p, p_ref, p32 in zip(copies.params, autocast.params, fp32.params, strict=True):
+        assert p.grad.dtype == torch.float32 and p.grad.stride() == p.stride()
+        assert (p.grad - p_ref.grad).abs().max().item() <= 2e-2 * scale
+
+        def cos(a, b):
+            return F.cosine_similarity(a.grad.flatten(), b.grad.flatten(), dim=0).item()
+
+        # conv biases before BatchNorm and the like: a true gradient of ~0, rounding noise only
+        if cos(p_ref, p32) > 0.9:
+            meaningful += 1
+            assert cos(p, p_ref) > 0.99, tuple(p.shape)
+    assert meaningful >= len(copies.params) // 2
+    copies.optimizer.step()
+    autocast.optimizer.step()
+    # the next forward uses the updated masters (copies refreshed from them)
+    out2, out2_ref = copies.forward(), autocast.forward()
+    assert (out2 - out2_ref).abs().max().item() < 5e-2
+    assert (out2 - out).abs().max().item() > 1e-3  # the step changed the output
+
+
+@pytest.mark.parametrize("name", ["skip", "unet", "resnet", "decoder"])
+def test_bf16_step_runs_every_generator_in_bf16(name):
+    """Every generator of dip.models (transposed convolutions included) takes bf16 steps with
+    weight copies: fp32 output, loss and gradients, weights that move."""
+    from dip.engine import generator_geometry
+    from dip.models import build
+
+    torch.manual_seed(0)
+    net = build(name, 3, 3)
+    z = torch.rand(1, 3, *generator_geometry(net, (16, 16))[1])
+    y = torch.rand(1, 3, *generator_geometry(net, (16, 16))[0])
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fast = FastStep(net, z, lambda out: F.mse_loss(out, y), precision="bf16")
+    loss, out = fast()
+    assert out.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -8,8 +8,9 @@
   caller's tensors).
 * :class:`FastStep` — the step itself: the layout chosen by ``dip.runtime.use_channels_last``,
   fused Adam, gradients set to None instead of zero-filled, reg noise drawn in place into a
-  preallocated buffer, optional bf16 autocast with fp32 master weights and an fp32 loss, no
-  host synchronisation.
+  preallocated buffer, optional bf16 (the network in bf16 with bf16 copies of the convolution
+  weights, fp32 master weights and an fp32 loss: :mod:`dip.engine.bf16`), no host
+  synchronisation.
 
 What each lever measured is in ``benchmarks/test_bench_step.py`` (one step of the denoise
 recipe's generator against the original-style step, same run).
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dip.engine.bf16 import Bf16Weights
 from dip.runtime import autocast_context, bf16_is_native, check_precision, use_channels_last
 
 log = logging.getLogger(__name__)
@@ -82,8 +84,9 @@ class FastStep:
             autocast.
         lr: Adam's learning rate.
         reg_noise_std: std of the fresh N(0, std²) noise added to z every step (0: none).
-        precision: "fp32" | "bf16" (bf16 autocast around the generator only; parameters,
-            optimiser state, output and loss stay fp32).
+        precision: "fp32" | "bf16" (the generator in bf16 with bf16 copies of its convolution
+            weights, :class:`dip.engine.bf16.Bf16Weights`; autocast for a compiled generator;
+            parameters, optimiser state, output and loss stay fp32).
         channels_last: run the generator and z in channels_last layout; None (default):
             :func:`use_channels_last` decides from the device, the CPU and the precision.
         params: what the optimiser updates (default: the generator's parameters that require
@@ -94,6 +97,8 @@ class FastStep:
             replaced later through the ``optimizer`` attribute, e.g. by LBFGS).
         regularizer: optional ``regularizer(out) -> 0-dim tensor`` added to the objective that
             is differentiated (e.g. total variation) but not to the returned loss.
+        bf16_autocast: run bf16 under ``torch.autocast`` instead of with bf16 weight copies
+            (the reference the copies are tested against).
 
     Calling the step runs: ``zero_grad(set_to_none=True)``; noise drawn in place into a
     preallocated NCHW buffer (``noise.normal_(0, std)``) and ``net_input = z + noise`` written
@@ -109,7 +114,7 @@ class FastStep:
                  generator_rng: torch.Generator | None = None,
                  crop: tuple[int, int, int, int] | None = None,
                  optimizer: torch.optim.Optimizer | None = None,
-                 regularizer: LossFn | None = None) -> None:
+                 regularizer: LossFn | None = None, bf16_autocast: bool = False) -> None:
         check_precision(precision)
         if not isinstance(z, torch.Tensor) or z.dim() != 4:
             raise ValueError(f"z must be a 4-D tensor (N, D, H, W), got "
@@ -139,6 +144,10 @@ class FastStep:
             generator_rng = torch.Generator(device=z.device)
             generator_rng.manual_seed(0)
         self.rng = generator_rng
+        # bf16 without autocast (dip.engine.bf16): bf16 copies of the convolution weights, fp32
+        # masters; a compiled generator keeps autocast (functional_call would recompile it)
+        copies = precision == "bf16" and not bf16_autocast and not hasattr(generator, "_orig_mod")
+        self.bf16_weights = Bf16Weights(generator) if copies else None
         if self.reg_noise_std > 0:
             self.noise = torch.empty(z.shape, dtype=z.dtype, device=z.device)
             self.net_input = torch.empty_like(self.z, memory_format=self.memory_format)
@@ -157,8 +166,12 @@ class FastStep:
                 net_input = torch.add(self.z, self.noise, out=self.net_input)
         else:
             net_input = self.z
-        with autocast_context(self.precision, self.device):
-            out = self.generator(net_input)
+        if self.bf16_weights is not None:
+            self.bf16_weights.refresh()  # the masters may have changed (step, recovery, resume)
+            out = self.bf16_weights.forward(net_input)
+        else:
+            with autocast_context(self.precision, self.device):
+                out = self.generator(net_input)
         out = out.to(self.z.dtype)  # bf16 → fp32 (z's dtype); a no-op otherwise
         if self.crop is not None:
             top, left, h, w = self.crop
@@ -173,6 +186,8 @@ class FastStep:
         loss = self.loss_fn(out)
         objective = loss + self.regularizer(out) if self.regularizer is not None else loss
         objective.backward()
+        if self.bf16_weights is not None:
+            self.bf16_weights.to_master_grads()
         return loss, out
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
