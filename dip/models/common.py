@@ -236,7 +236,8 @@ class BNAct(BatchNormAct):
     """BatchNorm2d + activation with a fused native path.
 
     In training mode, with a LeakyReLU activation, affine weights, running statistics,
-    matching dtypes and the native kernel loaded and faster on the input's device
+    matching dtypes (or a bfloat16 input with float32 parameters, cast to bfloat16 for the
+    kernel) and the native kernel loaded and faster on the input's device
     (``dip.ops.native_pays_off``: the CPU), the forward pass is one call of
     ``dip.ops.bn_leaky_relu`` (batch statistics, running stats and num_batches_tracked updated
     as ``nn.BatchNorm2d`` does); otherwise ``nn.BatchNorm2d`` then the activation.
@@ -257,7 +258,8 @@ class BNAct(BatchNormAct):
             and self.momentum is not None
             and isinstance(self.act, nn.LeakyReLU)
             and x.dim() == 4
-            and x.dtype == self.weight.dtype
+            and (x.dtype == self.weight.dtype
+                 or (x.dtype == torch.bfloat16 and self.weight.dtype == torch.float32))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -265,7 +267,10 @@ class BNAct(BatchNormAct):
             op = _native_bn_leaky_relu(x.device)
             if op is not None:
                 self.num_batches_tracked.add_(1)
-                return op(x, self.weight, self.bias, self.running_mean, self.running_var,
+                # a bf16 x (the bf16 step) with the fp32 parameters: they are cast to bf16 for
+                # the kernel (their gradients come back in fp32); statistics stay fp32
+                weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
+                return op(x, weight, bias, self.running_mean, self.running_var,
                           momentum=self.momentum, eps=self.eps,
                           negative_slope=self.act.negative_slope)
         return self.act(self._batch_norm(x))

@@ -65,9 +65,10 @@ def has_kernel(op: str, device_type: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"dip::{op}", key)
 
 
-def use_native(op: str, x: torch.Tensor) -> bool:
+def use_native(op: str, x: torch.Tensor, dtypes: tuple[torch.dtype, ...] = NATIVE_DTYPES) -> bool:
     """Whether a public op should call ``dip::<op>`` for ``x``: a kernel exists for its device,
-    its dtype is float32/float64, and no ONNX export is tracing (which needs standard ops)."""
-    if NATIVE is None or x.dtype not in NATIVE_DTYPES or torch.onnx.is_in_onnx_export():
+    its dtype is one of ``dtypes`` (default float32/float64: what every op's kernels are tested
+    in), and no ONNX export is tracing (which needs standard ops)."""
+    if NATIVE is None or x.dtype not in dtypes or torch.onnx.is_in_onnx_export():
         return False
     return has_kernel(op, x.device.type)

@@ -87,8 +87,55 @@ def test_native_matches_reference(native, device, called_ops, close, dtype, shap
             assert got[0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 13, 11), (1, 130, 16, 16)])
+def test_native_matches_reference_bf16(native, device, called_ops, shape):
+    """bfloat16 x, weight and bias: the native kernels against the reference computed in float32
+    from the same bfloat16 values, to bfloat16's rounding of the outputs; statistics in float32."""
+    bn, _ = _modules(shape[1], torch.float32)
+    base = (torch.randn(*shape) * 2 + 3).to(torch.bfloat16)
+    bn16 = _modules(shape[1], torch.float32)[0]
+    with torch.no_grad():  # the reference sees the bf16-rounded parameters
+        for p in (bn16.weight, bn16.bias):
+            p.copy_(p.to(torch.bfloat16).float())
+    want = _run(ops.bn_leaky_relu_reference, base.float(), bn16)
+    bn_b = _modules(shape[1], torch.float32)[0]
+    bn_b.weight.data, bn_b.bias.data = bn_b.weight.data.to(torch.bfloat16), bn_b.bias.data.to(torch.bfloat16)
+    for name, x in _layouts(base, device):
+        with called_ops() as seen:
+            got = _run(ops.bn_leaky_relu, x, bn_b)
+        assert {"dip.bn_leaky_relu.default", "dip.bn_leaky_relu_backward.default"} <= seen
+        assert got[0].dtype == torch.bfloat16 and got[1].dtype == torch.float32
+        for a, b, what in zip(got, want, ["y", "running_mean", "running_var", "dx", "dw", "db"], strict=True):
+            scale = b.abs().max().item()
+            err = (a.float() - b.to(a.device)).abs().max().item()
+            # gradients: the upstream gradient itself is rounded to bf16 as well
+            tol = 2 ** -7 if what in ("y", "running_mean", "running_var") else 2 ** -5
+            assert err <= tol * scale + 1e-6, f"{name}: {what}: {err} (scale {scale})"
+
+
+def test_module_runs_bf16_activations_with_fp32_parameters_natively(native, called_ops):
+    """The bf16 step: a bfloat16 x with BNAct's float32 parameters takes the native kernels
+    (parameters cast to bf16 for them), and the parameters' gradients come back in float32."""
+    from dip.models.common import BNAct
+
+    torch.manual_seed(0)
+    module = BNAct(8, "LeakyReLU")
+    x = (torch.randn(2, 8, 6, 6) * 2 + 1).to(torch.bfloat16).requires_grad_(True)
+    with called_ops() as seen:
+        y = module(x)
+        y.float().square().sum().backward()
+    assert {"dip.bn_leaky_relu.default", "dip.bn_leaky_relu_backward.default"} <= seen
+    assert y.dtype == torch.bfloat16 and module.weight.grad.dtype == torch.float32
+    ref = BNAct(8, "LeakyReLU", fused=False)
+    ref.load_state_dict({k: v for k, v in module.state_dict().items()} | {
+        "running_mean": torch.zeros(8), "running_var": torch.ones(8), "num_batches_tracked": torch.tensor(0)})
+    want = ref(x.detach().float())
+    assert (y.float() - want).abs().max().item() <= 2 ** -7 * want.abs().max().item()
+    torch.testing.assert_close(module.running_mean, ref.running_mean, rtol=1e-2, atol=1e-2)
+
+
 def test_bf16_close_to_fp32(native, device):
-    """bfloat16 (the reference path) within bfloat16's precision of float32."""
+    """bfloat16 within bfloat16's precision of float32."""
     x = torch.randn(2, 32, 40, 40, device=device) * 2 + 1
     w, b = torch.rand(32, device=device) + 0.5, torch.randn(32, device=device)
     want = ops.bn_leaky_relu_reference(x, w, b)
@@ -105,7 +152,8 @@ def test_without_affine_and_running_stats(native):
 
 
 def test_mixed_precision_parameters_use_reference(native, called_ops):
-    """bfloat16 activations with float32 affine parameters (autocast) take the reference path."""
+    """bfloat16 activations with float32 affine parameters (autocast) take the reference path
+    of the op (BNAct casts its parameters to take the kernels instead)."""
     bn, act = _modules(3, torch.float32)
     x = torch.randn(2, 3, 6, 6).to(torch.bfloat16)
     with called_ops() as seen:
