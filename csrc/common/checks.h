@@ -83,4 +83,13 @@ inline at::MemoryFormat bn_layout(const at::Tensor& x) {
              : at::MemoryFormat::Contiguous;
 }
 
+// Layout the upsample kernels compute in: channels_last when t is channels_last-contiguous or
+// has channels_last-like strides (a channel slice of a channels_last tensor, e.g. the gradient
+// of one input of a concatenation: copied into channels_last in one pass), else NCHW.
+inline at::MemoryFormat channels_last_like(const at::Tensor& t) {
+  const bool cl = !t.is_contiguous() &&
+                  (t.is_contiguous(at::MemoryFormat::ChannelsLast) || t.stride(1) == 1);
+  return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 }  // namespace dip

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from dip.models.common import BatchNormAct, BNAct, StandardDownsample
+from dip.models.common import BatchNormAct, Bilinear2x, BNAct, StandardDownsample
 from dip.models.decoder import Decoder, decoder
 from dip.models.resnet import ResNet, resnet
 from dip.models.skip import Skip, load_original_state_dict, skip
@@ -57,7 +57,7 @@ def _standardize(module: nn.Module) -> None:
     from dip.physics import Downsample
 
     for name, child in module.named_children():
-        if isinstance(child, BNAct):
+        if isinstance(child, (BNAct, Bilinear2x)):
             setattr(module, name, child.standard())
         elif isinstance(child, Downsample):
             taps = child.taps
@@ -71,7 +71,8 @@ def _standardize(module: nn.Module) -> None:
 def to_standard(net: nn.Module) -> nn.Module:
     """A deep copy of ``net`` computing the same function with standard torch ops only.
 
-    :class:`BNAct` modules become :class:`BatchNormAct` (``nn.BatchNorm2d`` + activation) and
+    :class:`BNAct` modules become :class:`BatchNormAct` (``nn.BatchNorm2d`` + activation),
+    :class:`Bilinear2x` modules ``nn.Upsample``, and
     ``dip.physics.Downsample`` modules become :class:`StandardDownsample`; parameters,
     buffers, state_dict keys, training mode and generator attributes are kept.
     """

@@ -1,4 +1,5 @@
-"""Functional operators of ``dip``: Lanczos/FIR downsampling, masked MSE, fused BatchNorm+LeakyReLU.
+"""Functional operators of ``dip``: Lanczos/FIR downsampling, masked MSE, fused BatchNorm+LeakyReLU,
+bilinear ×2 upsampling.
 
 Each public op validates its arguments, then runs the native kernel (``torch.ops.dip.*``, from
 the compiled library ``dip._C``) when it is loaded and supports the tensor's device and dtype,
@@ -33,6 +34,12 @@ from dip.ops._downsample import (
 )
 from dip.ops._loader import NATIVE, REQUIRE_ENV, STATUS
 from dip.ops._masked_mse import masked_mse, masked_mse_reference
+from dip.ops._upsample_bilinear2x import (
+    upsample_bilinear2x,
+    upsample_bilinear2x_adjoint,
+    upsample_bilinear2x_adjoint_reference,
+    upsample_bilinear2x_reference,
+)
 
 __all__ = [
     "PADDING_MODES",
@@ -51,6 +58,10 @@ __all__ = [
     "native_pays_off",
     "native_status",
     "pad_amount",
+    "upsample_bilinear2x",
+    "upsample_bilinear2x_adjoint",
+    "upsample_bilinear2x_adjoint_reference",
+    "upsample_bilinear2x_reference",
 ]
 
 
@@ -85,7 +96,8 @@ def build_info() -> dict[str, str]:
 #: (generators, physics, fit) take torch's path there. ``dip.ops.*`` itself always dispatches
 #: to the native kernel when one exists.
 _NATIVE_PAYS_OFF = {
-    "cpu": frozenset({"downsample", "downsample_adjoint", "masked_mse", "bn_leaky_relu"}),
+    "cpu": frozenset({"downsample", "downsample_adjoint", "masked_mse", "bn_leaky_relu",
+                      "upsample_bilinear2x", "upsample_bilinear2x_adjoint"}),
     "cuda": frozenset(),
 }
 

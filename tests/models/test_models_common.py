@@ -139,7 +139,7 @@ def test_bnact_dispatches_to_fused_op(monkeypatch):
         calls.append((momentum, eps, negative_slope))
         return dip.ops.bn_leaky_relu_reference(x, w, b, rm, rv, momentum, eps, negative_slope)
 
-    monkeypatch.setattr(common, "_native_bn_leaky_relu", lambda device: spy)
+    monkeypatch.setattr(common, "_native_op", lambda name, device: spy if name == "bn_leaky_relu" else None)
     m, ref = _pair("LeakyReLU")
     x = torch.randn(2, 4, 3, 3)
     torch.testing.assert_close(m(x), nn.functional.leaky_relu(ref(x), 0.2))
