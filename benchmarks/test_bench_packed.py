@@ -36,12 +36,12 @@ ms per member-step, and the ratio K-separate ms / this ms (> 1: packing pays).
 
 Measured (Intel Xeon, AVX-512 + AMX, torch capability "AVX512", 1 thread, 128², 5 rounds, on
 a machine shared with other jobs (load 4-5 on 2 cores: absolute times are inflated, ratios are
-same-run), x separate of K = 4 in three runs; K = 1 packed vs separate 1.03-1.05 with the rotating
-order):
+same-run), x separate of K = 4 over three or four runs; K = 1 packed vs separate 1.03-1.05 with
+the rotating order):
 
 - bf16: packed 1.24x, 1.26x, 1.41x (about 1.13-1.24 s against 1.42-1.60 s); packed-mm 1.03-1.11x;
   packed-loop 0.71-0.77x; packed-hybrid 0.72-0.82x.
-- fp32: packed 0.87x, 0.96x, 1.00x (no gain); packed-loop 0.91-0.98x; packed-hybrid 0.87-0.91x;
+- fp32: packed 0.87x, 0.88x, 0.96x, 1.00x (no gain); packed-loop 0.91-0.98x; packed-hybrid 0.87-0.91x;
   packed-mm 0.88-0.99x; packed NCHW 0.53x (and K separate steps NCHW 0.86x).
 
 Where the time goes (torch.profiler, K = 4, self time per step): the convolutions cost about the
