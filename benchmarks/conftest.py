@@ -3,7 +3,9 @@
 ``step_results`` (session) maps (configuration, size) to the median ms/step and its extra
 information; at the end of the run the table of ms, GFLOP/s and ratios to the baselines of the
 same size (``original``: the original's step as shipped, ``original+malloc``: with the
-allocator setting) is printed. Benchmarks marked ``cuda`` are skipped without a CUDA device.
+allocator setting) is printed. ``packed_results`` (benchmarks/test_bench_packed.py) maps
+(size, precision, threads, K, configuration) to ms per step and the ratio to K separate steps.
+Benchmarks marked ``cuda`` are skipped without a CUDA device.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from tests import markers
 
 _RESULTS: dict = {}
 _CUDA_RESULTS: dict = {}
+_PACKED_RESULTS: dict = {}
 _BASELINES = ("original", "original+malloc")
 
 
@@ -25,6 +28,21 @@ def step_results() -> dict:
 def cuda_results() -> dict:
     """(group, configuration) -> {"ms": ..., ...} of benchmarks/test_bench_cuda.py."""
     return _CUDA_RESULTS
+
+
+@pytest.fixture(scope="session")
+def packed_results() -> dict:
+    """(size, precision, threads, K, configuration) -> {"ms", "ms_per_member", "x_separate", ...}."""
+    return _PACKED_RESULTS
+
+
+def _packed_summary_lines(results: dict) -> list[str]:
+    lines = [f"{'size':>5}{'prec':>6}{'thr':>4}{'K':>4}  {'config':<13}{'ms/step':>9}"
+             f"{'ms/member':>10}{'x separate':>11}"]
+    for (size, prec, thr, k, config), r in sorted(results.items()):
+        lines.append(f"{size:>5}{prec:>6}{thr:>4}{k:>4}  {config:<13}{r['ms']:>9.1f}"
+                     f"{r['ms_per_member']:>10.1f}{r['x_separate']:>11.2f}")
+    return lines
 
 
 def _cuda_summary_lines(results: dict) -> list[str]:
@@ -64,6 +82,12 @@ def pytest_terminal_summary(terminalreporter):
         device = next((r["device"] for r in _CUDA_RESULTS.values() if "device" in r), "CUDA")
         terminalreporter.section(f"GPU timings on {device} (ratios: original ms / this ms, same run)")
         for line in _cuda_summary_lines(_CUDA_RESULTS):
+            terminalreporter.write_line(line)
+    if _PACKED_RESULTS:
+        cpu = next(iter(_PACKED_RESULTS.values()))["cpu"]
+        terminalreporter.section(f"K fits per step, CPU {cpu} (x separate: K separate steps' ms / "
+                                 "this ms, same run)")
+        for line in _packed_summary_lines(_PACKED_RESULTS):
             terminalreporter.write_line(line)
     if not _RESULTS:
         return

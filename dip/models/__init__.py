@@ -10,7 +10,8 @@ Every generator is an ``nn.Module`` with the attributes
   ``build(**config)`` rebuilds the same architecture.
 
 ``to_standard(net)`` returns an equivalent copy made of standard torch modules only (no
-``dip.ops`` calls), for export.
+``dip.ops`` calls), for export. ``pack(generators)`` runs K generators of one config as one
+grouped network and ``unpack(packed, k)`` gives member k back (:mod:`dip.models.packed`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from dip.models.common import BatchNormAct, Bilinear2x, BNAct, StandardDownsample
 from dip.models.decoder import Decoder, decoder
+from dip.models.packed import PackedGenerator, member_tensors, pack, unpack
 from dip.models.resnet import ResNet, resnet
 from dip.models.skip import Skip, load_original_state_dict, skip
 from dip.models.unet import UNet, unet
@@ -88,4 +90,5 @@ def to_standard(net: nn.Module) -> nn.Module:
 __all__ = [
     "skip", "unet", "resnet", "decoder", "build", "names", "to_standard",
     "load_original_state_dict", "Skip", "UNet", "ResNet", "Decoder", "BNAct", "BatchNormAct",
+    "pack", "unpack", "member_tensors", "PackedGenerator",
 ]

@@ -8,6 +8,7 @@ Every block works on float tensors of shape (N, C, H, W) (any float dtype, any m
 - :class:`BatchNormAct` — ``nn.BatchNorm2d`` followed by an activation, standard torch ops only.
 - :class:`BNAct` — the same with a fused native path (``dip.ops.bn_leaky_relu``) for LeakyReLU.
 - :class:`StandardDownsample` — a depthwise separable downsampler made of standard torch ops.
+- :class:`ChannelCat` — concatenation on the channel axis, per member of a packed generator.
 - :func:`check_input` — the input size checks every generator runs in ``forward``.
 """
 from __future__ import annotations
@@ -347,6 +348,43 @@ class StandardDownsample(nn.Module):
         taps = self.taps.to(dtype=x.dtype)
         x = F.conv2d(x, taps.view(1, 1, k, 1).expand(c, 1, k, 1), stride=(f, 1), groups=c)
         return F.conv2d(x, taps.view(1, 1, 1, k).expand(c, 1, 1, k), stride=(1, f), groups=c)
+
+
+# --------------------------------------------------------------------------- concatenation
+class ChannelCat(nn.Module):
+    """Concatenation of feature maps on the channel axis, per member of a packed generator.
+
+    ``members`` = 1 (every plain generator): ``torch.cat(xs, dim=1)``. ``members`` = K (a
+    packed generator, see :mod:`dip.models.packed`): each input (N, K·C_i, H, W) holds K
+    members' channels side by side (member k owns [k·C_i, (k+1)·C_i)); the output
+    (N, K·ΣC_i, H, W) holds member k's [x_0 channels, x_1 channels, ...] in block k. A
+    channels_last first input gives a channels_last output. No parameters or buffers.
+    """
+
+    def __init__(self, members: int = 1) -> None:
+        super().__init__()
+        self.members = check_int("members", members)
+
+    def extra_repr(self) -> str:
+        return f"members={self.members}"
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        if self.members == 1:
+            return torch.cat(xs, dim=1)
+        return cat_members(xs, self.members)
+
+
+def cat_members(xs: list[torch.Tensor], members: int) -> torch.Tensor:
+    """Per-member channel concatenation of (N, members·C_i, H, W) tensors (see
+    :class:`ChannelCat`); the layout (NCHW or channels_last) follows ``xs[0]``."""
+    n, h, w = xs[0].shape[0], xs[0].shape[2], xs[0].shape[3]
+    first = xs[0]
+    if first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous():
+        # NHWC storage: member blocks are contiguous runs of the last axis
+        parts = [x.permute(0, 2, 3, 1).reshape(n, h, w, members, -1) for x in xs]
+        return torch.cat(parts, dim=4).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+    parts = [x.reshape(n, members, -1, h, w) for x in xs]
+    return torch.cat(parts, dim=2).reshape(n, -1, h, w)
 
 
 # --------------------------------------------------------------------------- input checks

@@ -26,6 +26,7 @@ from dip.models.common import (
     PADS,
     UPSAMPLE_MODES,
     BNAct,
+    ChannelCat,
     Conv,
     call_args,
     check_act,
@@ -75,6 +76,7 @@ class SkipLevel(nn.Module):
         if a["need1x1_up"]:
             up += [Conv(n_up, n_up, 1, bias=bias, pad=pad), BNAct(n_up, act_fun)]
         self.up = nn.Sequential(*up)
+        self.cat = ChannelCat()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.down(x)
@@ -82,7 +84,7 @@ class SkipLevel(nn.Module):
             y = self.inner(y)
         y = self.upsample(y)
         if self.skip is not None:
-            y = torch.cat([self.skip(x), y], dim=1)
+            y = self.cat([self.skip(x), y])
         return self.up(self.bn(y))
 
 

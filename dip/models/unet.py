@@ -16,7 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from dip.models.common import PADS, BNAct, Conv, call_args, check_choice, check_input, check_int, min_multiple
+from dip.models.common import (
+    PADS,
+    BNAct,
+    ChannelCat,
+    Conv,
+    call_args,
+    check_choice,
+    check_input,
+    check_int,
+    min_multiple,
+)
 
 UNET_UPSAMPLE = ("deconv", "nearest", "bilinear")
 NORMS = ("instance", "batch", "none")
@@ -88,9 +98,10 @@ class UNetUp(nn.Module):
                   if mode == "bilinear" else nn.Upsample(scale_factor=2, mode="nearest"))
             self.up = nn.Sequential(up, Conv(num_filt, out_f, 3, bias=bias, pad=pad))
         self.conv = UNetConv2(out_f * 2, out_f, "none", bias, pad)
+        self.cat = ChannelCat()
 
     def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([self.up(deep), skip], dim=1))
+        return self.conv(self.cat([self.up(deep), skip]))
 
 
 class UNet(nn.Module):
@@ -120,6 +131,7 @@ class UNet(nn.Module):
             + [UNetUp(f[i], mode, bias, pad) for i in range(3, -1, -1)]
         )
         self.pool = nn.AvgPool2d(2, 2)
+        self.cat = ChannelCat()
         self.head = Conv(f[0], a["num_output_channels"], 1, bias=bias, pad=pad)
         self.sigmoid = nn.Sigmoid() if a["need_sigmoid"] else nn.Identity()
         n = 4 + self.more_layers
@@ -139,13 +151,13 @@ class UNet(nn.Module):
         y = self.start(x)
         xs = x
         if self.concat_x:
-            y = torch.cat([y, xs], dim=1)
+            y = self.cat([y, xs])
         feats = [y]
         for down in self.downs:
             y = down(y)
             if self.concat_x:
                 xs = self.pool(xs)
-                y = torch.cat([y, xs], dim=1)
+                y = self.cat([y, xs])
             feats.append(y)
         y = feats[-1]
         n = len(feats)
