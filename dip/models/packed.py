@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dip.models.common import BatchNormAct, BNAct, ChannelCat, Conv, StandardDownsample, check_int
+from dip.models.common import BatchNormAct, Bilinear2x, BNAct, ChannelCat, Conv, StandardDownsample, check_int
 from dip.models.decoder import Decoder
 from dip.models.resnet import ResidualBlock, ResNet
 from dip.models.skip import Skip, SkipLevel
@@ -47,7 +47,7 @@ _GENERATORS = (Skip, UNet, ResNet, Decoder)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, SkipLevel, Conv, UNetConv2, UNetDown, UNetUp,
                ResidualBlock, *_GENERATORS)
 # parameter-free modules that act on every channel alone
-_PER_CHANNEL = (nn.LeakyReLU, nn.ReLU, nn.SiLU, nn.ELU, nn.Sigmoid, nn.Identity, nn.Upsample,
+_PER_CHANNEL = (nn.LeakyReLU, nn.ReLU, nn.SiLU, nn.ELU, nn.Sigmoid, nn.Identity, nn.Upsample, Bilinear2x,
                 nn.MaxPool2d, nn.AvgPool2d, nn.ReflectionPad2d, StandardDownsample)
 _NORMS = (BNAct, BatchNormAct, nn.BatchNorm2d, nn.InstanceNorm2d)
 _SHARED = ("num_batches_tracked",)  # tensors of the packed layers that every member shares
