@@ -60,15 +60,17 @@ def _cuda_summary_lines(results: dict) -> list[str]:
 
 def _summary_lines(results: dict) -> list[str]:
     lines = [f"{'config':<18}{'size':>6}{'ms/step':>10}{'GFLOP':>8}{'GFLOP/s':>9}"
-             f"{'x orig':>8}{'x orig+m':>9}{'peak MiB':>10}{'thr':>5}"]
+             f"{'x orig':>8}{'x orig+m':>9}{'eff':>6}{'peak MiB':>10}{'thr':>5}"]
     for (config, size), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         ratios = []
         for base in _BASELINES:
             b = results.get((base, size))
             ratios.append(f"{b['ms'] / r['ms']:.2f}" if b else "-")
+        floor = results.get((r.get("floor"), size))
+        eff = f"{floor['ms'] / r['ms']:.0%}" if floor else "-"  # same FLOPs: a ratio of times
         peak = f"{r['peak_mib']:.0f}" if "peak_mib" in r else "-"
         lines.append(f"{config:<18}{size:>6}{r['ms']:>10.1f}{r['gflop']:>8.1f}"
-                     f"{r['gflop'] / r['ms'] * 1e3:>9.1f}{ratios[0]:>8}{ratios[1]:>9}{peak:>10}"
+                     f"{r['gflop'] / r['ms'] * 1e3:>9.1f}{ratios[0]:>8}{ratios[1]:>9}{eff:>6}{peak:>10}"
                      f"{r['threads']:>5}")
     return lines
 

@@ -18,6 +18,10 @@ forward, loss, backward, optimiser, with reg noise 1/30, lr 0.01, 32-channel inp
 (c)  ``fast-fp32-torchbn`` (when ``dip.ops.has_native()``): fast-fp32 with torch's
      BatchNorm2d + LeakyReLU in place of the native fused op, to see what the fused op gains
      in a whole step.
+(d)  ``floor-fp32-nchw``, ``floor-fp32-cl``, ``floor-bf16-cl`` (the last where bf16 is
+     measured): the machine's convolution floor, every convolution of the generator alone,
+     forward + backward, on inputs of its shapes (:class:`ConvFloor`); the summary's ``eff``
+     column is each configuration's GFLOP/s over the floor of its precision and layout.
 
 Every configuration runs in its own child process (:class:`ChildStep`): glibc's mmap threshold
 cannot be set back once raised (setting it switches glibc's dynamic threshold off for the
@@ -117,14 +121,66 @@ def step_gflop(kind: str, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
+class ConvFloor:
+    """The machine's convolution floor for the recipe's generator: each of its convolutions,
+    alone, forward and backward (input, weight and bias gradients) on inputs of the shapes the
+    generator gives them at ``size``², in ``precision`` and ``layout``; nothing else of a step.
+    A configuration's efficiency is its GFLOP/s divided by the floor's of its precision and
+    layout (the floors count the same FLOPs as the step)."""
+
+    def __init__(self, size: int, precision: str, layout: str) -> None:
+        torch.manual_seed(0)
+        generator = recipe_generator()
+        shapes = []
+        hooks = [m.register_forward_hook(lambda m, inputs, out: shapes.append((m, inputs[0].shape)))
+                 for m in generator.modules() if isinstance(m, torch.nn.Conv2d)]
+        with torch.no_grad():
+            generator(_data(size)[0])
+        for h in hooks:
+            h.remove()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        fmt = torch.channels_last if layout == "cl" else torch.contiguous_format
+        self.items = []
+        for conv, shape in shapes:
+            # the step needs no gradient of the code z, the first convolution's input
+            x = torch.randn(shape).to(dtype).contiguous(memory_format=fmt).requires_grad_(bool(self.items))
+            w = conv.weight.detach().to(dtype).contiguous(memory_format=fmt).requires_grad_(True)
+            b = conv.bias.detach().to(dtype).requires_grad_(True) if conv.bias is not None else None
+            self.items.append((x, w, b, conv.stride, conv.padding))
+
+    def __call__(self) -> None:
+        for x, w, b, stride, padding in self.items:
+            y = F.conv2d(x, w, b, stride, padding)
+            y.backward(torch.ones_like(y))
+            x.grad = w.grad = None
+            if b is not None:
+                b.grad = None
+
+
+#: the floor each configuration is measured against
+FLOOR_OF = {"original": "floor-fp32-nchw", "original+malloc": "floor-fp32-nchw",
+            "fast-fp32-torchbn": None, "fast-bf16": "floor-bf16-cl"}
+
+
+def floor_of(config: str) -> str | None:
+    """The floor configuration matching ``config``'s precision and layout."""
+    if config == "fast-fp32":
+        cl = runtime.use_channels_last(recipe_generator(), "fp32", "cpu")
+        return "floor-fp32-cl" if cl else "floor-fp32-nchw"
+    return FLOOR_OF.get(config)
+
+
 def _make(config: str, size: int):
     if config.startswith("original"):
         return make_original(size)
+    if config.startswith("floor-"):
+        _, precision, layout = config.split("-")
+        return ConvFloor(size, precision, layout)
     return make_fast(size, config.split("-")[1], fused_bn=not config.endswith("-torchbn"))
 
 
 def _run_step(step) -> None:
-    step() if isinstance(step, runtime.FastStep) else step.step()
+    step() if isinstance(step, (runtime.FastStep, ConvFloor)) else step.step()
 
 
 _CHILD = r"""
@@ -192,7 +248,7 @@ def _mem_available_gib() -> float:
 def _record(step_results, benchmark, config, size, times, peak_mib, extra=None) -> None:
     ms = sorted(times)[len(times) // 2] * 1e3
     row = {"ms": ms, "gflop": step_gflop("original" if config.startswith("original") else "fast",
-                                         size),
+                                         size), "floor": floor_of(config),
            "threads": THREADS, "peak_mib": peak_mib, "native_ops": dip.ops.has_native(),
            "times_ms": [round(t * 1e3, 1) for t in times], **(extra or {})}
     step_results[(config, size)] = row
@@ -208,6 +264,7 @@ def test_step(benchmark, step_results, size):
         configs.append("fast-fp32-torchbn")
     if runtime.bf16_is_native("cpu") or os.environ.get("DIP_BENCH_EMULATED_BF16") == "1":
         configs.append("fast-bf16")
+    configs += ["floor-fp32-nchw", "floor-fp32-cl"] + (["floor-bf16-cl"] if "fast-bf16" in configs else [])
     need_gib = len(configs) * 1.3 * (size / 256) ** 2
     if _mem_available_gib() < need_gib:
         pytest.skip(f"{len(configs)} processes at {size}² need about {need_gib:.0f} GiB of "
