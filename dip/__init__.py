@@ -11,10 +11,10 @@ the only prior.
 from dip import inputs, metrics, models, ops, physics, recipes
 from dip._version import __version__
 from dip.fit import FitConfig, FitResult, StepEvent, fit
-from dip.tasks import denoise, flash_no_flash, inpaint, remove_jpeg_artifacts, restore, super_resolve
+from dip.tasks import deblur, denoise, flash_no_flash, inpaint, remove_jpeg_artifacts, restore, super_resolve
 
 __all__ = [
     "__version__", "ops", "physics", "models", "metrics", "inputs", "recipes",
     "FitConfig", "FitResult", "StepEvent", "fit",
-    "denoise", "remove_jpeg_artifacts", "super_resolve", "inpaint", "restore", "flash_no_flash",
+    "denoise", "remove_jpeg_artifacts", "super_resolve", "inpaint", "restore", "flash_no_flash", "deblur",
 ]
