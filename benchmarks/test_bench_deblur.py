@@ -6,7 +6,7 @@ Run:  DIP_BENCH_DEBLUR=1 OMP_NUM_THREADS=1 python -m pytest benchmarks/test_benc
 Gaussian (sigma 1.6) and two straight motion kernels (9 px at 30°, 15 px at 120°), 1 % white
 noise; Wiener and Richardson–Lucy with the true kernel on the reflect-padded image, their
 parameter chosen per image on the ground truth; DIP with the ``deblur`` recipe.  15 fits of
-3000 steps: hours on a CPU, so it runs only with DIP_BENCH_DEBLUR=1.  Scale it with
+4000 steps: hours on a CPU, so it runs only with DIP_BENCH_DEBLUR=1.  Scale it with
 DIP_BENCH_DEBLUR_SIZE, _STEPS, _IMAGES (comma list of built-in names), _CASES (comma list),
 _DEVICE, _NET_WIDTH (channels per level, default the recipe's 128); _CSV (file) keeps the rows.
 
