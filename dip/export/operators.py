@@ -29,7 +29,9 @@ def _standard_operator(op: nn.Module) -> nn.Module:
 
     if isinstance(op, physics.Downsample):
         return DownsampleGraph(op)
-    if isinstance(op, (physics.Identity, physics.Mask, physics.Blur)):  # standard operators already
+    if isinstance(op, physics.Blur):
+        return op.direct().float().cpu().eval()  # conv2d: what every export format holds
+    if isinstance(op, (physics.Identity, physics.Mask)):  # standard operators already
         return copy.deepcopy(op).float().cpu().eval()
     raise TypeError(f"cannot export operator {type(op).__name__}; supported: Downsample, Mask, Identity, Blur")
 

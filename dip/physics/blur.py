@@ -13,7 +13,11 @@ kernel shared by every channel, or one per channel.  Boundary modes:
   what a camera does: the pixels just outside the frame blur into it.  The adjoint is the full
   transposed convolution.  ``crop_box`` gives where y's own pixels lie inside x.
 
-Only standard torch operators are used, so the operator exports as it is.
+The convolution runs directly (depthwise ``conv2d``) or by FFT (``torch.fft.rfft2``: a
+circular convolution of x's size, whose wrapped-around rows and columns are exactly the ones a
+"valid" convolution drops). ``use_fft`` makes the choice: FFT from ``FFT_MIN_SIDE`` pixels a
+side (measured: ``benchmarks/test_bench_blur.py``); ``method="direct"|"fft"`` forces it.  Both
+are standard torch operators; exports use the direct path (``direct()``).
 """
 from __future__ import annotations
 
@@ -26,6 +30,21 @@ from torch import nn
 Size2 = tuple[int, int]
 
 PADDINGS = ("reflect", "replicate", "zero", "circular", "valid")
+METHODS = ("auto", "direct", "fft")
+#: the smaller kernel side from which "auto" convolves by FFT. Measured (Intel Xeon, 1 thread,
+#: 3x256², forward + backward, ms direct / fft, benchmarks/test_bench_blur.py): K=5 13.7 / 14.1,
+#: K=11 34.9 / 12.9, K=21 102 / 13.0, K=63 507 / 11.6 (FFT's cost does not depend on K)
+FFT_MIN_SIDE = 9
+
+
+def use_fft(kernel_hw: tuple[int, int], method: str = "auto") -> bool:
+    """Whether a blur with a kernel of ``kernel_hw`` convolves by FFT: ``method`` "fft" or
+    "direct" forces it; "auto" takes FFT when both sides are at least ``FFT_MIN_SIDE``."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method != "auto":
+        return method == "fft"
+    return min(kernel_hw) >= FFT_MIN_SIDE
 _TORCH_MODE = {"reflect": "reflect", "replicate": "replicate", "zero": "constant", "circular": "circular"}
 
 
@@ -64,6 +83,8 @@ class Blur(nn.Module):
         padding: ``"reflect"`` (default), ``"replicate"``, ``"zero"``, ``"circular"`` or
             ``"valid"`` (see the module docstring).
         normalize: scale each kernel to sum 1.
+        method: ``"auto"`` (default: ``use_fft`` decides by the kernel's size), ``"direct"``
+            or ``"fft"``.
 
     Shapes: (N, C, H, W) -> (N, C, H, W) with padding, (N, C, H - Kh + 1, W - Kw + 1) with
     ``"valid"``; float dtypes; the kernel follows x's dtype and device.
@@ -72,11 +93,12 @@ class Blur(nn.Module):
     if TYPE_CHECKING:  # the buffer's type, for the type checker only
         kernel: torch.Tensor  # (1|C, Kh, Kw) float32
 
-    def __init__(self, kernel, padding: str = "reflect", normalize: bool = False):
+    def __init__(self, kernel, padding: str = "reflect", normalize: bool = False, method: str = "auto"):
         super().__init__()
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
         k = _as_kernel(kernel)
+        self.fft = use_fft((int(k.shape[-2]), int(k.shape[-1])), method)
         if normalize:
             k = k / k.sum(dim=(-2, -1), keepdim=True)
         self.register_buffer("kernel", k)
@@ -86,7 +108,11 @@ class Blur(nn.Module):
         self.pads = (kw - 1 - (kw - 1) // 2, (kw - 1) // 2, kh - 1 - (kh - 1) // 2, (kh - 1) // 2)
 
     def extra_repr(self) -> str:
-        return f"kernel={tuple(self.kernel.shape)}, padding={self.padding!r}"
+        return f"kernel={tuple(self.kernel.shape)}, padding={self.padding!r}, fft={self.fft}"
+
+    def direct(self) -> Blur:
+        """A copy that convolves directly (the form exports use)."""
+        return Blur(self.kernel, self.padding, method="direct").to(self.kernel.device)
 
     @property
     def kernel_size(self) -> Size2:
@@ -115,11 +141,32 @@ class Blur(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, groups = self._weight(x)
-        return F.conv2d(self._pad(x), w, groups=groups)
+        xp = self._pad(x)
+        if self.fft:
+            return self._fft_valid(xp)
+        return F.conv2d(xp, w, groups=groups)
+
+    def _fft_valid(self, xp: torch.Tensor) -> torch.Tensor:
+        """The "valid" convolution of ``xp`` by FFT (circular at xp's size; the rows and columns
+        that wrap around are the first Kh - 1 and Kw - 1, which "valid" drops)."""
+        kh, kw = self.kernel_size
+        size = (int(xp.shape[-2]), int(xp.shape[-1]))
+        if size[0] < kh or size[1] < kw:
+            raise ValueError(f"the image {size} is smaller than the kernel {self.kernel_size}")
+        real = xp if xp.dtype in (torch.float32, torch.float64) else xp.float()
+        k = self.kernel.to(dtype=real.dtype, device=real.device)
+        out = torch.fft.irfft2(torch.fft.rfft2(real, s=size) * torch.fft.rfft2(k, s=size), s=size)
+        return out[..., kh - 1:, kw - 1:].to(xp.dtype)
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Transpose of ``forward``: (N, C, h, w) -> (N, C, *x_size((h, w)))."""
         w, groups = self._weight(y)
+        if self.fft:  # the forward is linear: its vector-Jacobian product is its exact transpose
+            shape = y.shape[:-2] + self.x_size((int(y.shape[-2]), int(y.shape[-1])))
+            with torch.enable_grad():
+                u = torch.zeros(shape, dtype=y.dtype, device=y.device, requires_grad=True)
+                (adj,) = torch.autograd.grad(self.forward(u), u, y, create_graph=y.requires_grad)
+            return adj
         full = F.conv_transpose2d(y, w, groups=groups)
         if self.padding == "valid":
             return full

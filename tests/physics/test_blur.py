@@ -18,12 +18,29 @@ def _adjoint_gap(op, x_shape):
     return abs(lhs - rhs).item() / abs(lhs).item()
 
 
+@pytest.mark.parametrize("method", ["direct", "fft"])
 @pytest.mark.parametrize("padding", ["reflect", "replicate", "zero", "circular", "valid"])
 @pytest.mark.parametrize("kshape", [(5, 5), (4, 6), (1, 3), (3, 7, 7)])
-def test_blur_adjoint_identity(padding, kshape):
+def test_blur_adjoint_identity(padding, kshape, method):
     k = torch.rand(*kshape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    op = Blur(k, padding).double()
+    op = Blur(k, padding, method=method).double()
+    assert op.fft == (method == "fft")
     assert _adjoint_gap(op, (2, 3, 13, 11)) < 1e-12
+
+
+@pytest.mark.parametrize("padding", ["reflect", "valid"])
+@pytest.mark.parametrize("kshape", [(5, 5), (4, 6), (3, 7, 6)])
+def test_fft_equals_direct_and_auto_picks_fft_for_large_kernels(padding, kshape):
+    from dip.physics.blur import FFT_MIN_SIDE, use_fft
+
+    k = torch.rand(*kshape, generator=torch.Generator().manual_seed(2))
+    x = torch.rand(2, 3, 17, 15, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(Blur(k, padding, method="fft")(x), Blur(k, padding, method="direct")(x),
+                               atol=1e-5, rtol=1e-5)
+    assert not Blur(k).fft and Blur(torch.ones(FFT_MIN_SIDE, FFT_MIN_SIDE)).fft
+    assert use_fft((3, 3), "fft") and not use_fft((99, 99), "direct")
+    with pytest.raises(ValueError, match="method must be one of auto, direct, fft"):
+        use_fft((3, 3), "fast")
 
 
 @pytest.mark.parametrize("kshape", [(5, 5), (4, 6), (2, 3)])
