@@ -129,7 +129,8 @@ def _deblur() -> Recipe:
     ``build``/``run``), not part of the recipe.
 
     Measured (64² crop of scikit-image's astronaut, Gaussian sigma 1.6 + 1 % noise, blurred
-    input 25.98 dB; lr 0.01, reg noise 0.03, averaging 0.99; Intel Xeon, 1 thread):
+    input 25.98 dB; lr 0.01, reg noise 0.03, averaging 0.99; Intel Xeon, 1 thread;
+    ``benchmarks/deblur_boundary.py``):
     boundary model, skip net with 64 channels, 3000 steps: "valid" (the fit renders the
     10-pixel margin the scene blurs in from) 31.44 dB, replicate padding 30.63, reflect 29.94.
     This recipe's net (128 channels), valid: 30.46 dB at 2000 steps, 31.23 at 3000, 31.49 at
