@@ -22,19 +22,19 @@ from dip._version import __version__
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
     from dip import inputs, metrics, models, ops, physics, recipes
     from dip.engine import FitConfig, FitResult, StepEvent, fit
-    from dip.tasks import denoise, flash_no_flash, inpaint, remove_jpeg_artifacts, restore, super_resolve
+    from dip.tasks import deblur, denoise, flash_no_flash, inpaint, remove_jpeg_artifacts, restore, super_resolve
 
 _SUBMODULES = ("ops", "physics", "models", "metrics", "inputs", "recipes")
 _NAMES = {
     "FitConfig": "dip.engine", "FitResult": "dip.engine", "StepEvent": "dip.engine", "fit": "dip.engine",
     "denoise": "dip.tasks", "remove_jpeg_artifacts": "dip.tasks", "super_resolve": "dip.tasks",
-    "inpaint": "dip.tasks", "restore": "dip.tasks", "flash_no_flash": "dip.tasks",
+    "inpaint": "dip.tasks", "restore": "dip.tasks", "flash_no_flash": "dip.tasks", "deblur": "dip.tasks",
 }
 
 __all__ = [
     "__version__", "ops", "physics", "models", "metrics", "inputs", "recipes",
     "FitConfig", "FitResult", "StepEvent", "fit",
-    "denoise", "remove_jpeg_artifacts", "super_resolve", "inpaint", "restore", "flash_no_flash",
+    "denoise", "remove_jpeg_artifacts", "super_resolve", "inpaint", "restore", "flash_no_flash", "deblur",
 ]
 
 

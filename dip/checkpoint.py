@@ -353,7 +353,8 @@ def _cpu_or_none(t: Any) -> Any:
 def physics_settings(op: Any) -> dict[str, Any]:
     """Operator settings that ``dip.physics.from_config(settings, mask=settings.get("mask"))``
     rebuilds: ``{"name": "identity"}``, ``{"name": "mask", "mask": (1|N, 1|C, H, W) tensor}`` or
-    ``{"name": "downsample", "factor", "kernel", "phase", "preserve_size"[, "padding"]}``.
+    ``{"name": "downsample", "factor", "kernel", "phase", "preserve_size"[, "padding"]}`` or
+    ``{"name": "blur", "kernel": (1|C, Kh, Kw) float32 tensor as applied, "padding"}``.
     A dict is returned unchanged (copied)."""
     if op is None or isinstance(op, Mapping):
         return None if op is None else dict(op)
@@ -369,6 +370,8 @@ def physics_settings(op: Any) -> dict[str, Any]:
         if op.preserve_size:
             out["padding"] = op.padding
         return out
+    if isinstance(op, physics.Blur):
+        return {"name": "blur", "kernel": op.kernel.detach().cpu(), "padding": op.padding}
     raise TypeError(f"cannot describe operator {type(op).__name__} in a checkpoint; "
                     "pass its settings as a dict (physics=...)")
 

@@ -40,7 +40,12 @@ when larger).  Degradations, seeded from (seed, image name, task):
   rounded to 8 bits; recipe ``sr4``; the image is cropped to a multiple of 4 first;
 - ``restore50``: half the pixels (all channels of a pixel together) set to zero; recipe
   ``restore-50``;
-- ``inpaint-text``: lines of text drawn with PIL into the mask; recipe ``inpaint-text``.
+- ``inpaint-text``: lines of text drawn with PIL into the mask; recipe ``inpaint-text``;
+- ``deblur-gauss`` / ``deblur-motion9`` / ``deblur-motion15``: the crop blurred ("valid") by a
+  Gaussian (sigma 1.6) or a straight motion (9 px at 30°, 15 px at 120°), plus white noise
+  sigma 0.01; the ground truth is the crop's centre at the observation's pixels (S - K + 1
+  square); baselines Wiener and Richardson–Lucy tuned per image (``dip.evaluate_deblur``),
+  whose columns ``wiener_psnr``/``rl_psnr`` and chosen parameters join the row; recipe ``deblur``.
 
 ``metric="y"`` measures PSNR and SSIM on the luma (BT.601) of colour images, with a 4-pixel
 border ignored for super-resolution (the paper's SR protocol).
@@ -82,6 +87,9 @@ TASKS: dict[str, dict] = {
     "sr4": {"recipe": "sr4", "task": "sr", "factor": 4},
     "restore50": {"recipe": "restore-50", "task": "restore", "missing": 0.5},
     "inpaint-text": {"recipe": "inpaint-text", "task": "inpaint"},
+    "deblur-gauss": {"recipe": "deblur", "task": "deblur", "kernel": "gaussian:1.6", "noise": 0.01},
+    "deblur-motion9": {"recipe": "deblur", "task": "deblur", "kernel": "motion:9,30", "noise": 0.01},
+    "deblur-motion15": {"recipe": "deblur", "task": "deblur", "kernel": "motion:15,120", "noise": 0.01},
 }
 
 #: skimage.data image -> crop centre (row, column) as fractions of the photograph's size
@@ -107,6 +115,7 @@ class Case:
         degraded: the observation at the ground truth's size (C, H, W), for the ``input`` metric.
         mask: (1, H, W) float32, 1 = known pixel, for restore/inpaint; else None.
         factor: sr factor or None.
+        kernel: the blur (Kh, Kw) float64 of deblurring cases, else None.
     """
 
     kind: str
@@ -117,6 +126,7 @@ class Case:
     degraded: torch.Tensor
     mask: torch.Tensor | None = None
     factor: int | None = None
+    kernel: np.ndarray | None = None
 
     @property
     def recipe(self) -> str:
@@ -247,6 +257,11 @@ def make_case(kind: str, image: str, gt: torch.Tensor, seed: int = 0) -> Case:
         lr = torch.round(lr * 255.0) / 255.0  # as an 8-bit file would hold it
         degraded = lr.repeat_interleave(f, 1).repeat_interleave(f, 2)
         return Case(kind, image, seed, gt, lr, degraded, factor=f)
+    if spec["task"] == "deblur":
+        from dip import evaluate_deblur
+
+        truth, y, kernel = evaluate_deblur.degrade(gt, spec["kernel"], spec["noise"], rng)
+        return Case(kind, image, seed, truth, y, y, kernel=kernel)
     if spec["task"] == "restore":
         mask = torch.from_numpy((rng.random(tuple(gt.shape[1:])) >= spec["missing"]).astype(np.float32))[None]
     else:
@@ -258,6 +273,10 @@ def make_case(kind: str, image: str, gt: torch.Tensor, seed: int = 0) -> Case:
 def baseline(case: Case) -> torch.Tensor | None:
     """Classical result for ``case`` (C, H, W), or None (denoising without ``bm3d``)."""
     task = TASKS[case.kind]["task"]
+    if task == "deblur":
+        from dip import evaluate_deblur
+
+        return evaluate_deblur.baseline(case)
     if task == "sr":
         return _pil_resize(case.observation, (case.gt.shape[1], case.gt.shape[2]), "bicubic").clamp(0, 1)
     if task in ("restore", "inpaint"):
@@ -382,7 +401,8 @@ def run_case(case: Case, *, steps: int | None = None, metric: str = "rgb",
     if curve_windows:
         curve_windows = sorted(set(curve_windows) | {int(recipe.fit.stop_window)})
     observer = _Observer(recipe.fit, case.gt, kw, curve_every, curve_windows)
-    result = recipes.run(recipe, case.observation, mask=case.mask, gt=case.gt, callbacks=[observer])
+    result = recipes.run(recipe, case.observation, mask=case.mask, kernel=case.kernel, gt=case.gt,
+                         callbacks=[observer])
     fixed_seconds = time.perf_counter() - observer.start
 
     st = observer.stopper
@@ -401,7 +421,14 @@ def run_case(case: Case, *, steps: int | None = None, metric: str = "rgb",
     row = {"case": case.kind, "image": case.image, "seed": case.seed, "recipe": case.recipe,
            "size": "x".join(str(s) for s in case.gt.shape[1:]), "metric": metric}
     row.update(_scores("input", case.degraded, case.gt, kw))
-    row.update(_scores("baseline", baseline(case), case.gt, kw))
+    if case.kernel is not None:  # deblurring: both tuned baselines, the better one as "baseline"
+        from dip import evaluate_deblur
+
+        found = evaluate_deblur.tuned_baselines(case.observation, case.kernel, case.gt)
+        row.update(_scores("baseline", evaluate_deblur.best(found), case.gt, kw))
+        row.update(evaluate_deblur.baseline_columns(found))
+    else:
+        row.update(_scores("baseline", baseline(case), case.gt, kw))
     row.update(_scores("fixed", result.image, case.gt, kw))
     row.update(_scores("auto", auto_img, case.gt, kw))
     row.update({"fixed_steps": result.steps_run, "fixed_seconds": fixed_seconds,

@@ -60,7 +60,7 @@ PRECISION_CHOICES = ("auto", *PRECISIONS)
 #: tasks for which bf16 is not proven as good as fp32, so that "auto" keeps them in fp32: a task
 #: is proven when its returned images in bf16 are within 0.1 dB of fp32 on average and 0.3 dB at
 #: worst (benchmarks/test_bench_precision.py; the measured table is in the README, "Precision")
-BF16_UNPROVEN_TASKS: frozenset[str] = frozenset({"jpeg", "restore", "flash"})
+BF16_UNPROVEN_TASKS: frozenset[str] = frozenset({"jpeg", "restore", "flash", "deblur"})
 
 # glibc mallopt parameter numbers (malloc.h)
 M_TRIM_THRESHOLD = -1

@@ -52,3 +52,24 @@ def flash_no_flash(flash: torch.Tensor, noflash: torch.Tensor, *, recipe: str = 
     flash image and fitted to the no-flash one; stopping early keeps the flash image's detail
     with the no-flash lighting."""
     return recipes.run(recipes.get(recipe, **overrides), noflash, flash=flash, callbacks=callbacks)
+
+
+def deblur(img: torch.Tensor, kernel, *, recipe: str = "deblur", padding: str | None = None, gt=None,
+           callbacks=(), **overrides) -> FitResult:
+    """Deblur ``img`` (C, H, W), blurred by the known point-spread function ``kernel``: a tensor
+    or array (Kh, Kw) shared by the channels or (C, Kh, Kw) one per channel (normalised to sum
+    1), or a spec of ``dip.physics.parse_kernel`` (``"gaussian:1.6"``, ``"box:5"``,
+    ``"motion:9,30"``, a ``.npy`` or image file). The result has ``img``'s size.
+
+    ``padding`` replaces the recipe's boundary model (``"valid"``: the fit also renders the
+    margin the scene blurred in from, the default; or ``"reflect"``, ``"replicate"``, ...)."""
+    from dip.physics import parse_kernel
+
+    psf = parse_kernel(kernel) if isinstance(kernel, str) else kernel
+    r = recipes.get(recipe, **overrides)
+    if r.physics.get("name") != "blur":
+        raise ValueError(f"recipe {recipe!r} is for the {r.task} task, not deblur")
+    if padding is not None:
+        r.physics = {**r.physics, "padding": padding}
+    return recipes.run(r, img, kernel=psf, gt=gt, callbacks=callbacks)
+

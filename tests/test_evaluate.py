@@ -227,3 +227,24 @@ def test_dip_eval_curves_option(tmp_path, capsys):
     assert eval_command.run(parser.parse_args(["--size", "32", "--steps", "4", "--curves", "x.json",
                                      "--curve-windows", "1"])) == 2
     assert "curve windows must be integers >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["deblur-gauss", "deblur-motion9"])
+def test_deblur_cases_blur_real_scene_pixels_and_tuned_baselines_beat_the_input(kind, crop32):
+    from dip import evaluate_deblur
+    from dip.physics import Blur
+
+    c = ev.make_case(kind, "astronaut", crop32, seed=0)
+    kh, kw = c.kernel.shape
+    assert c.gt.shape == (3, 33 - kh, 33 - kw) and c.observation.shape == c.gt.shape and c.recipe == "deblur"
+    op = Blur(torch.from_numpy(c.kernel), "valid")
+    noise = c.observation - op(crop32[None])[0]
+    assert float(noise.std()) == pytest.approx(0.01, rel=0.25)
+    found = evaluate_deblur.tuned_baselines(c.observation, c.kernel, c.gt)
+    assert found["wiener"][1] in evaluate_deblur.WIENER_BALANCES and found["rl"][1] in evaluate_deblur.RL_ITERATIONS
+    for _, _, score in found.values():
+        assert score > metrics.psnr(c.degraded, c.gt)
+    assert torch.equal(ev.baseline(c), evaluate_deblur.best(found))
+    row = ev.run_case(c, steps=2, net_options={"num_channels_down": [8] * 5, "num_channels_up": [8] * 5})
+    assert row["baseline_psnr"] == pytest.approx(max(row["wiener_psnr"], row["rl_psnr"]))
+    assert math.isfinite(row["fixed_psnr"])

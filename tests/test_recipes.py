@@ -12,7 +12,8 @@ def n_params(net):
 
 def test_all_paper_recipes_exist():
     assert set(recipes.names()) == {"denoise", "denoise-50", "jpeg", "sr2", "sr4", "sr8", "inpaint-text",
-                                    "inpaint-hole", "inpaint-region", "restore-50", "restore-98", "flash"}
+                                    "inpaint-hole", "inpaint-region", "restore-50", "restore-98", "flash",
+                                    "deblur"}
 
 
 def test_denoise_recipe_is_the_standard_skip_network_and_the_papers_schedule():
@@ -41,11 +42,11 @@ def test_sr_recipes(name, factor, steps):
 
 
 @pytest.mark.parametrize("name", ["denoise", "jpeg", "sr4", "inpaint-text", "inpaint-hole", "inpaint-region",
-                                  "restore-50", "restore-98"])
+                                  "restore-50", "restore-98", "deblur"])
 def test_every_recipe_fits_a_grey_image_for_one_step(name):
     img = torch.rand(1, 20, 16)
     mask = (torch.rand(20, 16) > 0.5).float()
-    res = recipes.run(recipes.get(name, steps=1, stop="steps"), img, mask=mask)
+    res = recipes.run(recipes.get(name, steps=1, stop="steps"), img, mask=mask, kernel="gaussian:1")
     factor = 4 if name == "sr4" else 1
     assert res.image.shape == (1, 1, 20 * factor, 16 * factor)
 

@@ -3,6 +3,7 @@
     dip batch denoise photos/ -o restored/ --workers 2 --steps 2000
     dip batch inpaint 'scans/*.png' -o out/ --masks masks/ --mask-pattern '{stem}.png'
     dip batch sr lowres/ -o out/ --factor 4 --gt truth/ --ray auto --checkpoint-every 500
+    dip batch deblur shaken/ -o out/ --kernel motion:9,30
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from dip.cli.argtypes import seed_value, steps_count, threads_count
 _PASSED = (
     ("--recipe", {"help": "preset (default: the task's; see 'dip info')"}),
     ("--factor", {"help": "sr: enlargement factor (default 4)"}),
+    ("--kernel", {"metavar": "SPEC", "help": "deblur (required there): the blur of every image: gaussian:SIGMA, "
+                                           "box:SIZE, motion:LENGTH,ANGLE or a .npy / image file"}),
+    ("--padding", {"choices": ("valid", "reflect", "replicate"), "help": "deblur: boundary model"}),
     ("--lr", {"help": "Adam learning rate"}),
     ("--reg-noise", {"metavar": "STD", "help": "std of the noise added to the input code every step"}),
     ("--net", {"help": "generator: skip, unet, resnet, decoder"}),
@@ -93,6 +97,8 @@ def fit_arguments(args: argparse.Namespace) -> list[str]:
         if value is not None:
             if option == "--factor" and args.task != "sr":
                 raise BatchError(f"--factor {value}: only the sr task has a factor", "drop --factor")
+            if option in ("--kernel", "--padding") and args.task != "deblur":
+                raise BatchError(f"{option} {value}: only the deblur task has a blur kernel", f"drop {option}")
             out += [option, str(value)]
     if args.compile:
         out.append("--compile")

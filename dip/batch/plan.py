@@ -27,7 +27,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 #: tasks a batch runs: one observation image per fit (flash needs two images per fit)
-BATCH_TASKS = ("denoise", "jpeg", "sr", "inpaint", "restore")
+BATCH_TASKS = ("denoise", "jpeg", "sr", "inpaint", "restore", "deblur")
 MASK_TASKS = ("inpaint", "restore")
 DEFAULT_MASK_PATTERN = "{stem}_mask.png"
 #: how many names an error message lists before "and N more"

@@ -181,7 +181,7 @@ class Command:
     """How every image of a batch is fitted.
 
     Attributes:
-        task: the single-image command (denoise, jpeg, sr, inpaint, restore).
+        task: the single-image command (denoise, jpeg, sr, inpaint, restore, deblur).
         fit_args: further options of a fresh fit (``--recipe sr4``, ``--factor 4``, ...).
         steps: total steps (passed to fresh fits and, as the total, to resumed ones).
         checkpoint_every: periodic checkpoint interval in steps (None: the command's default).

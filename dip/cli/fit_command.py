@@ -1,4 +1,4 @@
-"""The fit commands: ``dip denoise | jpeg | sr | inpaint | restore | flash``.
+"""The fit commands: ``dip denoise | jpeg | sr | inpaint | restore | flash | deblur``.
 
 ``prepare`` reads the inputs and checks everything that can be checked before fitting (files,
 sizes, options, device, memory) into a ``Job``; ``run`` hands it to ``dip.cli.job.execute``.
@@ -24,6 +24,7 @@ TASKS = {
     "inpaint": "mask",
     "restore": "mask",
     "flash": "identity",
+    "deblur": "blur",
 }
 
 log = logging.getLogger("dip.cli")
@@ -55,6 +56,16 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("flash", help="flash / no-flash: a no-flash image with the flash image's detail")
     p.add_argument("--flash", required=True, metavar="F", help="image taken with flash (the network's input)")
     p.add_argument("--noflash", required=True, metavar="N", help="image taken without flash (the target)")
+    add_fit_options(p)
+
+    p = sub.add_parser("deblur", help="remove a known blur (deconvolution)")
+    p.add_argument("input", help="blurred image")
+    p.add_argument("--kernel", required=True, metavar="SPEC",
+                   help="the blur: gaussian:SIGMA, box:SIZE, motion:LENGTH,ANGLE (degrees), or a .npy array / "
+                        "image file of the point-spread function (normalised to sum 1)")
+    p.add_argument("--padding", choices=("valid", "reflect", "replicate"),
+                   help="boundary model: 'valid' (default: the fit also renders the margin the scene blurred in "
+                        "from), or the image padded by reflection / edge replication")
     add_fit_options(p)
 
 
@@ -99,11 +110,26 @@ def recipe_for(task: str, args) -> Any:
                              **fit_overrides)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"recipe {name!r}: {exc}") from None
+    if task == "deblur":
+        kernel_arg(args)  # a bad --kernel is an error before anything runs (dip batch checks here too)
+        if getattr(args, "padding", None) is not None:
+            recipe.physics = {**recipe.physics, "padding": args.padding}
     if not _recipe_matches(recipe, task):
         fitting = [n for n in recipes.names() if _recipe_matches(recipes.get(n), task)]
         raise UsageError(f"recipe {name!r} is for the {recipe.task} task, not {task}",
                          f"for '{task}' choose one of: {', '.join(fitting)}")
     return _dense_psnr_curve(recipe) if getattr(args, "gt", None) else recipe
+
+
+def kernel_arg(args) -> Any:
+    """The point-spread function ``--kernel`` names, float64 (Kh, Kw) summing to 1; a bad spec
+    is a one-line UsageError."""
+    from dip.physics.blur_kernels import parse_kernel
+
+    try:
+        return parse_kernel(args.kernel)
+    except ValueError as exc:
+        raise UsageError(f"--kernel: {exc}") from None
 
 
 def _dense_psnr_curve(recipe: Any) -> Any:
@@ -121,6 +147,7 @@ class _Inputs:
     info: Any
     mask: Any = None  # (1, h, w)
     flash: Any = None  # (C, h, w)
+    kernel: Any = None  # (Kh, Kw) float64 numpy, sum 1
     files: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -159,7 +186,19 @@ def _read_inputs(task: str, args) -> _Inputs:
     if task in ("inpaint", "restore"):
         inputs.mask = _read_mask(args, observation)
         inputs.files["mask"] = args.mask
+    if task == "deblur":
+        inputs.kernel = _read_kernel(args, observation)
+        inputs.files["kernel"] = args.kernel
     return inputs
+
+
+def _read_kernel(args, observation):
+    kernel = kernel_arg(args)
+    kh, kw = kernel.shape
+    h, w = (int(s) for s in observation.shape[-2:])
+    if kh > h or kw > w:
+        raise UsageError(f"--kernel {args.kernel}: the kernel is {kw}x{kh} pixels, larger than the image ({w}x{h})")
+    return kernel
 
 
 def _check_operator(recipe, lr_hw: tuple[int, int], hr_hw: tuple[int, int]) -> None:
@@ -268,8 +307,9 @@ def prepare(task: str, args) -> Job:
 
     recipe.fit = recipe.fit.updated(device=device)
     job = Job(task=task, recipe=recipe, observation=inputs.observation, info=inputs.info, out_hw=out_hw,
-              mask=inputs.mask, flash=inputs.flash, gt=gt, output=outputs.output, report=outputs.report,
-              plot=outputs.plot, frames=outputs.frames, device=device, precision_reason=precision_reason,
+              mask=inputs.mask, flash=inputs.flash, kernel=inputs.kernel, gt=gt, output=outputs.output,
+              report=outputs.report, plot=outputs.plot, frames=outputs.frames, device=device,
+              precision_reason=precision_reason,
               memory_estimate=None if estimate is None else estimate.memory,
               inputs=inputs.files, checkpoint_path=checkpoint_path,
               checkpoint_requested=checkpoint_requested,
@@ -281,8 +321,8 @@ def prepare(task: str, args) -> Job:
     def runner(callbacks, **fit_kwargs):
         from dip import recipes
 
-        return recipes.run(job.recipe, job.observation, mask=mask4, flash=job.flash, gt=job.gt,
-                           callbacks=callbacks, **fit_kwargs)
+        return recipes.run(job.recipe, job.observation, mask=mask4, flash=job.flash, kernel=job.kernel,
+                           gt=job.gt, callbacks=callbacks, **fit_kwargs)
 
     job.runner = runner
     return job

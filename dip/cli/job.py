@@ -33,6 +33,7 @@ class Job:
     out_hw: tuple[int, int]
     mask: Any = None  # (1, H, W)
     flash: Any = None  # (C, H, W)
+    kernel: Any = None  # (Kh, Kw) point-spread function of deblur
     gt: Any = None  # (C, H, W)
     output: Path | None = None
     report: Path | None = None

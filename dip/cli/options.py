@@ -1,6 +1,6 @@
 """The options of the fit commands and of ``dip resume``, declared once.
 
-``add_fit_options`` gives a fit command (denoise, jpeg, sr, inpaint, restore, flash) its output
+``add_fit_options`` gives a fit command (denoise, jpeg, sr, inpaint, restore, flash, deblur) its output
 and fit options; ``add_resume_options`` gives ``dip resume`` the same output options and the
 device and thread options. The few help texts that differ (where the output and the checkpoint
 go by default, which device is the default) come from the command's ``Variant``; the option
@@ -86,7 +86,7 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     add_output_options(p, FIT)
     fit = p.add_argument_group("fit")
     fit.add_argument("--recipe", help="preset (see 'dip info'); default: denoise, jpeg, sr2/sr4/sr8 "
-                                      "(sr4's settings for other factors), inpaint-text, restore-50, flash")
+                                      "(sr4's settings for other factors), inpaint-text, restore-50, flash, deblur")
     fit.add_argument("--steps", type=steps_count, help="number of optimisation steps (default: the recipe's)")
     fit.add_argument("--lr", type=positive_float, help="Adam learning rate (default: the recipe's)")
     fit.add_argument("--reg-noise", type=nonneg_float, metavar="STD",

@@ -82,6 +82,7 @@ def _check_space(loaded, args, outputs, source: Path, x_hw, info, total: int) ->
 def prepare(args) -> Job:
     """All checks and loading before the resumed fit; raises UsageError."""
     from dip import images, resume
+    from dip.engine.geometry import image_box
 
     source = Path(args.checkpoint_in)
     loaded, total = _load(source, args.steps)
@@ -96,7 +97,8 @@ def prepare(args) -> Job:
                                    recorded_threads if isinstance(recorded_threads, int) else None)
 
     observation = loaded.y[0]
-    x_hw = tuple(loaded.physics.x_size(tuple(observation.shape[-2:])))
+    _, _, h, w = image_box(loaded.physics, (int(observation.shape[-2]), int(observation.shape[-1])))
+    x_hw = (h, w)  # the restored image's size
     info = images.ImageInfo.from_dict(loaded.image_info) if loaded.image_info else None
     if info is None:
         info = images.ImageInfo("L" if observation.shape[0] == 1 else "RGB", 8)

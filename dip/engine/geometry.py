@@ -41,3 +41,14 @@ def generator_geometry(generator: nn.Module, x_hw: tuple[int, int]):
     scale = int(getattr(generator, "input_scale", 1))
     out_hw = padded_size(x_hw, multiple * scale, minimum * scale)
     return out_hw, (out_hw[0] // scale, out_hw[1] // scale)
+
+
+def image_box(physics: nn.Module, y_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, H, W) of the restored image inside the operator's image ``physics.x_size(y_hw)``:
+    the operator's ``crop_box(y_hw)`` where it has one (a "valid" blur fits a margin around the
+    observation's own pixels), else the whole image."""
+    crop_box = getattr(physics, "crop_box", None)
+    if crop_box is not None:
+        return tuple(int(v) for v in crop_box(tuple(y_hw)))  # type: ignore[return-value]
+    x_hw = physics.x_size(tuple(y_hw))  # type: ignore[operator]  # an operator's method
+    return (0, 0, int(x_hw[0]), int(x_hw[1]))

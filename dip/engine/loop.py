@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from dip.engine.config import FitConfig
-from dip.engine.geometry import center_crop_box, generator_geometry
+from dip.engine.geometry import center_crop_box, generator_geometry, image_box
 from dip.engine.losses import data_loss, tv_loss
 from dip.engine.recovery import Recovery, clone_state
 from dip.engine.render import render
@@ -116,8 +116,12 @@ class _FitRun:
         if tuple(z.shape[-2:]) != tuple(z_hw):
             raise ValueError(f"z must have spatial size {z_hw} for an image of {x_hw} with this generator, "
                              f"got {tuple(z.shape[-2:])}; build it with dip.fit.generator_geometry")
-        self.crop = center_crop_box(out_hw, x_hw)
-        self.gt = self._place_ground_truth(gt, x_hw)
+        self.crop = center_crop_box(out_hw, x_hw)  # the operator's input inside the generator's output
+        # the restored image inside the operator's input (all of it, but for a "valid" blur's margin)
+        box = image_box(physics, (int(y.shape[-2]), int(y.shape[-1])))
+        self.box = None if box == (0, 0, *x_hw) else box
+        self.image_crop = (self.crop[0] + box[0], self.crop[1] + box[1], box[2], box[3])
+        self.gt = self._place_ground_truth(gt, box[2:])
         self._place(y, z)
         self.fast = self._build_step()
         self.losses = torch.zeros(config.steps, device=self.device)
@@ -231,6 +235,9 @@ class _FitRun:
                 return "diverged", detail, None
             if not math.isfinite(loss_value):
                 return None, "", None  # this step's output is not an image: keep it out of averages
+        if self.box is not None:  # the restored image: the operator's input less its margin (a view)
+            top, left, h, w = self.box
+            out = out[:, :, top:top + h, left:left + w]
         self._average(step, out)
         self._record_psnr(step, out)
         if self._watch_stopping(step, out):
@@ -268,7 +275,7 @@ class _FitRun:
     # ------------------------------------------------------------------ result
     def result(self, stop_reason: str, steps_run: int, detail: str) -> FitResult:
         """The fit as it stands after ``steps_run`` steps (no state of the run is changed)."""
-        image_plain = render(self.generator, self.z.detach(), self.crop, "fp32")  # always rendered in fp32
+        image_plain = render(self.generator, self.z.detach(), self.image_crop, "fp32")  # always rendered in fp32
         stopper = self.stopper
         if stopper is not None:
             stopper.finalize()
@@ -295,7 +302,7 @@ class _FitRun:
         state = FitState(step=steps_run, seconds=self.prior_seconds + time.perf_counter() - self.start,
                          optimizer_state=copy.deepcopy(self.fast.optimizer.state_dict()), members=[member])
         res = FitResult(image=image.cpu(), image_plain=image_plain.cpu(), generator=self.generator,
-                        z=self.z.detach(), stop_reason=stop_reason, crop=self.crop, config=self.config,
+                        z=self.z.detach(), stop_reason=stop_reason, crop=self.image_crop, config=self.config,
                         state=state, physics=self.physics, stop_detail=detail)
         if self.gt is not None:
             from dip.metrics import psnr, ssim
@@ -316,7 +323,10 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
 
     Args:
         y: observation (C, h, w) or (1, C, h, w), float in [0, 1].
-        physics: forward operator (``dip.physics``); the image size is ``physics.x_size(h, w)``.
+        physics: forward operator (``dip.physics``); the image it acts on has size
+            ``physics.x_size(h, w)``; the restored image (outputs, averages, stopping, ``gt``,
+            the result) is its ``crop_box((h, w))`` where the operator has one (a "valid"
+            ``Blur``: the observation's own pixels, without the fitted margin), else all of it.
         generator: a ``dip.models`` network (its ``size_multiple``/``input_scale`` attributes are
             honoured); it is trained in place, in training mode, and returned in the result.
         z: the input code, (1, D, Hz, Wz) with the size given by ``generator_geometry``.

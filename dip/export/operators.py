@@ -1,4 +1,4 @@
-"""Export of degradation operators (``dip.physics.Downsample``, ``Mask``, ``Identity``)."""
+"""Export of degradation operators (``dip.physics.Downsample``, ``Mask``, ``Identity``, ``Blur``)."""
 from __future__ import annotations
 
 import copy
@@ -29,15 +29,17 @@ def _standard_operator(op: nn.Module) -> nn.Module:
 
     if isinstance(op, physics.Downsample):
         return DownsampleGraph(op)
-    if isinstance(op, (physics.Identity, physics.Mask)):
+    if isinstance(op, physics.Blur):
+        return op.direct().float().cpu().eval()  # conv2d: what every export format holds
+    if isinstance(op, (physics.Identity, physics.Mask)):  # standard operators already
         return copy.deepcopy(op).float().cpu().eval()
-    raise TypeError(f"cannot export operator {type(op).__name__}; supported: Downsample, Mask, Identity")
+    raise TypeError(f"cannot export operator {type(op).__name__}; supported: Downsample, Mask, Identity, Blur")
 
 
 def export_operator(op: nn.Module, example: torch.Tensor, *, onnx: str | os.PathLike | None = None,
                     torchscript: str | os.PathLike | None = None, pt2: str | os.PathLike | None = None,
                     tolerance: float = TOLERANCE) -> ExportReport:
-    """Export a degradation operator (``dip.physics.Downsample``, ``Mask``, ``Identity``) for
+    """Export a degradation operator (``dip.physics.Downsample``, ``Mask``, ``Identity``, ``Blur``) for
     inputs of ``example``'s shape (N, C, H, W), verified against the eager operator.
 
     The model's input is named ``x`` and its output ``y``; Downsample becomes padding plus

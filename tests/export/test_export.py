@@ -246,3 +246,16 @@ def test_downsample_exports_to_onnx(tmp_path, factor):
         expected = op(x2)
     out = sess.run(None, {"x": x2.numpy()})[0]
     assert np.abs(out - expected.numpy()).max() <= 1e-5
+
+
+@pytest.mark.parametrize("padding", ["reflect", "valid"])
+def test_blur_exports_as_a_grouped_conv_even_where_it_fits_by_fft(tmp_path, padding):
+    import onnx
+
+    op = dip.physics.Blur(torch.rand(11, 11, generator=torch.Generator().manual_seed(0)), padding, normalize=True)
+    assert op.fft  # an 11-pixel kernel convolves by FFT in the fit
+    x = torch.rand(1, 3, 20, 24)
+    report = E.export_operator(op, x, onnx=str(tmp_path / "blur.onnx"), torchscript=str(tmp_path / "blur.pt"))
+    assert max(report.max_abs_diff.values()) <= TOL and report.output_shape == op(x).shape
+    model = onnx.load(str(tmp_path / "blur.onnx"))
+    assert any(n.op_type == "Conv" for n in model.graph.node)
