@@ -15,18 +15,26 @@ from dip.physics import Identity
 
 
 @pytest.mark.parametrize("native, task, expected", [
-    ("1", "denoise", "bf16"), ("1", "sr", "bf16"), ("1", "inpaint", "bf16"), ("1", None, "bf16"),
-    ("1", "restore", "fp32"), ("1", "jpeg", "fp32"), ("1", "flash", "fp32"),
+    ("1", "denoise", "bf16"), ("1", "sr", "bf16"), ("1", None, "bf16"),
+    ("1", "restore", "fp32"), ("1", "jpeg", "fp32"),
     ("0", "denoise", "fp32"), ("0", None, "fp32"),
 ])
-def test_auto_follows_the_hardware_and_the_task(monkeypatch, native, task, expected):
+def test_auto_follows_the_hardware_and_the_proven_tasks(monkeypatch, native, task, expected):
     monkeypatch.setenv("DIP_BF16_NATIVE", native)
+    monkeypatch.setattr(runtime, "BF16_PROVEN_TASKS", frozenset({"denoise", "sr"}))
     precision, why = runtime.choose_precision("auto", "cpu", task)
     assert precision == expected and why.startswith("auto: ")
-    if task in runtime.BF16_UNPROVEN_TASKS and native == "1":
+    if native == "1" and task in ("restore", "jpeg"):
         assert task in why and "not proven" in why
     if native == "0":
         assert "no native bf16" in why
+
+
+def test_auto_picks_fp32_for_every_unproven_task(monkeypatch):
+    monkeypatch.setenv("DIP_BF16_NATIVE", "1")
+    for task in ("denoise", "jpeg", "sr", "inpaint", "restore", "flash", "deblur"):
+        expected = "bf16" if task in runtime.BF16_PROVEN_TASKS else "fp32"
+        assert runtime.choose_precision("auto", "cpu", task)[0] == expected
 
 
 def test_an_explicit_precision_is_kept_and_a_bad_one_refused(monkeypatch):
@@ -57,6 +65,7 @@ def test_the_command_reports_the_choice_and_why(tmp_path, image_maker, mask_make
     from dip.cli import main
 
     monkeypatch.setenv("DIP_BF16_NATIVE", native)
+    monkeypatch.setattr(runtime, "BF16_PROVEN_TASKS", frozenset({"denoise"}))
     src, out, report = tmp_path / "in.png", tmp_path / "out.png", tmp_path / "run.json"
     image_maker(src, 12, 12)
     extra = []

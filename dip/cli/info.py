@@ -97,7 +97,7 @@ def cpu_choices() -> dict[str, Any]:
         choices["bf16_native"] = runtime.bf16_is_native("cpu")
         choices["channels_last_fp32"] = runtime.use_channels_last(probe, "fp32", "cpu")
         choices["precision_auto"], choices["precision_auto_reason"] = runtime.choose_precision("auto", "cpu")
-        choices["precision_auto_fp32_tasks"] = sorted(runtime.BF16_UNPROVEN_TASKS)
+        choices["precision_auto_bf16_tasks"] = sorted(runtime.BF16_PROVEN_TASKS)
     except ValueError as exc:  # a bad DIP_* switch
         choices["error"] = str(exc)
     choices["forced"] = {k: os.environ[k] for k in ("DIP_CHANNELS_LAST", "DIP_BF16_NATIVE", "DIP_CPU_ISA")
@@ -138,9 +138,13 @@ def _lines(data: dict[str, Any]) -> list:
                  f"{'channels_last' if cpu.get('channels_last_fp32') else 'NCHW'}"
                  + (f" (forced: {forced})" if forced else "") + (f"; {cpu['error']}" if "error" in cpu else ""))
     if "precision_auto" in cpu:
-        auto = f"precision auto: {cpu['precision_auto']} ({cpu['precision_auto_reason'].removeprefix('auto: ')})"
-        if cpu["precision_auto"] == "bf16" and cpu["precision_auto_fp32_tasks"]:
-            auto += f"; fp32 for {', '.join(cpu['precision_auto_fp32_tasks'])} (bf16 not proven there)"
+        proven = cpu["precision_auto_bf16_tasks"]
+        if cpu["precision_auto"] == "bf16":  # native bf16: the tasks decide
+            auto = (f"precision auto: bf16 for {', '.join(proven)}, fp32 for the other tasks" if proven
+                    else "precision auto: fp32 (bf16 is native here but not yet proven as good as fp32 "
+                         "for any task; --precision bf16 asks for it)")
+        else:
+            auto = f"precision auto: fp32 ({cpu['precision_auto_reason'].removeprefix('auto: ')})"
         lines.append(auto)
     lines.append("packages: " + ", ".join(f"{k} {v}" if v else f"{k} MISSING (reinstall dip)"
                                           for k, v in data["packages"].items()))
