@@ -5,7 +5,7 @@
     dip inpaint photo.png --mask holes.png -o filled.png
     dip resume filled.png.ckpt --steps 6000   # continue an interrupted or finished fit
     dip demo            # restores a bundled example image
-    dip info            # version, native ops, torch, threads, CUDA
+    dip info            # version, recipes, packages (--full: native ops, threads, CUDA)
 
 Every fit command reads its inputs, checks everything that can be checked before fitting
 (files, sizes, options, device, memory), and only then fits. A mistake is answered with exit

@@ -1,4 +1,6 @@
-"""``dip info``: version, native ops, torch, threads, CUDA, recipes and optional packages."""
+"""``dip info``: version, recipes and packages without loading torch (well under a second);
+``dip info --full`` also loads torch and the native library: native ops, threads, CUDA, the
+CPU's choices, the nets."""
 from __future__ import annotations
 
 import json
@@ -31,8 +33,37 @@ def recipe_settings(recipe) -> dict[str, Any]:
             "lr": recipe.fit.lr, "stop": recipe.fit.stop}
 
 
+def native_library_file() -> str | None:
+    """Path of the built native library ``dip._C`` next to the package, or None (not loaded)."""
+    package = Path(__file__).resolve().parents[1]
+    found = sorted(package.glob("_C.*.so")) + sorted(package.glob("_C.*.pyd"))
+    return str(found[0]) if found else None
+
+
+def quick_info_dict() -> dict[str, Any]:
+    """What ``dip info`` shows: nothing that needs torch (its version is read from the
+    package metadata, the native library is found, not loaded)."""
+    from dip._version import __version__
+    from dip.recipe_table import _table
+
+    table = _table()
+    return {
+        "dip": __version__,
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "native_library": native_library_file(),
+        "cpu_count": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "example_image": str(example_image_path()),
+        "recipes": list(table),
+        "recipe_settings": {name: recipe_settings(r) for name, r in table.items()},
+        "packages": {name: _version(name) for name in DEPENDENCIES},
+        "optional": {name: _version(name) for name in OPTIONAL},
+    }
+
+
 def info_dict() -> dict[str, Any]:
-    """What ``dip info`` shows."""
+    """What ``dip info --full`` shows."""
     import torch
 
     from dip._version import __version__
@@ -106,7 +137,9 @@ def cpu_choices() -> dict[str, Any]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("info", help="version, native ops, torch, threads, CUDA")
+    p = sub.add_parser("info", help="version, recipes, packages (--full: native ops, threads, CUDA, CPU)")
+    p.add_argument("--full", action="store_true",
+                   help="also load torch and the native library: native ops, threads, CUDA, the CPU's choices")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.add_argument("--debug", action="store_true")
 
@@ -123,11 +156,7 @@ def _lines(data: dict[str, Any]) -> list:
                     else "not available (CPU-only torch)"),
     ]
     if "recipes" in data:
-        lines.append("recipes:")
-        width = max(len(n) for n in data["recipes"])
-        for name, r in data["recipe_settings"].items():
-            lines.append(f"  {name:<{width}}  {r['task']}: {r['net']} net, {r['steps']} steps, lr {r['lr']:g}, "
-                         f"stop {r['stop']}")
+        lines += _recipe_lines(data)
         lines.append(f"nets: {', '.join(data['nets'])}")
     else:
         lines.append(f"recipes: unavailable ({data['recipes_error']})")
@@ -146,18 +175,45 @@ def _lines(data: dict[str, Any]) -> list:
         else:
             auto = f"precision auto: fp32 ({cpu['precision_auto_reason'].removeprefix('auto: ')})"
         lines.append(auto)
-    lines.append("packages: " + ", ".join(f"{k} {v}" if v else f"{k} MISSING (reinstall dip)"
-                                          for k, v in data["packages"].items()))
-    lines.append("optional: " + ", ".join(f"{k} {v}" if v else f"{k} missing (pip install '{OPTIONAL[k]}')"
-                                          for k, v in data["optional"].items()))
+    lines += _package_lines(data)
     return lines
 
 
+def _recipe_lines(data: dict[str, Any]) -> list[str]:
+    lines = ["recipes:"]
+    width = max(len(n) for n in data["recipes"])
+    for name, r in data["recipe_settings"].items():
+        lines.append(f"  {name:<{width}}  {r['task']}: {r['net']} net, {r['steps']} steps, lr {r['lr']:g}, "
+                     f"stop {r['stop']}")
+    return lines
+
+
+def _package_lines(data: dict[str, Any]) -> list[str]:
+    return ["packages: " + ", ".join(f"{k} {v}" if v else f"{k} MISSING (reinstall dip)"
+                                     for k, v in data["packages"].items()),
+            "optional: " + ", ".join(f"{k} {v}" if v else f"{k} missing (pip install '{OPTIONAL[k]}')"
+                                     for k, v in data["optional"].items())]
+
+
+def _quick_lines(data: dict[str, Any]) -> list[str]:
+    library = data["native_library"]
+    return [
+        f"dip {data['dip']}  (python {data['python']}, torch {data['torch'] or 'MISSING (pip install torch==2.13.0)'})",
+        "native library: " + (f"{library} (not loaded yet)" if library else
+                              "not built (pure PyTorch; `dip info --full` says why)"),
+        f"CPUs: {data['cpu_count']} (OMP_NUM_THREADS={data['omp_num_threads'] or 'unset'})",
+        *_recipe_lines(data),
+        *_package_lines(data),
+        "dip info --full: loads torch and the native operators; their status, threads, CUDA, "
+        "the CPU's choices, the nets",
+    ]
+
+
 def run(args) -> int:
-    """``dip info [--json]``."""
-    data = info_dict()
+    """``dip info [--full] [--json]``."""
+    data = info_dict() if args.full else quick_info_dict()
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        print("\n".join(_lines(data)))
+        print("\n".join(_lines(data) if args.full else _quick_lines(data)))
     return EXIT_OK

@@ -11,20 +11,50 @@ One module per job:
 ``state``            :class:`FitState` / :class:`MemberState` / :class:`Snapshot`: the state
                      between two steps, one dictionary schema for results, resume, checkpoints
 ``recovery``         :class:`Recovery`: snapshot at good checks, detect a failed step, restore
-``render``           :func:`render`: G(z) in training mode without side effects
+``rendering``        :func:`render`: G(z) in training mode without side effects
 ``result``           :class:`FitResult`, :class:`StepEvent`
 ``loop``             :func:`fit`: the orchestration
 ===================  ==========================================================================
 """
-from dip.engine.config import OPTIMIZE, OPTIMIZERS, PRECISIONS, STOPS, FitConfig
-from dip.engine.geometry import center_crop_box, generator_geometry, pad_to, padded_size
-from dip.engine.loop import fit
-from dip.engine.losses import data_loss, tv_loss
-from dip.engine.recovery import Recovery
-from dip.engine.render import render
-from dip.engine.result import FitResult, StepEvent
-from dip.engine.state import FitState, MemberState, Snapshot
-from dip.engine.step import FastStep, load_optimizer_state, make_adam
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
+    from dip.engine.config import OPTIMIZE, OPTIMIZERS, PRECISIONS, STOPS, FitConfig
+    from dip.engine.geometry import center_crop_box, generator_geometry, pad_to, padded_size
+    from dip.engine.loop import fit
+    from dip.engine.losses import data_loss, tv_loss
+    from dip.engine.recovery import Recovery
+    from dip.engine.rendering import render
+    from dip.engine.result import FitResult, StepEvent
+    from dip.engine.state import FitState, MemberState, Snapshot
+    from dip.engine.step import FastStep, load_optimizer_state, make_adam
+
+# name -> module; imported on first use, so that ``dip.engine.config`` (no torch) stays cheap
+_HOMES = {
+    **dict.fromkeys(("OPTIMIZE", "OPTIMIZERS", "PRECISIONS", "STOPS", "FitConfig"), "config"),
+    **dict.fromkeys(("center_crop_box", "generator_geometry", "pad_to", "padded_size"), "geometry"),
+    "fit": "loop", "data_loss": "losses", "tv_loss": "losses", "Recovery": "recovery", "render": "rendering",
+    "FitResult": "result", "StepEvent": "result",
+    **dict.fromkeys(("FitState", "MemberState", "Snapshot"), "state"),
+    **dict.fromkeys(("FastStep", "load_optimizer_state", "make_adam"), "step"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (PEP 562) and keep it in the package's namespace."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'dip.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"dip.engine.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "OPTIMIZE", "OPTIMIZERS", "PRECISIONS", "STOPS", "FastStep", "FitConfig", "FitResult", "FitState",

@@ -35,7 +35,7 @@ from dip.engine.config import FitConfig
 from dip.engine.geometry import center_crop_box, generator_geometry, image_box
 from dip.engine.losses import data_loss, tv_loss
 from dip.engine.recovery import Recovery, clone_state
-from dip.engine.render import render
+from dip.engine.rendering import render
 from dip.engine.result import FitResult, StepEvent
 from dip.engine.state import FitState, MemberState
 from dip.engine.step import FastStep, load_optimizer_state, make_adam

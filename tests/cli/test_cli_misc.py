@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import types
 
@@ -31,22 +32,40 @@ def test_bundled_image_and_licence():
     assert "public domain" in (path.parent / "README.md").read_text().lower()
 
 
-def test_info(dip_run, capsys):
-    proc = dip_run("info")
+def test_info_full(dip_run, capsys):
+    proc = dip_run("info", "--full")
     assert proc.returncode == 0, proc.stderr
     for needle in ("dip ", "torch", "native ops:", "threads: 1 ", "CUDA"):
         assert needle in proc.stdout
-    assert cli.main(["info", "--json"]) == 0
+    assert cli.main(["info", "--full", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {"dip", "torch", "native_ops", "native_status", "threads", "cuda_available"} <= set(data)
     assert isinstance(data["native_ops"], bool) and data["recipes"] and "skip" in data["nets"]
     assert all(data["packages"][name] for name in ("onnx", "onnxscript", "onnxruntime"))  # dependencies
 
 
+def test_info_answers_without_torch(dip_run):
+    # the default dip info reads what it shows from files and metadata: torch is not imported
+    code = ("import sys, json, contextlib, io\n"
+            "from dip.cli import main\n"
+            "out = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out):\n"
+            "    assert main(['info', '--json']) == 0\n"
+            "data = json.loads(out.getvalue())\n"
+            "print('torch' in sys.modules, data['torch'] is not None, bool(data['recipes']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True", "True"]
+    shown = dip_run("info")
+    assert shown.returncode == 0, shown.stderr
+    assert "native library:" in shown.stdout and "dip info --full" in shown.stdout
+    assert "denoise " in shown.stdout and "packages: " in shown.stdout
+
+
 def test_info_shows_the_hardware_choices_and_what_forced_them(monkeypatch, capsys):
     monkeypatch.setenv("DIP_CHANNELS_LAST", "0")
     monkeypatch.setenv("DIP_BF16_NATIVE", "1")
-    assert cli.main(["info"]) == 0
+    assert cli.main(["info", "--full"]) == 0
     line = next(t for t in capsys.readouterr().out.splitlines() if t.startswith("cpu: "))
     assert "bf16 native" in line and "fp32 layout NCHW" in line
     assert "forced: DIP_CHANNELS_LAST=0, DIP_BF16_NATIVE=1" in line
