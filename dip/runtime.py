@@ -60,9 +60,9 @@ PRECISION_CHOICES = ("auto", *PRECISIONS)
 #: tasks for which bf16 is proven as good as fp32, the only ones for which "auto" picks bf16: a
 #: task is proven when its returned images in bf16 are within 0.1 dB of fp32 on average and
 #: 0.3 dB at worst (|ΔPSNR| over the built-in images x 2 seeds, benchmarks/test_bench_precision.py).
-#: None is yet: denoising (64², automatic stopping, 10 cases, AMX CPU) gave a mean |ΔPSNR| of
-#: about 0.18 dB and a worst of 0.34 dB, with bf16 0.04 dB better on average (see the README,
-#: "Precision"); sr4 and inpainting are not measured yet.
+#: None is yet: denoising (64², automatic stopping, 5 images x 2 seeds, AMX CPU) gave a mean
+#: |ΔPSNR| of 0.24 dB and a worst of 0.56 dB, although bf16 was 0.12 dB better on average (8 of
+#: 10 cases at least as good; README, "Precision"); sr4 and inpainting are not measured yet.
 BF16_PROVEN_TASKS: frozenset[str] = frozenset()
 
 # glibc mallopt parameter numbers (malloc.h)
