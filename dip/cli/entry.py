@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -58,9 +59,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(INTERRUPTED)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout closed by the reader (`dip info | head`): end quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
 
 
 INTERRUPTED = "dip: interrupted; no output was written for the unfinished command\n"
+EXIT_BROKEN_PIPE = 141  # as a shell reports SIGPIPE (128 + 13)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (tests capture stdout)
+        pass
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -97,6 +111,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except UsageError as exc:
         err(exc.message, exc.hint)
         return EXIT_USAGE
+    except BrokenPipeError:
+        raise  # main ends quietly
     except Exception as exc:
         if isinstance(exc, _user_error_types()):
             err(str(exc))

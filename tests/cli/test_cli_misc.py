@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import types
@@ -118,3 +119,15 @@ def test_a_short_fit_with_ground_truth_records_a_dense_psnr_curve(tmp_path, imag
                      "--stop", "steps", "--report", str(report), "-q"]) == 0
     curve = json.loads(report.read_text())["psnr_curve"]
     assert curve["step"] == list(range(1, 31))  # the recipe's every-50-steps would give one point
+
+
+def test_a_closed_stdout_ends_quietly(child_env):
+    # `dip info | head -1`: the reader has gone; no "error" line, the shell's SIGPIPE status
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "dip", "info"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, env=child_env, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == ""
