@@ -1,4 +1,5 @@
-"""Is bf16 safe? The returned image of a bf16 fit against the same fit in fp32.
+"""Is bf16 safe? The returned image of a bf16 fit against the same fit in fp32 (or any two
+configurations: ``DIP_BENCH_PRECISION_PAIR``).
 
 What ``--precision auto`` rests on: for each task, the built-in images (``dip.evaluate``) x
 seeds, the task's recipe fitted twice with the same seed, fp32 and bf16 autocast, and the PSNR
@@ -13,6 +14,11 @@ Settings (environment):
     DIP_BENCH_PRECISION_SEEDS    seeds per image (default 2)
     DIP_BENCH_PRECISION_STEPS    steps of the fixed-step tasks (default 1000); the cap of denoise
                                  is its recipe's 3000
+    DIP_BENCH_PRECISION_PAIR     the two configurations compared, "fp32,bf16" by default; a
+                                 configuration is a precision with an optional layout, e.g.
+                                 "fp32@nchw,fp32@cl": the rounding control (same precision, only
+                                 the order of float operations differs) that shows how far
+                                 DIP's chaotic trajectories move any result
     DIP_BENCH_THREADS            threads per fit (default 2)
     DIP_BENCH_PRECISION_JSON     also write the rows and the summary there
 
@@ -35,7 +41,9 @@ IMAGES = os.environ.get("DIP_BENCH_PRECISION_IMAGES", ",".join(evaluate.BUILTIN_
 SEEDS = range(int(os.environ.get("DIP_BENCH_PRECISION_SEEDS", "2")))
 FIXED_STEPS = int(os.environ.get("DIP_BENCH_PRECISION_STEPS", "1000"))
 THREADS = int(os.environ.get("DIP_BENCH_THREADS", "2"))
+PAIR = tuple(os.environ.get("DIP_BENCH_PRECISION_PAIR", "fp32,bf16").split(","))
 MEAN_LIMIT_DB, WORST_LIMIT_DB = 0.1, 0.3
+_LAYOUTS = {"nchw": "0", "cl": "1"}
 _ROWS: list[dict] = []
 
 
@@ -44,8 +52,14 @@ def _size() -> int:
     return int(os.environ.get("DIP_BENCH_PRECISION_SIZE", default))
 
 
-def _fit(case: evaluate.Case, precision: str) -> tuple[float, int, float]:
-    """PSNR of the returned image, steps run and seconds of ``case``'s recipe in ``precision``."""
+def _fit(case: evaluate.Case, configuration: str) -> tuple[float, int, float]:
+    """PSNR of the returned image, steps run and seconds of ``case``'s recipe in
+    ``configuration`` ("bf16", "fp32@nchw", ...)."""
+    precision, _, layout = configuration.partition("@")
+    if layout:
+        os.environ["DIP_CHANNELS_LAST"] = _LAYOUTS[layout]
+    else:
+        os.environ.pop("DIP_CHANNELS_LAST", None)
     overrides: dict = {"seed": case.seed, "precision": precision}
     if case.kind != "denoise25":
         overrides.update(steps=FIXED_STEPS, stop="steps")
@@ -67,20 +81,23 @@ def test_bf16_against_fp32(benchmark, kind, image, seed):
                  "bf16_native": runtime.bf16_is_native("cpu"), "threads": THREADS}
 
     def both() -> None:
-        for precision in ("fp32", "bf16"):
-            row[f"{precision}_psnr"], row[f"{precision}_steps"], row[f"{precision}_seconds"] = _fit(case, precision)
+        for key, configuration in zip(("a", "b"), PAIR, strict=True):
+            row[f"{key}_psnr"], row[f"{key}_steps"], row[f"{key}_seconds"] = _fit(case, configuration)
+        os.environ.pop("DIP_CHANNELS_LAST", None)
 
     benchmark.pedantic(both, rounds=1, iterations=1)
-    row["delta_db"] = row["bf16_psnr"] - row["fp32_psnr"]
+    row["pair"] = ",".join(PAIR)
+    row["delta_db"] = row["b_psnr"] - row["a_psnr"]
     benchmark.extra_info.update(row)
     _ROWS.append(row)
-    print(f"\n{kind} {image} seed {seed}: fp32 {row['fp32_psnr']:.2f} dB ({row['fp32_steps']} steps, "
-          f"{row['fp32_seconds']:.0f} s), bf16 {row['bf16_psnr']:.2f} dB ({row['bf16_steps']} steps, "
-          f"{row['bf16_seconds']:.0f} s): {row['delta_db']:+.2f} dB")
+    print(f"\n{kind} {image} seed {seed}: {PAIR[0]} {row['a_psnr']:.2f} dB ({row['a_steps']} steps, "
+          f"{row['a_seconds']:.0f} s), {PAIR[1]} {row['b_psnr']:.2f} dB ({row['b_steps']} steps, "
+          f"{row['b_seconds']:.0f} s): {row['delta_db']:+.2f} dB")
 
 
 def summary(rows: list[dict]) -> dict[str, dict]:
-    """Per task: cases, mean and worst |ΔPSNR| (dB), mean Δ, time ratio fp32/bf16, and ``safe``."""
+    """Per task: cases, mean and worst |ΔPSNR| (dB, second configuration minus first), mean Δ,
+    time ratio first/second, and ``safe``."""
     out = {}
     for kind in dict.fromkeys(r["task"] for r in rows):
         sel = [r for r in rows if r["task"] == kind]
@@ -88,7 +105,7 @@ def summary(rows: list[dict]) -> dict[str, dict]:
         mean_abs, worst = sum(deltas) / len(deltas), max(deltas)
         out[kind] = {"cases": len(sel), "mean_abs_db": mean_abs, "worst_abs_db": worst,
                      "mean_db": sum(r["delta_db"] for r in sel) / len(sel),
-                     "speedup": sum(r["fp32_seconds"] for r in sel) / sum(r["bf16_seconds"] for r in sel),
+                     "speedup": sum(r["a_seconds"] for r in sel) / sum(r["b_seconds"] for r in sel),
                      "safe": mean_abs <= MEAN_LIMIT_DB and worst <= WORST_LIMIT_DB}
     return out
 
@@ -97,10 +114,11 @@ def test_summary():
     if not _ROWS:
         pytest.skip("no case ran")
     table = summary(_ROWS)
-    print("\ntask           cases  mean|Δ| dB  worst|Δ| dB  mean Δ dB  fp32/bf16 time  safe")
+    print(f"\n{PAIR[1]} against {PAIR[0]}")
+    print("task           cases  mean|Δ| dB  worst|Δ| dB  mean Δ dB  time ratio  safe")
     for kind, s in table.items():
         print(f"{kind:<15}{s['cases']:>5}{s['mean_abs_db']:>12.3f}{s['worst_abs_db']:>13.3f}"
-              f"{s['mean_db']:>11.3f}{s['speedup']:>16.2f}  {'yes' if s['safe'] else 'NO'}")
+              f"{s['mean_db']:>11.3f}{s['speedup']:>12.2f}  {'yes' if s['safe'] else 'NO'}")
     path = os.environ.get("DIP_BENCH_PRECISION_JSON")
     if path:
         with open(path, "w") as fh:
