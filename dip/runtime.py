@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dip.engine.config import PRECISIONS as CONFIG_PRECISIONS
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -55,8 +57,8 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "bf16")
-#: what a fit may ask for: a precision, or "auto" (``choose_precision``)
-PRECISION_CHOICES = ("auto", *PRECISIONS)
+#: what a fit may ask for: a precision, or "auto" (``choose_precision``); FitConfig's list
+PRECISION_CHOICES = CONFIG_PRECISIONS
 #: tasks for which bf16 is proven as good as fp32, the only ones for which "auto" picks bf16: a
 #: task is proven when its returned images in bf16 are within 0.1 dB of fp32 on average and
 #: 0.3 dB at worst (|ΔPSNR| over the built-in images x 2 seeds, benchmarks/test_bench_precision.py).

@@ -88,16 +88,30 @@ struct RowUpsample {
   }
 };
 
-// out[i * C + c] for the W inputs of a row from the vertically gathered row v (2W * C).
+// For every input i of an axis of n inputs: the outputs that read it and their weights
+// (``gather``), computed once per call, four slots per input.
+struct GatherTable {
+  std::vector<int64_t> outs;
+  std::vector<float> weights;
+  std::vector<int> count;
+
+  explicit GatherTable(int64_t n) : outs(4 * n), weights(4 * n), count(n) {
+    for (int64_t i = 0; i < n; ++i) count[i] = gather(i, n, &outs[4 * i], &weights[4 * i]);
+  }
+};
+
+// out[i * C + c] for the W inputs of a row from the vertically gathered row v (2W * C), with
+// the columns' gather table (outs, weights: four slots per input; count).
 template <typename scalar_t, typename acc_t>
 struct RowGather {
   template <typename Isa>
   static DIP_INLINE void run(scalar_t* __restrict out, const acc_t* __restrict v, int64_t W,
-                             int64_t C) {
-    int64_t outs[4];
-    float weights[4];
+                             int64_t C, const int64_t* outs_all, const float* weights_all,
+                             const int* counts) {
     for (int64_t i = 0; i < W; ++i) {
-      const int count = gather(i, W, outs, weights);
+      const int count = counts[i];
+      const int64_t* outs = outs_all + 4 * i;
+      const float* weights = weights_all + 4 * i;
       scalar_t* __restrict q = out + i * C;
       const acc_t* __restrict p0 = v + outs[0] * C;
       const acc_t w0 = static_cast<acc_t>(weights[0]);
@@ -177,20 +191,22 @@ at::Tensor upsample_adjoint_cpu(const at::Tensor& g_in) {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gd = g.const_data_ptr<scalar_t>();
     scalar_t* xd = gx.mutable_data_ptr<scalar_t>();
+    const GatherTable by_row(H), by_column(W);
     const int64_t grain = std::max<int64_t>(1, 16384 / out_row);
     at::parallel_for(0, p.P * H, grain, [&](int64_t r0, int64_t r1) {
       std::vector<acc_t> row(out_row);
-      int64_t outs[4];
-      float w[4];
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t img = r / H, i = r % H;
-        const int count = gather(i, H, outs, w);
+        const int count = by_row.count[i];
+        const int64_t* outs = &by_row.outs[4 * i];
         const scalar_t* rows[4];
         for (int k = 0; k < count; ++k) rows[k] = gd + (img * 2 * H + outs[k]) * out_row;
         simd::run<RowSum<scalar_t, acc_t>>(row.data(), static_cast<const scalar_t* const*>(rows),
-                                           static_cast<const float*>(w), count, out_row);
+                                           &by_row.weights[4 * i], count, out_row);
         simd::run<RowGather<scalar_t, acc_t>>(xd + r * in_row,
-                                              static_cast<const acc_t*>(row.data()), W, C);
+                                              static_cast<const acc_t*>(row.data()), W, C,
+                                              by_column.outs.data(), by_column.weights.data(),
+                                              by_column.count.data());
       }
     });
   });

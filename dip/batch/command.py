@@ -16,6 +16,7 @@ from dip.batch.core import run_batch
 from dip.batch.manifest import MANIFEST_NAME, SUMMARY_NAME, format_table
 from dip.batch.plan import BATCH_TASKS, DEFAULT_MASK_PATTERN, BatchError
 from dip.cli.argtypes import seed_value, steps_count, threads_count
+from dip.engine.config import PRECISIONS
 
 #: (option, argparse keyword arguments): single-image fit options a batch passes to fresh fits
 _PASSED = (
@@ -29,7 +30,7 @@ _PASSED = (
     ("--net", {"help": "generator: skip, unet, resnet, decoder"}),
     ("--seed", {"type": seed_value, "help": "random seed of every fit (default the recipe's)"}),
     ("--stop", {"choices": ("auto", "steps"), "help": "stopping rule"}),
-    ("--precision", {"choices": ("auto", "fp32", "bf16"), "help": "arithmetic of the network"}),
+    ("--precision", {"choices": PRECISIONS, "help": "arithmetic of the network"}),
     ("--bit-depth", {"choices": ("8", "16"), "help": "bits per sample of the outputs"}),
     ("--max-megapixels", {"metavar": "MP", "help": "refuse images whose restored size exceeds MP megapixels"}),
 )

@@ -9,6 +9,7 @@ from dip.cli.checks import apply_threads, hw, resolve_device
 from dip.cli.errors import EXIT_OK, UsageError, say
 from dip.cli.info import example_image_path
 from dip.cli.progress import ProgressBar
+from dip.engine.config import PRECISIONS
 
 DEMO_SIGMA = 25.0
 DEMO_STEPS = 400
@@ -29,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and the fit")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     p.add_argument("--threads", type=positive_int)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--quiet", "-q", action="store_true")
     p.add_argument("--debug", action="store_true")
 

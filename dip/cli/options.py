@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 
 from dip.cli.argtypes import nonneg_float, positive_float, positive_int, seed_value, steps_count, threads_count
+from dip.engine.config import PRECISIONS
 
 FIT_EPILOG = ("The progress bar (step, loss, PSNR with --gt, steps/s, time left) shows when stderr is a "
               "terminal; DIP_PROGRESS=1 shows it anyway. Exit codes: 0 done, 2 bad input or options "
@@ -96,7 +97,7 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     fit.add_argument("--stop", choices=("auto", "steps"),
                      help="'auto': stop when the output stops improving (windowed variance); "
                           "'steps': run all steps")
-    fit.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="arithmetic of the network (default fp32)")
+    fit.add_argument("--precision", choices=PRECISIONS, help="arithmetic of the network (default fp32)")
     fit.add_argument("--compile", action="store_true", help="compile the step with torch.compile")
     add_machine_options(fit, FIT)
     fit.add_argument("--max-megapixels", type=positive_float, metavar="MP",

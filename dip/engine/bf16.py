@@ -57,8 +57,7 @@ class Bf16Weights:
             if copy.grad is None:
                 continue
             master = self.masters[name]
-            grad = torch.empty_like(master)
-            grad.copy_(copy.grad)
+            grad = copy.grad.to(torch.float32)  # keeps the copy's layout, which is the master's
             if master.grad is None:
                 master.grad = grad
             else:
