@@ -37,35 +37,14 @@ from dip.engine.losses import data_loss, tv_loss
 from dip.engine.recovery import Recovery, clone_state
 from dip.engine.rendering import render
 from dip.engine.result import FitResult, StepEvent
-from dip.engine.state import FitState, MemberState
-from dip.engine.step import FastStep, load_optimizer_state, make_adam
+from dip.engine.state import FitState
+from dip.engine.step import FastStep, load_optimizer_state, make_adam, working_dtype
+from dip.engine.tracking import Tracker
 from dip.runtime import choose_precision, use_channels_last
 
 log = logging.getLogger("dip.fit")
 
 Callback = Callable[[StepEvent], None]
-
-# The averaged output's memory grows with the run: at step t its weight is at most
-# (t - 1) / (t + AVERAGE_WARMUP - 1), so early, grey outputs leave the average quickly.
-AVERAGE_WARMUP = 8
-
-
-def average_weight(exp_weight: float, step: int) -> float:
-    """The weight of the running average at ``step`` (1-based): ``min(exp_weight, (step - 1) /
-    (step + AVERAGE_WARMUP - 1))``. Measured on a 64² crop of the bundled photograph, sigma 25,
-    the denoise recipe: after 30 steps the plain output has 16.81 dB, the original's average
-    (weight 0.99 from the start) 12.65 dB, this one 16.40 dB; after 100 steps 21.01 / 16.83 /
-    22.28 dB. The original's weight 0.99 is reached at step 793; from there the two averages
-    converge by a factor 0.99 per step."""
-    return min(exp_weight, (step - 1) / (step + AVERAGE_WARMUP - 1))
-
-
-# A fit that ends before this step returns its plain output even when averaging is on: the
-# average of the perturbed outputs lags the fast early progress of the fit. Measured on the
-# same crop (denoise recipe, the warmed-up average against G(z) on the clean code): -0.50 dB
-# at step 25, -0.83 at 50, -0.19 at 100, +0.04 at 125, +0.43 at 300, +1.69 at 500.
-AVERAGE_MIN_STEPS = 100
-
 
 def _check_observation(y: torch.Tensor) -> torch.Tensor:
     if not isinstance(y, torch.Tensor):
@@ -110,6 +89,7 @@ class _FitRun:
             log.info("precision %s (%s)", precision, why)
             config = config.updated(precision=precision)
         self.config, self.physics, self.generator = config, physics, generator
+        self.dtype = working_dtype(generator, config.precision)
         y = _check_observation(y)
         x_hw = physics.x_size(tuple(y.shape[-2:]))  # type: ignore[operator]  # an operator's method
         out_hw, z_hw = generator_geometry(generator, x_hw)
@@ -124,15 +104,7 @@ class _FitRun:
         self.gt = self._place_ground_truth(gt, box[2:])
         self._place(y, z)
         self.fast = self._build_step()
-        self.losses = torch.zeros(config.steps, device=self.device)
-        self.history: dict[str, list[float]] = {"psnr_step": [], "psnr": [], "psnr_avg": []}
-        self.out_avg: torch.Tensor | None = None
-        self.last_psnr: float | None = None
-        self.stopper = None
-        if config.stop == "auto":
-            from dip.stopping import from_config as stopper_from_config
-            self.stopper = stopper_from_config(config)
-        self.best_state: dict[str, torch.Tensor] | None = None
+        self.track = Tracker(config, self.gt, self.device)
         self.first_step = 1
         self.prior_seconds = 0.0
         self.recovery: Recovery | None = None
@@ -145,7 +117,7 @@ class _FitRun:
         gt = gt[None] if gt.dim() == 3 else gt
         if tuple(gt.shape[-2:]) != tuple(x_hw):
             raise ValueError(f"ground truth must have size {x_hw}, got {tuple(gt.shape[-2:])}")
-        return gt.to(device=self.device, dtype=torch.float32)
+        return gt.to(device=self.device, dtype=self.dtype)
 
     def _place(self, y: torch.Tensor, z: torch.Tensor) -> None:
         """Generator, operator, y and z on the device, in the layout the hardware prefers."""
@@ -156,8 +128,8 @@ class _FitRun:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.generator.to(device=self.device, memory_format=memory_format).train()  # type: ignore[call-overload]
         self.physics.to(self.device)
-        self.y = y.to(device=self.device, dtype=torch.float32)
-        self.z = z.to(device=self.device, dtype=torch.float32).contiguous(memory_format=memory_format)
+        self.y = y.to(device=self.device, dtype=self.dtype)
+        self.z = z.to(device=self.device, dtype=self.dtype).contiguous(memory_format=memory_format)
         self.rng = torch.Generator(device=self.device)
         self.rng.manual_seed(int(config.seed) + 1)
 
@@ -202,18 +174,10 @@ class _FitRun:
             load_optimizer_state(self.fast.optimizer, state.optimizer_state)
         if member.rng_state is not None:
             self.rng.set_state(member.rng_state.cpu() if self.device.type == "cpu" else member.rng_state)
-        if member.image_avg is not None:
-            self.out_avg = member.image_avg.to(device=self.device, dtype=torch.float32).clone()
-        if self.stopper is not None and member.stopper_state is not None:
-            self.stopper.load_state_dict(member.stopper_state)
-            self.best_state = member.returned_state
+        self.track.load(member, self.dtype)
         self.recovery = Recovery(self.generator, lambda: self.fast.optimizer, self.z, config, member.snapshot,
                                  member.backtracks, member.recoveries)
         self.prior_seconds = state.seconds
-        old_losses = member.history.get("loss", [])[:config.steps]
-        self.losses[:len(old_losses)] = torch.tensor(old_losses, dtype=self.losses.dtype)
-        for key in ("psnr_step", "psnr", "psnr_avg"):
-            self.history[key] = list(member.history.get(key, []))
 
     # ------------------------------------------------------------------ one step
     def step(self, step: int) -> tuple[str | None, str, StepEvent | None]:
@@ -223,7 +187,7 @@ class _FitRun:
             self._switch_to_lbfgs()
             self.recovery.take(self.recovery.snapshot.psnr)  # earlier Adam snapshots do not fit LBFGS
         loss, out = self.fast()
-        self.losses[step - 1] = loss
+        self.track.losses[step - 1] = loss
         loss_value = float(loss)  # one host sync per step: a non-finite loss must not spread
         failure = self.recovery.check(step, loss_value)
         if failure is not None:
@@ -238,80 +202,24 @@ class _FitRun:
         if self.box is not None:  # the restored image: the operator's input less its margin (a view)
             top, left, h, w = self.box
             out = out[:, :, top:top + h, left:left + w]
-        self._average(step, out)
-        self._record_psnr(step, out)
-        if self._watch_stopping(step, out):
-            return "auto", self.stopper.reason, None
-        return None, "", StepEvent(step, self.config.steps, loss, out, self.out_avg, self.last_psnr)
-
-    def _average(self, step: int, out: torch.Tensor) -> None:
-        if self.config.exp_weight is None:
-            return
-        if self.out_avg is None:
-            self.out_avg = out.clone()
-        else:
-            self.out_avg.lerp_(out, 1.0 - average_weight(self.config.exp_weight, step))
-
-    def _record_psnr(self, step: int, out: torch.Tensor) -> None:
-        if self.gt is None or (step % self.config.psnr_every and step != self.config.steps):
-            return
-        from dip.metrics import psnr
-        self.last_psnr = psnr(out, self.gt)
-        self.history["psnr_step"].append(step)
-        self.history["psnr"].append(self.last_psnr)
-        self.history["psnr_avg"].append(psnr(self.out_avg, self.gt) if self.out_avg is not None else self.last_psnr)
-
-    def _watch_stopping(self, step: int, out: torch.Tensor) -> bool:
-        """Feed the stopping rule; whether it says stop. The variance is watched on the raw
-        outputs; the image kept at the minimum is the one the fit returns (the averaged output
-        when averaging is on)."""
-        if self.stopper is None:
-            return False
-        should_stop = self.stopper.update(step, out, returned=self.out_avg if self.out_avg is not None else out)
-        if self.stopper.returned_step == step:
-            self.best_state = clone_state(self.generator)
-        return should_stop
+        if self.track.observe(step, out, lambda: clone_state(self.generator)):
+            return "auto", self.track.stopper.reason, None
+        track = self.track
+        return None, "", StepEvent(step, self.config.steps, loss, out, track.out_avg, track.last_psnr)
 
     # ------------------------------------------------------------------ result
     def result(self, stop_reason: str, steps_run: int, detail: str) -> FitResult:
         """The fit as it stands after ``steps_run`` steps (no state of the run is changed)."""
         image_plain = render(self.generator, self.z.detach(), self.image_crop, "fp32")  # always rendered in fp32
-        stopper = self.stopper
-        if stopper is not None:
-            stopper.finalize()
-        held = stopper is not None and (stop_reason == "auto" or (
-            stop_reason == "interrupted" and stopper.best_output is not None))
-        if held:  # the image at the variance minimum: the best guess so far
-            image = stopper.best_output.detach().float().clone()
-            returned_step = int(stopper.returned_step)
-            returned_state = self.best_state if self.best_state is not None else clone_state(self.generator)
-        else:
-            averaged = self.out_avg is not None and steps_run >= AVERAGE_MIN_STEPS
-            image = self.out_avg.clone() if averaged else image_plain
-            returned_step = steps_run
-            returned_state = clone_state(self.generator)
-        history = {key: list(value) for key, value in self.history.items()}
-        history["step"] = list(range(1, steps_run + 1))
-        history["loss"] = self.losses[:steps_run].cpu().tolist()
-        member = MemberState(
-            rng_state=self.rng.get_state(),
-            image_avg=self.out_avg.cpu().clone() if self.out_avg is not None else None,
-            stopper_state=stopper.state_dict() if stopper is not None else None,
-            returned_state=returned_state, returned_step=returned_step, snapshot=self.recovery.snapshot,
-            backtracks=self.recovery.backtracks, recoveries=self.recovery.recoveries, history=history)
+        image, returned_step, returned_state = self.track.returned(stop_reason, steps_run, image_plain,
+                                                                   lambda: clone_state(self.generator))
+        member = self.track.member_state(steps_run, self.rng, returned_state, returned_step, self.recovery)
         state = FitState(step=steps_run, seconds=self.prior_seconds + time.perf_counter() - self.start,
                          optimizer_state=copy.deepcopy(self.fast.optimizer.state_dict()), members=[member])
         res = FitResult(image=image.cpu(), image_plain=image_plain.cpu(), generator=self.generator,
                         z=self.z.detach(), stop_reason=stop_reason, crop=self.image_crop, config=self.config,
                         state=state, physics=self.physics, stop_detail=detail)
-        if self.gt is not None:
-            from dip.metrics import psnr, ssim
-            res.psnr = psnr(res.image, self.gt.cpu())
-            try:
-                res.ssim = ssim(res.image, self.gt.cpu())
-            except ValueError:
-                res.ssim = None
-        return res
+        return res.scored(self.gt)
 
 
 def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tensor,

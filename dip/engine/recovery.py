@@ -49,9 +49,25 @@ class Recovery:
 
     def take(self, psnr: float | None) -> Snapshot:
         """Make the current state the last good one (``psnr``: the fit PSNR now, dB)."""
-        self.snapshot = Snapshot(clone_state(self.generator), copy.deepcopy(self.optimizer().state_dict()),
-                                 self.z.detach().clone() if self.z.requires_grad else None, psnr)
+        self.snapshot = self._capture(psnr)
         return self.snapshot
+
+    def _capture(self, psnr: float | None) -> Snapshot:
+        return Snapshot(clone_state(self.generator), copy.deepcopy(self.optimizer().state_dict()),
+                        self.z.detach().clone() if self.z.requires_grad else None, psnr)
+
+    def _load(self, snapshot: Snapshot) -> float:
+        """Load ``snapshot`` and lower the learning rate; returns the new rate."""
+        optimizer = self.optimizer()
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        self.generator.load_state_dict(snapshot.generator_state)
+        load_optimizer_state(optimizer, snapshot.optimizer_state)
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr * self.config.recovery_lr_factor
+        if snapshot.z is not None:
+            with torch.no_grad():
+                self.z.copy_(snapshot.z)
+        return float(optimizer.param_groups[0]["lr"])
 
     def check(self, step: int, loss: float) -> str | None:
         """Judge the step just taken (``loss``: its data loss). Returns why it failed, or None;
@@ -76,16 +92,7 @@ class Recovery:
 
     def restore(self, step: int, why: str) -> None:
         """Load the last good state and lower the learning rate; ``why`` goes to the log."""
-        optimizer = self.optimizer()
-        lrs = [group["lr"] for group in optimizer.param_groups]
-        self.generator.load_state_dict(self.snapshot.generator_state)
-        load_optimizer_state(optimizer, self.snapshot.optimizer_state)
-        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr * self.config.recovery_lr_factor
-        if self.snapshot.z is not None:
-            with torch.no_grad():
-                self.z.copy_(self.snapshot.z)
+        lr = self._load(self.snapshot)
         self.recoveries += 1
         log.info("step %d: %s; restored the state of the last good check, learning rate now %.3g "
-                 "(recovery %d of at most %d)", step, why, optimizer.param_groups[0]["lr"], self.recoveries,
-                 self.config.max_recoveries)
+                 "(recovery %d of at most %d)", step, why, lr, self.recoveries, self.config.max_recoveries)

@@ -69,6 +69,19 @@ class FitResult:
     physics: nn.Module | None = None
     stop_detail: str = ""
 
+    def scored(self, gt: torch.Tensor | None) -> FitResult:
+        """Set ``psnr`` and ``ssim`` of ``image`` against ``gt`` (1, C, H, W) (SSIM None where
+        the image is too small for it); nothing without a ground truth. Returns self."""
+        if gt is None:
+            return self
+        from dip.metrics import psnr, ssim
+        self.psnr = psnr(self.image, gt.cpu())
+        try:
+            self.ssim = ssim(self.image, gt.cpu())
+        except ValueError:
+            self.ssim = None
+        return self
+
     def resume_state(self) -> dict[str, Any]:
         """What ``fit(..., resume=...)`` needs to continue this fit where it ended (with
         ``generator`` in its current state and the same ``z``): ``self.state.to_dict()``."""

@@ -29,7 +29,15 @@ from dip.runtime import autocast_context, bf16_is_native, check_precision, use_c
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FastStep", "LossFn", "load_optimizer_state", "make_adam"]
+__all__ = ["FastStep", "LossFn", "load_optimizer_state", "make_adam", "working_dtype"]
+
+
+def working_dtype(generator: nn.Module, precision: str) -> torch.dtype:
+    """The float dtype of a fit's observation, code, outputs and loss: float64 for an fp32 fit
+    of a generator whose floating parameters are all float64 (exact comparisons, e.g. a packed
+    fit against single fits), else float32."""
+    dtypes = {p.dtype for p in generator.parameters() if p.is_floating_point()}
+    return torch.float64 if precision == "fp32" and dtypes == {torch.float64} else torch.float32
 
 
 def make_adam(params: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
@@ -91,7 +99,10 @@ class FastStep:
             :func:`use_channels_last` decides from the device, the CPU and the precision.
         params: what the optimiser updates (default: the generator's parameters that require
             grad); pass z here (with ``requires_grad``) to optimise the input too.
-        generator_rng: ``torch.Generator`` for the reg noise (default: a new one seeded 0).
+        generator_rng: ``torch.Generator`` for the reg noise (default: a new one seeded 0); or
+            a sequence of K generators, one per member of a packed generator: z's channels are
+            then K equal blocks and block k's noise is drawn from generator k alone (values
+            equal to those a single fit with that generator draws).
         crop: optional (top, left, h, w) of the output that the loss and ``out`` see.
         optimizer: an optimiser over ``params`` to use instead of :func:`make_adam`'s (it may be
             replaced later through the ``optimizer`` attribute, e.g. by LBFGS).
@@ -111,7 +122,7 @@ class FastStep:
                  lr: float = 0.01, reg_noise_std: float = 0.0, precision: str = "fp32",
                  channels_last: bool | None = None,
                  params: Sequence[torch.Tensor] | None = None,
-                 generator_rng: torch.Generator | None = None,
+                 generator_rng: torch.Generator | Sequence[torch.Generator] | None = None,
                  crop: tuple[int, int, int, int] | None = None,
                  optimizer: torch.optim.Optimizer | None = None,
                  regularizer: LossFn | None = None, bf16_autocast: bool = False) -> None:
@@ -143,7 +154,10 @@ class FastStep:
         if generator_rng is None:
             generator_rng = torch.Generator(device=z.device)
             generator_rng.manual_seed(0)
-        self.rng = generator_rng
+        self.rngs = [generator_rng] if isinstance(generator_rng, torch.Generator) else list(generator_rng)
+        if not self.rngs or z.shape[1] % len(self.rngs):
+            raise ValueError(f"z's {z.shape[1]} channels cannot be split into {len(self.rngs)} members' "
+                             "noise blocks: pass one generator_rng per member")
         # bf16 without autocast (dip.engine.bf16): bf16 copies of the convolution weights, fp32
         # masters; a compiled generator keeps autocast (functional_call would recompile it)
         copies = precision == "bf16" and not bf16_autocast and not hasattr(generator, "_orig_mod")
@@ -159,7 +173,8 @@ class FastStep:
         """G(z + noise) in z's dtype (float32), cropped; draws new noise (reg_noise_std > 0)."""
         if self.noise is not None:
             # N(0, std²) drawn as std * N(0, 1), rounded as z + (noise * std) is
-            self.noise.normal_(0.0, self.reg_noise_std, generator=self.rng)
+            for block, rng in zip(self.noise.chunk(len(self.rngs), dim=1), self.rngs, strict=True):
+                block.normal_(0.0, self.reg_noise_std, generator=rng)
             if self.z.requires_grad:  # the input is optimised too: keep it in the graph
                 net_input = self.z + self.noise
             else:

@@ -14,7 +14,7 @@ import dip.models
 import dip.physics
 from dip import checkpoint as C
 from dip import export as E
-from dip.engine.loop import AVERAGE_MIN_STEPS
+from dip.engine.tracking import AVERAGE_MIN_STEPS
 from dip.export import metadata as M
 from dip.fit import FitConfig, fit, generator_geometry
 

@@ -1,0 +1,177 @@
+"""Packed fits: member k of a pack follows the single fit with its seed, stops, recovers and
+resumes on its own."""
+import math
+
+import pytest
+import torch
+
+from dip.engine import FitConfig, fit
+from dip.engine.geometry import generator_geometry
+from dip.engine.packed_loop import fit_packed
+from dip.models import build
+from dip.physics import Identity, Mask
+
+NET = dict(num_channels_down=[4, 6], num_channels_up=[4, 6], num_channels_skip=[2, 2],
+           upsample_mode="bilinear", pad="reflection")
+SIDE = 16
+
+
+def _members(k, dtype=torch.float64, seeds=None):
+    gens, zs = [], []
+    for seed in seeds if seeds is not None else range(k):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            gens.append(build("skip", 3, 3, **NET).to(dtype))
+        _, z_hw = generator_geometry(gens[-1], (SIDE, SIDE))
+        zs.append(torch.rand(1, 3, *z_hw, generator=torch.Generator().manual_seed(100 + seed), dtype=dtype) * 0.1)
+    return gens, zs
+
+
+def _observation(dtype=torch.float64):
+    g = torch.Generator().manual_seed(7)
+    return torch.rand(1, 3, SIDE, SIDE, generator=g, dtype=dtype)
+
+
+def _single(gen, z, y, config, physics=None, **kw):
+    return fit(y, physics or Identity(), gen, z, config, **kw)
+
+
+def _copies(gens):
+    import copy
+    return [copy.deepcopy(g) for g in gens]
+
+
+def _max_diff(a, b):
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+CONFIG = FitConfig(steps=20, lr=0.01, reg_noise_std=0.05, exp_weight=0.9, precision="fp32", psnr_every=5)
+
+
+def test_member_k_follows_the_single_fit_with_its_seed_in_float64():
+    gens, zs = _members(3)
+    y = _observation()
+    packed = fit_packed(y, Identity(), _copies(gens), zs, CONFIG, gt=y[0])
+    for k in range(3):
+        single = _single(_copies(gens)[k], zs[k], y, CONFIG.updated(seed=k), gt=y[0])
+        member = packed.members[k]
+        assert member.config.seed == k and member.steps_run == 20 and member.stop_reason == "steps"
+        assert float((member.image - single.image).abs().max()) <= 1e-8
+        assert float((member.image_plain - single.image_plain).abs().max()) <= 1e-8
+        mine, theirs = member.generator.state_dict(), single.generator.state_dict()
+        assert mine.keys() == theirs.keys()
+        assert _max_diff([mine[n] for n in mine], [theirs[n].to(mine[n].dtype) for n in mine]) <= 1e-8
+        assert member.history["psnr_step"] == single.history["psnr_step"]
+        assert max(abs(a - b) for a, b in zip(member.history["loss"], single.history["loss"], strict=True)) <= 1e-6
+
+
+def test_each_member_fits_its_own_observation_and_mask():
+    gens, zs = _members(2)
+    ys = [_observation(), _observation().flip(-1)]
+    masks = [Mask((torch.rand(1, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(s)) > 0.3).double())
+             for s in (1, 2)]
+    packed = fit_packed(ys, masks, _copies(gens), zs, CONFIG.updated(steps=8))
+    for k in range(2):
+        single = _single(_copies(gens)[k], zs[k], ys[k], CONFIG.updated(steps=8, seed=k), physics=masks[k])
+        assert float((packed.members[k].image - single.image).abs().max()) <= 1e-8
+
+
+def test_a_member_that_stops_leaves_the_pack_and_the_others_go_on():
+    gens, zs = _members(2)
+    y = _observation()
+    config = CONFIG.updated(steps=40, stop="auto", stop_window=5, stop_patience=3)
+    packed = fit_packed(y, Identity(), _copies(gens), zs, config)
+    singles = [_single(_copies(gens)[k], zs[k], y, config.updated(seed=k)) for k in range(2)]
+    for member, single in zip(packed.members, singles, strict=True):
+        assert member.stop_reason == single.stop_reason
+        assert member.steps_run == single.steps_run and member.returned_step == single.returned_step
+        assert float((member.image - single.image).abs().max()) <= 1e-8
+    assert {m.stop_reason for m in packed.members} == {"auto"}
+    assert len({m.steps_run for m in packed.members}) == 2, "the two members should stop at different steps"
+
+
+def test_a_member_whose_loss_is_not_finite_is_restored_alone():
+    gens, zs = _members(2)
+    y = _observation()
+    with torch.no_grad():  # member 1 diverges at once: an infinite weight
+        next(gens[1].parameters()).view(-1)[0] = math.inf
+    config = CONFIG.updated(steps=6, max_recoveries=2)
+    packed = fit_packed(y, Identity(), _copies(gens), zs, config)
+    good, bad = packed.members
+    assert bad.stop_reason == "diverged" and bad.recoveries == 2 and bad.steps_run == 2
+    single = _single(_copies(gens)[0], zs[0], y, config.updated(seed=0))
+    assert good.stop_reason == "steps" and good.recoveries == 0
+    assert float((good.image - single.image).abs().max()) <= 1e-8
+
+
+def test_a_restored_member_gets_its_last_good_state_and_its_own_lower_rate():
+    gens, zs = _members(2)
+    y = _observation()
+    config = CONFIG.updated(steps=10, backtrack=True, backtrack_threshold_db=-100.0, check_every=5)
+    # every check "fails" (threshold below zero): at step 10 both members go back to step 5's
+    # state, as two single fits do, and go on at half the rate
+    packed = fit_packed(y, Identity(), _copies(gens), zs, config)
+    for k in range(2):
+        single = _single(_copies(gens)[k], zs[k], y, config.updated(seed=k))
+        member = packed.members[k]
+        assert member.backtracks == single.backtracks == 1
+        assert member.optimizer_state["param_groups"][0]["lr"] == pytest.approx(0.005)
+        assert float((member.image_plain - single.image_plain).abs().max()) <= 1e-8
+    more = fit_packed(y, Identity(), [m.generator for m in packed.members], zs, config.updated(steps=14),
+                      resume=packed.resume_state())
+    assert all(m.steps_run == 14 and torch.isfinite(m.image).all() for m in more.members)
+
+
+def test_an_interrupted_pack_resumes_exactly():
+    gens, zs = _members(2, dtype=torch.float32)
+    y = _observation(torch.float32)
+    config = CONFIG.updated(steps=10)
+    straight = fit_packed(y, Identity(), _copies(gens), zs, config)
+
+    class StopAt:
+        def __init__(self):
+            self.step = 0
+
+        def __call__(self, event):
+            self.step = event.step
+
+        def is_set(self):
+            return self.step >= 4
+
+    stop = StopAt()
+    part = fit_packed(y, Identity(), _copies(gens), zs, config, callbacks=[stop], stop_event=stop)
+    assert {m.stop_reason for m in part.members} == {"interrupted"} and part.steps_run == 4
+    rest = fit_packed(y, Identity(), [m.generator for m in part.members], zs, config,
+                      resume=part.resume_state())
+    for a, b in zip(rest.members, straight.members, strict=True):
+        assert a.steps_run == 10 and torch.equal(a.image, b.image)
+        assert a.history["loss"] == b.history["loss"]
+
+
+def test_a_member_result_resumes_as_a_single_fit():
+    gens, zs = _members(2)
+    y = _observation()
+    part = fit_packed(y, Identity(), _copies(gens), zs, CONFIG.updated(steps=6))
+    member = part.members[1]
+    more = fit(y, Identity(), member.generator, zs[1], member.config.updated(steps=12),
+               resume=member.resume_state())
+    single = _single(_copies(gens)[1], zs[1], y, CONFIG.updated(steps=12, seed=1))
+    assert float((more.image - single.image).abs().max()) <= 1e-8
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(optimizer="lbfgs"), "Adam only"),
+    (dict(compile=True), "torch.compile"),
+])
+def test_settings_a_pack_cannot_run_are_refused(bad, message):
+    gens, zs = _members(2)
+    with pytest.raises(ValueError, match=message):
+        fit_packed(_observation(), Identity(), gens, zs, CONFIG.updated(**bad))
+
+
+def test_mismatched_member_counts_are_refused():
+    gens, zs = _members(2)
+    with pytest.raises(ValueError, match="one z per member"):
+        fit_packed(_observation(), Identity(), gens, zs[:1], CONFIG)
+    with pytest.raises(ValueError, match="3 entries for 2 generators"):
+        fit_packed([_observation()] * 3, Identity(), gens, zs, CONFIG)
