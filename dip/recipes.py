@@ -7,6 +7,7 @@ always follow the image (grey or colour).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 
 from dip import models
 from dip.engine import FitResult, fit, generator_geometry, pad_to
+from dip.engine.packed_result import EnsembleResult
 from dip.inputs import INPUT_KINDS, make_input
 from dip.physics import from_config as physics_from_config
 from dip.recipe_table import DEFAULT_FOR_TASK, Recipe, _table, names
@@ -121,15 +123,42 @@ def build(recipe: Recipe, observation: torch.Tensor, *, mask: torch.Tensor | Non
 
 def run(recipe: Recipe, observation: torch.Tensor, *, mask: torch.Tensor | None = None,
         flash: torch.Tensor | None = None, kernel: Any = None, gt: torch.Tensor | None = None,
-        callbacks: Sequence[Callable] = (), **fit_kwargs) -> FitResult:
+        callbacks: Sequence[Callable] = (), ensemble: int = 1, **fit_kwargs) -> FitResult | EnsembleResult:
     """Build and fit ``recipe`` on ``observation``; see ``build`` and ``dip.fit.fit`` (which
-    takes ``fit_kwargs``: ``stop_event``, ``checkpoint_every``, ``on_checkpoint``)."""
-    y, physics, generator, z = build(recipe, observation, mask=mask, flash=flash, kernel=kernel)
+    takes ``fit_kwargs``: ``stop_event``, ``checkpoint_every``, ``on_checkpoint``).
+
+    ``ensemble=K`` (K >= 2) fits K members with the seeds ``seed .. seed + K - 1`` at once in
+    one packed network (``dip.engine.packed_loop.fit_packed``), each stopping on its own, and
+    returns an ``EnsembleResult`` whose image is the mean of theirs."""
     config = recipe.fit
     if config.precision == "auto":  # the task's own choice (some tasks keep fp32)
         precision, why = choose_precision("auto", config.device, recipe.task)
         log.info("%s: precision %s (%s)", recipe.name, precision, why)
         config = config.updated(precision=precision)
+    if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+        raise ValueError(f"ensemble must be an integer >= 1 (the number of fits averaged), got {ensemble!r}")
+    if ensemble > 1:
+        return _run_ensemble(recipe, config, observation, ensemble, mask=mask, flash=flash, kernel=kernel, gt=gt,
+                             callbacks=callbacks, **fit_kwargs)
+    y, physics, generator, z = build(recipe, observation, mask=mask, flash=flash, kernel=kernel)
     result = fit(y, physics, generator, z, config, gt=gt, callbacks=callbacks, **fit_kwargs)
     result.recipe = recipe
+    return result
+
+
+def _run_ensemble(recipe: Recipe, config: Any, observation: torch.Tensor, members: int, *, gt: torch.Tensor | None,
+                  callbacks: Sequence[Callable], **kwargs) -> EnsembleResult:
+    from dip.engine.packed_loop import fit_packed
+    from dip.engine.packed_result import EnsembleResult
+
+    inputs = {key: kwargs.pop(key) for key in ("mask", "flash", "kernel")}
+    built = [build(dataclasses.replace(recipe, fit=config.updated(seed=config.seed + k)), observation, **inputs)
+             for k in range(members)]
+    y, physics = built[0][0], built[0][1]
+    packed = fit_packed(y, physics, [b[2] for b in built], [b[3] for b in built], config, gt=gt,
+                        callbacks=callbacks, **kwargs)
+    result = EnsembleResult.of(packed, gt)
+    result.recipe = recipe
+    for member in result.members:
+        member.recipe = recipe
     return result

@@ -59,3 +59,81 @@ class PackedFitResult:
     def ensemble(self, how: str = "mean") -> torch.Tensor:
         """The members' images combined (:func:`combine`), (1, C, H, W) float32."""
         return combine([m.image for m in self.members], how)
+
+
+# how an ensemble as a whole ended: the first of these that any member has
+_ENDINGS = ("interrupted", "running", "steps", "auto", "diverged")
+
+
+@dataclass
+class EnsembleResult(PackedFitResult):
+    """K members fitted to one observation, combined.
+
+    Attributes: ``members`` (each member's ``FitResult``), ``image`` (the mean of the members'
+    returned images, (1, C, H, W) float32), ``image_median``, ``psnr`` / ``ssim`` /
+    ``psnr_median`` against the ground truth when one was given, ``recipe``.
+
+    Read like a ``FitResult``: ``stop_reason`` (``interrupted`` or ``running`` if any member
+    is, else ``steps`` if any ran all steps, else ``auto``, else ``diverged``), ``steps_run``,
+    ``seconds``, ``ms_per_step`` (per step of the pack), ``returned_step`` (the last member's),
+    ``recoveries`` and ``backtracks`` (summed), ``config``, ``history`` and ``generator``
+    (member 0's: an ensemble is not one network), ``stop_detail``.
+    """
+
+    image: torch.Tensor | None = None
+    image_median: torch.Tensor | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    psnr_median: float | None = None
+    recipe: object | None = None
+
+    @classmethod
+    def of(cls, packed: PackedFitResult, gt: torch.Tensor | None = None) -> EnsembleResult:
+        """The ensemble of ``packed``'s members, scored against ``gt`` (C, H, W) or (1, C, H, W)."""
+        result = cls(packed.members, image=packed.ensemble("mean"), image_median=packed.ensemble("median"))
+        if gt is not None:
+            from dip.metrics import psnr, ssim
+            gt = (gt[None] if gt.dim() == 3 else gt).float().cpu()
+            result.psnr, result.psnr_median = psnr(result.image, gt), psnr(result.image_median, gt)
+            try:
+                result.ssim = ssim(result.image, gt)
+            except ValueError:
+                result.ssim = None
+        return result
+
+    @property
+    def stop_reason(self) -> str:
+        reasons = {m.stop_reason for m in self.members}
+        return next((r for r in _ENDINGS if r in reasons), self.members[0].stop_reason)
+
+    @property
+    def stop_detail(self) -> str:
+        return "; ".join(f"member {k}: {m.stop_detail}" for k, m in enumerate(self.members))
+
+    @property
+    def ms_per_step(self) -> float:
+        return 1000.0 * self.seconds / max(self.steps_run, 1)
+
+    @property
+    def returned_step(self) -> int:
+        return max(m.returned_step for m in self.members)
+
+    @property
+    def recoveries(self) -> int:
+        return sum(m.recoveries for m in self.members)
+
+    @property
+    def backtracks(self) -> int:
+        return sum(m.backtracks for m in self.members)
+
+    @property
+    def config(self) -> Any:
+        return self.members[0].config
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        return self.members[0].history
+
+    @property
+    def generator(self) -> Any:
+        return self.members[0].generator

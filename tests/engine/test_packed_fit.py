@@ -175,3 +175,27 @@ def test_mismatched_member_counts_are_refused():
         fit_packed(_observation(), Identity(), gens, zs[:1], CONFIG)
     with pytest.raises(ValueError, match="3 entries for 2 generators"):
         fit_packed([_observation()] * 3, Identity(), gens, zs, CONFIG)
+
+
+def test_an_ensemble_is_the_mean_of_its_members_and_no_worse_than_their_mean_error():
+    import dip
+
+    clean = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(3))
+    noisy = (clean + 0.1 * torch.randn(3, 24, 24, generator=torch.Generator().manual_seed(4))).clamp(0, 1)
+    kw = dict(steps=6, stop="steps", precision="fp32")
+    result = dip.denoise(noisy, gt=clean, ensemble=3, **kw)
+    assert len(result.members) == 3 and [m.config.seed for m in result.members] == [0, 1, 2]
+    stack = torch.stack([m.image for m in result.members])
+    assert torch.allclose(result.image, stack.mean(0)) and torch.allclose(result.image_median, stack.median(0).values)
+    assert result.psnr == pytest.approx(dip.metrics.psnr(result.image, clean[None]))
+    assert result.stop_reason == "steps" and result.steps_run == 6
+    mse = [float(((m.image - clean) ** 2).mean()) for m in result.members]
+    assert float(((result.image - clean) ** 2).mean()) <= sum(mse) / 3
+    assert len({round(v, 9) for v in mse}) == 3, "the members should be different fits (their own seeds)"
+
+
+def test_ensemble_must_be_a_positive_integer():
+    import dip
+
+    with pytest.raises(ValueError, match="ensemble must be an integer >= 1"):
+        dip.denoise(torch.rand(3, 16, 16), ensemble=0, steps=2)
