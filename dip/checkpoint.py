@@ -41,6 +41,14 @@ the generator's output, or None; ``recipe`` dict; ``options`` dict (the command'
 "returned_step", "stop_reason", "seconds", "psnr", "ssim", "backtracks", "recoveries", "config" (FitConfig
 as a dict), "history", "image_plain", "image_avg", "optimizer_state", "stopper_state"}`` plus
 ``"rng_state"`` and ``"backtrack_state"`` when the result carries them (for resuming).
+
+Payload of an ensemble (built by :func:`payload_from_ensemble`)
+---------------------------------------------------------------
+``kind`` ``"ensemble"``; ``dip_version``; ``members``: one fit payload per member (as above,
+each complete: a member can be exported, rendered or resumed alone; the observation, stored by
+each, is one tensor in the file); ``stop_reasons`` and ``stop_details`` (each member's);
+``image`` the combined image (1, C, H, W) float32; ``mode`` (``"mean"``); ``psnr``.
+:func:`member_payload` picks one member's fit payload out of either kind.
 """
 from __future__ import annotations
 
@@ -438,6 +446,39 @@ def payload_from_result(result: Any, *, recipe: Any = None, observation: torch.T
     }
 
 
+def payload_from_ensemble(result: Any, **kwargs: Any) -> dict[str, Any]:
+    """The checkpoint payload of an ensemble (``dip.engine.packed_result.EnsembleResult``):
+    each member's :func:`payload_from_result` (``kwargs`` go to each), how each ended, and the
+    combined image. See the module docstring."""
+    return {
+        "kind": "ensemble",
+        "dip_version": __version__,
+        "members": [payload_from_result(m, **kwargs) for m in result.members],
+        "stop_reasons": [str(m.stop_reason) for m in result.members],
+        "stop_details": [str(m.stop_detail) for m in result.members],
+        "image": result.image.detach().cpu().float(),
+        "mode": "mean",
+        "psnr": _float_or_none(getattr(result, "psnr", None)),
+    }
+
+
+def member_payload(payload: Mapping[str, Any], member: int | None = None,
+                   path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The fit payload of ``member`` (default 0) of an ensemble checkpoint's payload; a fit
+    checkpoint's own payload (``member`` None or 0). CheckpointError for a member that is not there."""
+    where = f"{path}: " if path is not None else ""
+    if payload.get("kind") != "ensemble":
+        if member not in (None, 0):
+            raise CheckpointError(f"{where}the checkpoint holds one fit, not an ensemble: there is no member {member}")
+        return dict(payload)
+    members = payload.get("members") or []
+    k = 0 if member is None else int(member)
+    if not 0 <= k < len(members):
+        raise CheckpointError(f"{where}the ensemble has {len(members)} members (0 to {len(members) - 1}); "
+                              f"there is no member {k}")
+    return dict(members[k])
+
+
 def fit_state_section(state: Any) -> dict[str, Any]:
     """The ``fit`` section's engine-state keys for a ``dip.engine.FitState`` (one member):
     its :meth:`~dip.engine.FitState.to_dict` schema with ``step`` stored as ``steps_run``; the
@@ -481,4 +522,5 @@ def require(payload: Mapping[str, Any], *keys: str, path: str | os.PathLike | No
 
 
 __all__ = ["CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "save", "load", "read_header",
-           "payload_from_result", "fit_state_section", "fit_state_from_payload", "physics_settings", "require"]
+           "payload_from_result", "payload_from_ensemble", "member_payload", "fit_state_section",
+           "fit_state_from_payload", "physics_settings", "require"]

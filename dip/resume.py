@@ -4,6 +4,10 @@ engine's state (optimiser, reg-noise RNG, averaged output, stopping and recovery
     fit_state = dip.resume.load("photo.png.ckpt")
     result = dip.resume.run(fit_state, steps=3000)
 
+An ensemble's checkpoint loads as a :class:`ResumableEnsemble`; ``run`` continues its members
+still fitting as one pack (``dip.engine.packed_loop.fit_packed``) and returns an
+``EnsembleResult``.
+
 On the CPU with the same number of threads, a fit resumed from a checkpoint of step k gives the
 same bits as the uninterrupted fit (tests/test_long_runs.py).
 """
@@ -19,6 +23,7 @@ from torch import nn
 
 from dip import checkpoint as ckpt
 from dip.engine import FitConfig, FitResult, FitState, fit
+from dip.engine.packed_result import EnsembleResult
 
 
 @dataclasses.dataclass
@@ -48,14 +53,47 @@ class ResumableFit:
     image_info: dict[str, Any]
 
 
-def load(path: str | os.PathLike) -> ResumableFit:
-    """Read a fit checkpoint (``dip.checkpoint`` format) for resuming.
+@dataclasses.dataclass
+class ResumableEnsemble:
+    """An ensemble read back from its checkpoint: one :class:`ResumableFit` per member and how
+    each ended (a member stopped by its rule or diverged stays finished). The attributes of a
+    ``ResumableFit`` (``y``, ``physics``, ``config``, ``recipe``, ``task``, ``options``,
+    ``image_info``, ``generator``, ``z``) are member 0's; ``steps_run`` is the members' still
+    fitting (all members' largest when none is)."""
+
+    members: list[ResumableFit]
+    stop_reasons: list[str]
+    stop_details: list[str]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("y", "physics", "generator", "z", "config", "recipe", "task", "options", "image_info"):
+            return getattr(self.members[0], name)
+        raise AttributeError(name)
+
+    @property
+    def steps_run(self) -> int:
+        running = [m.steps_run for m, why in zip(self.members, self.stop_reasons, strict=True)
+                   if why not in ("auto", "diverged")]
+        return max(running or [m.steps_run for m in self.members])
+
+
+def load(path: str | os.PathLike) -> ResumableFit | ResumableEnsemble:
+    """Read a fit checkpoint (``dip.checkpoint`` format) for resuming; an ensemble's
+    checkpoint gives a :class:`ResumableEnsemble`.
 
     Raises:
         dip.checkpoint.CheckpointError: not a fit checkpoint, or it lacks what resuming needs
             (e.g. a checkpoint written without the observation).
     """
     payload = ckpt.load(path)
+    if payload.get("kind") == "ensemble":
+        members = [_resumable(ckpt.member_payload(payload, k, path), path) for k in range(len(payload["members"]))]
+        return ResumableEnsemble(members, [str(r) for r in payload.get("stop_reasons") or ["running"] * len(members)],
+                                 [str(d) for d in payload.get("stop_details") or [""] * len(members)])
+    return _resumable(payload, path)
+
+
+def _resumable(payload: dict[str, Any], path: str | os.PathLike) -> ResumableFit:
     ckpt.require(payload, "generator.config", "generator.state", "z", "observation", "physics",
                  "fit.config", "fit.steps_run", "fit.optimizer_state", path=path)
     from dip import models, recipes
@@ -93,9 +131,9 @@ def load(path: str | os.PathLike) -> ResumableFit:
                         image_info=dict(payload.get("image_info") or {}))
 
 
-def run(loaded: ResumableFit, *, steps: int | None = None, device: str | None = None,
+def run(loaded: ResumableFit | ResumableEnsemble, *, steps: int | None = None, device: str | None = None,
         gt: torch.Tensor | None = None, callbacks: Sequence[Callable] = (),
-        **fit_kwargs) -> FitResult:
+        **fit_kwargs) -> FitResult | EnsembleResult:
     """Continue ``loaded`` up to ``steps`` in total (default: the steps it was planned with).
 
     ``device`` moves the fit (exactness holds on the device it started on); ``fit_kwargs``
@@ -110,10 +148,29 @@ def run(loaded: ResumableFit, *, steps: int | None = None, device: str | None = 
     if device is not None:
         changes["device"] = device
     config = loaded.config.updated(**changes)
+    if isinstance(loaded, ResumableEnsemble):
+        return _run_ensemble(loaded, config, gt, callbacks, **fit_kwargs)
     result = fit(loaded.y, loaded.physics, loaded.generator, loaded.z, config, gt=gt,
                  callbacks=callbacks, resume=loaded.state, **fit_kwargs)
     result.recipe = loaded.recipe
     return result
 
 
-__all__ = ["ResumableFit", "load", "run"]
+def _run_ensemble(loaded: ResumableEnsemble, config: FitConfig, gt: torch.Tensor | None,
+                  callbacks: Sequence[Callable], **fit_kwargs) -> EnsembleResult:
+    from dip.engine.packed_loop import fit_packed
+
+    members = loaded.members
+    resume = {"members": [m.state for m in members], "stop_reasons": loaded.stop_reasons,
+              "stop_details": loaded.stop_details}
+    packed = fit_packed(loaded.y, loaded.physics, [m.generator for m in members], [m.z for m in members], config,
+                        seeds=[m.config.seed for m in members], gt=gt, callbacks=callbacks, resume=resume,
+                        **fit_kwargs)
+    result = EnsembleResult.of(packed, gt)
+    result.recipe = loaded.recipe
+    for member in result.members:
+        member.recipe = loaded.recipe
+    return result
+
+
+__all__ = ["ResumableEnsemble", "ResumableFit", "load", "run"]

@@ -82,6 +82,9 @@ def _fit_overrides(args) -> dict[str, Any]:
         if value is not None:
             overrides[field] = value
     if getattr(args, "compile", False):
+        if (getattr(args, "ensemble", None) or 1) > 1:
+            raise UsageError("--compile does not combine with --ensemble (the pack is rebuilt as members stop)",
+                             "drop one of them")
         from dip.engine import FitConfig
 
         if "compile" not in {f.name for f in dataclasses.fields(FitConfig)}:
@@ -231,15 +234,17 @@ def _output_size(recipe, observation, max_megapixels: float | None) -> tuple[int
     return out_hw
 
 
-def _check_memory(recipe, out_hw: tuple[int, int], inputs: _Inputs, device: str):
-    """The fit's ``memory.FitEstimate`` (None when it failed); UsageError when its memory exceeds
-    what is available."""
+def _check_memory(recipe, out_hw: tuple[int, int], inputs: _Inputs, device: str, members: int = 1):
+    """The fit's ``memory.FitEstimate`` (None when it failed; ``members`` fits packed cost that
+    many times one); UsageError when its memory exceeds what is available."""
     in_channels = int(inputs.flash.shape[0]) if inputs.flash is not None else None
     try:
         fit_estimate = memory.fit_estimate(recipe, out_hw, int(inputs.observation.shape[0]), in_channels)
     except Exception as exc:  # the estimate is advisory: never block a fit because it failed
         log.debug("memory estimate failed: %s", exc)
         return None
+    fit_estimate = dataclasses.replace(fit_estimate, memory=fit_estimate.memory * members,
+                                       params=fit_estimate.params * members)
     estimate = fit_estimate.memory
     available = memory.available_memory(device)
     if available is not None and estimate > available:
@@ -295,7 +300,8 @@ def prepare(task: str, args) -> Job:
                        ("--checkpoint", checkpoint_path)):
         if path is not None:
             checks.check_not_input(path, inputs.files, flag)
-    estimate = _check_memory(recipe, out_hw, inputs, device)
+    ensemble = int(getattr(args, "ensemble", None) or 1)
+    estimate = _check_memory(recipe, out_hw, inputs, device, ensemble)
     _warn_padding(out_hw, estimate)
     checkpoint_requested = outputs.checkpoint is not None or args.checkpoint_every is not None
     if estimate is not None:
@@ -315,14 +321,16 @@ def prepare(task: str, args) -> Job:
               checkpoint_requested=checkpoint_requested,
               checkpoint_every=args.checkpoint_every,
               options=dict(_recorded_options(args, task), threads=threads),
-              title=f"dip {task} ({recipe.name})")
+              title=f"dip {task} ({recipe.name})" + (f", ensemble of {ensemble}" if ensemble > 1 else ""),
+              ensemble=ensemble)
     mask4 = None if job.mask is None else job.mask[None]
+
 
     def runner(callbacks, **fit_kwargs):
         from dip import recipes
 
         return recipes.run(job.recipe, job.observation, mask=mask4, flash=job.flash, kernel=job.kernel,
-                           gt=job.gt, callbacks=callbacks, **fit_kwargs)
+                           gt=job.gt, callbacks=callbacks, ensemble=ensemble, **fit_kwargs)
 
     job.runner = runner
     return job

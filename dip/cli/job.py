@@ -53,6 +53,7 @@ class Job:
     #: runs the fit: ``runner(callbacks, **fit_kwargs) -> FitResult``
     runner: Callable[..., Any] | None = None
     title: str = ""
+    ensemble: int = 1  # members fitted at once and averaged (``--ensemble``)
 
 
 def tune_process(args) -> bool:
@@ -68,8 +69,9 @@ def checkpoint_payload(job: Job, result) -> dict:
     """The checkpoint of ``result`` (finished, interrupted or mid-fit)."""
     from dip import checkpoint
 
-    return checkpoint.payload_from_result(result, recipe=job.recipe, observation=job.observation[None],
-                                          image_info=job.info, options=job.options)
+    make = checkpoint.payload_from_ensemble if hasattr(result, "members") else checkpoint.payload_from_result
+    return make(result, recipe=job.recipe, observation=job.observation[None], image_info=job.info,
+                options=job.options)
 
 
 def save_checkpoint(job: Job, result, path: Path | None = None) -> None:
@@ -181,11 +183,17 @@ def _summary(job: Job, args, result, psnr_input: float | None) -> str:
         line += f", stopped automatically; image of step {result.returned_step}"
     if result.recoveries:
         line += f", {result.recoveries} recover{'y' if result.recoveries == 1 else 'ies'}"
+    members = getattr(result, "members", None)
+    if members is not None:
+        line += f"; the mean of {len(members)} members' images"
     if result.psnr is not None:
         base = "bicubic" if job.task == "sr" else "input"
         line += f"; PSNR {result.psnr:.2f} dB" + (f" ({base} {psnr_input:.2f} dB)" if psnr_input is not None else "")
         if result.ssim is not None:
             line += f", SSIM {result.ssim:.4f}"
+        if members is not None:
+            psnrs = sorted(m.psnr for m in members)
+            line += f"; members alone {psnrs[0]:.2f} to {psnrs[-1]:.2f} dB"
     return line
 
 
@@ -197,6 +205,7 @@ def execute(job: Job, args) -> int:
     job.allocator_tuned = tune_process(args)
     fit_config = job.recipe.fit
     say(args, f"{job.task}: {hw(job.observation)} -> {job.out_hw[1]}x{job.out_hw[0]}, recipe {job.recipe.name}, "
+              + (f"ensemble of {job.ensemble}, " if job.ensemble > 1 else "") +
               f"{fit_config.steps} steps (stop: {fit_config.stop}), {job.device}, {fit_config.precision}"
               + (f" ({job.precision_reason})" if job.precision_reason.startswith("auto") else "")
               + (f", about {format_bytes(job.memory_estimate)}" if job.memory_estimate else ""))

@@ -99,6 +99,10 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
                           "'steps': run all steps")
     fit.add_argument("--precision", choices=PRECISIONS, help="arithmetic of the network (default fp32)")
     fit.add_argument("--compile", action="store_true", help="compile the step with torch.compile")
+    fit.add_argument("--ensemble", type=positive_int, metavar="K",
+                     help="fit K networks (seeds SEED to SEED+K-1) at once in one packed network, each stopping "
+                          "on its own, and write the mean of their images: less noise (denoising: see the "
+                          "README's ensemble table) for K times the work; the checkpoint holds every member")
     add_machine_options(fit, FIT)
     fit.add_argument("--max-megapixels", type=positive_float, metavar="MP",
                      help="refuse images whose restored size exceeds MP megapixels")

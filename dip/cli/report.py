@@ -28,7 +28,8 @@ def _rounded(value: float | None, digits: int) -> float | None:
 
 
 def build_report(job, args, result, psnr_input: float | None) -> dict[str, Any]:
-    """The report of ``job`` (a ``dip.cli.job.Job``) fitted to ``result`` (a FitResult).
+    """The report of ``job`` (a ``dip.cli.job.Job``) fitted to ``result`` (a FitResult, or an
+    EnsembleResult: then ``ensemble`` lists every member and ``psnr_curve`` is member 0's).
 
     ``psnr_input``: PSNR (dB) of the observation, for sr of its bicubic enlargement, against --gt.
     """
@@ -77,6 +78,13 @@ def build_report(job, args, result, psnr_input: float | None) -> dict[str, Any]:
         "dip": __version__,
         "command": ["dip"] + list(getattr(args, "argv", [])),
     }
+    members = getattr(result, "members", None)
+    if members is not None:
+        report["ensemble"] = {
+            "members": len(members), "mode": "mean", "psnr_median": _rounded(result.psnr_median, 4),
+            "each": [{"seed": m.config.seed, "psnr": _rounded(m.psnr, 4), "ssim": _rounded(m.ssim, 5),
+                      "steps": int(m.steps_run), "stop_reason": m.stop_reason, "stop_step": int(m.returned_step),
+                      "recoveries": int(m.recoveries)} for m in members]}
     hist = result.history
     if hist.get("psnr_step"):
         report["psnr_curve"] = {"step": list(hist["psnr_step"]), "psnr": list(hist["psnr"]),

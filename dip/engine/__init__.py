@@ -13,7 +13,12 @@ One module per job:
 ``recovery``         :class:`Recovery`: snapshot at good checks, detect a failed step, restore
 ``rendering``        :func:`render`: G(z) in training mode without side effects
 ``result``           :class:`FitResult`, :class:`StepEvent`
+``tracking``         :class:`Tracker`: one image's average, PSNR history, stopping rule, result
 ``loop``             :func:`fit`: the orchestration
+``packed_state``     a member's share of a packed generator's and optimiser's tensors
+``packed_member``    one member of a packed fit and its recovery on its own slices
+``packed_result``    :class:`PackedFitResult`, :class:`EnsembleResult`, :func:`combine`
+``packed_loop``      :func:`fit_packed`: K fits advanced together in one packed network
 ===================  ==========================================================================
 """
 from __future__ import annotations
@@ -26,6 +31,8 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from dip.engine.geometry import center_crop_box, generator_geometry, pad_to, padded_size
     from dip.engine.loop import fit
     from dip.engine.losses import data_loss, tv_loss
+    from dip.engine.packed_loop import fit_packed
+    from dip.engine.packed_result import EnsembleResult, PackedFitResult
     from dip.engine.recovery import Recovery
     from dip.engine.rendering import render
     from dip.engine.result import FitResult, StepEvent
@@ -36,7 +43,9 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
 _HOMES = {
     **dict.fromkeys(("OPTIMIZE", "OPTIMIZERS", "PRECISIONS", "STOPS", "FitConfig"), "config"),
     **dict.fromkeys(("center_crop_box", "generator_geometry", "pad_to", "padded_size"), "geometry"),
-    "fit": "loop", "data_loss": "losses", "tv_loss": "losses", "Recovery": "recovery", "render": "rendering",
+    "fit": "loop", "fit_packed": "packed_loop", "EnsembleResult": "packed_result",
+    "PackedFitResult": "packed_result", "data_loss": "losses", "tv_loss": "losses", "Recovery": "recovery",
+    "render": "rendering",
     "FitResult": "result", "StepEvent": "result",
     **dict.fromkeys(("FitState", "MemberState", "Snapshot"), "state"),
     **dict.fromkeys(("FastStep", "load_optimizer_state", "make_adam"), "step"),
@@ -57,8 +66,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "OPTIMIZE", "OPTIMIZERS", "PRECISIONS", "STOPS", "FastStep", "FitConfig", "FitResult", "FitState",
-    "MemberState", "Recovery", "Snapshot", "StepEvent", "center_crop_box", "data_loss", "fit",
+    "OPTIMIZE", "OPTIMIZERS", "PRECISIONS", "STOPS", "EnsembleResult", "FastStep", "FitConfig", "FitResult",
+    "FitState", "MemberState", "PackedFitResult", "Recovery", "Snapshot", "StepEvent", "center_crop_box",
+    "data_loss", "fit", "fit_packed",
     "generator_geometry", "load_optimizer_state", "make_adam", "pad_to", "padded_size", "render",
     "tv_loss",
 ]

@@ -106,6 +106,7 @@ class PackedRun:
                    zs[k].to(device=self.device, dtype=self.dtype).contiguous(), self.device)
             for k, y in enumerate(ys)]
         self.first_step, self.prior_seconds = 1, 0.0
+        self.want_events = True  # build the callbacks' event every step (fit_packed: only with callbacks)
         if resume is None:
             self.active = list(self.members)
             self._build(pack(list(generators)), None)
@@ -253,7 +254,7 @@ class PackedRun:
                 finishing.append((m, "auto", m.track.stopper.reason))
             else:
                 going_on.append((m, image))
-        event = self._event(step, going_on) if going_on else None
+        event = self._event(step, going_on) if going_on and self.want_events else None
         self._finish(finishing, step)
         return event
 
@@ -351,6 +352,7 @@ def fit_packed(y: torch.Tensor | Sequence[torch.Tensor], physics: nn.Module | Se
     run = PackedRun(_per_member("y", y, k), _per_member("physics", physics, k), generators, zs, config,
                     member_seeds, _per_member("gt", gt, k, allow_none=True), resume)
     every = [max(1, int(getattr(cb, "every", 1))) for cb in callbacks]
+    run.want_events = bool(callbacks)
     run.start = time.perf_counter()
     step, stop_reason, detail = run.first_step - 1, "steps", ""
     for step in range(run.first_step, config.steps + 1):

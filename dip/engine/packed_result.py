@@ -20,15 +20,19 @@ ENSEMBLE_MODES = ("mean", "median")
 
 def combine(images: list[torch.Tensor], how: str = "mean") -> torch.Tensor:
     """The ensemble of member images (each (1, C, H, W) float32): their pixelwise mean or
-    median. The mean is the default: for members whose errors are partly independent and of
-    zero mean it is the estimate of least squared error, which PSNR measures; the median
-    (the lower middle value for an even count) only pays against outlying members."""
+    median (for an even count the mean of the two middle values). The mean is the default: for
+    members whose errors are partly independent and of zero mean it is the estimate of least
+    squared error, which PSNR measures (and its squared error is never above the members'
+    mean squared error); the median only pays against outlying members."""
     if how not in ENSEMBLE_MODES:
         raise ValueError(f"ensemble mode must be one of {', '.join(ENSEMBLE_MODES)}, got {how!r}")
     if not images:
         raise ValueError("no member images to combine")
     stack = torch.stack([img.float() for img in images])
-    return stack.mean(0) if how == "mean" else stack.median(0).values
+    if how == "mean":
+        return stack.mean(0)
+    ordered, n = stack.sort(0).values, len(images)
+    return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
 
 
 @dataclass

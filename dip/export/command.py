@@ -27,6 +27,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--save-z", metavar="Z.npy",
                         help="also write the fit's code z as a float32 .npy file (the input of an --input-z "
                              "model: dip render MODEL --z Z.npy)")
+    parser.add_argument("--member", type=int, metavar="K",
+                        help="for the checkpoint of an ensemble (--ensemble): export member K (default 0); an "
+                             "ensemble is K networks and its mean image is no single network's output")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE,
                         help=f"largest accepted difference to the eager output (default {TOLERANCE:g})")
     return parser
@@ -51,6 +54,9 @@ def run_export(args: argparse.Namespace) -> int:
         return 2
     try:
         payload = checkpoint.load(args.checkpoint)
+        members = len(payload["members"]) if payload.get("kind") == "ensemble" else None
+        member = getattr(args, "member", None)
+        payload = checkpoint.member_payload(payload, member, args.checkpoint)
         report = export_payload(payload, onnx=args.onnx, torchscript=args.torchscript, pt2=args.pt2,
                                 input_z=args.input_z, tolerance=args.tolerance, source=args.checkpoint)
         if args.save_z:
@@ -62,6 +68,9 @@ def run_export(args: argparse.Namespace) -> int:
     except ExportError as exc:
         print(f"dip export: verification failed: {exc}", file=sys.stderr)
         return 1
+    if members is not None:
+        print(f"dip export: {args.checkpoint} holds an ensemble of {members} networks; exported member "
+              f"{member or 0} (--member K picks another)", file=sys.stderr)
     for line in report.lines():
         print(line)
     if args.save_z:

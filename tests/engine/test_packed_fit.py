@@ -186,7 +186,8 @@ def test_an_ensemble_is_the_mean_of_its_members_and_no_worse_than_their_mean_err
     result = dip.denoise(noisy, gt=clean, ensemble=3, **kw)
     assert len(result.members) == 3 and [m.config.seed for m in result.members] == [0, 1, 2]
     stack = torch.stack([m.image for m in result.members])
-    assert torch.allclose(result.image, stack.mean(0)) and torch.allclose(result.image_median, stack.median(0).values)
+    assert torch.allclose(result.image, stack.mean(0))
+    assert torch.allclose(result.image_median, stack.median(0).values)  # three members: the middle one
     assert result.psnr == pytest.approx(dip.metrics.psnr(result.image, clean[None]))
     assert result.stop_reason == "steps" and result.steps_run == 6
     mse = [float(((m.image - clean) ** 2).mean()) for m in result.members]
@@ -199,3 +200,13 @@ def test_ensemble_must_be_a_positive_integer():
 
     with pytest.raises(ValueError, match="ensemble must be an integer >= 1"):
         dip.denoise(torch.rand(3, 16, 16), ensemble=0, steps=2)
+
+
+def test_the_median_of_an_even_count_is_the_mean_of_the_two_middle_values():
+    from dip.engine.packed_result import combine
+
+    images = [torch.full((1, 1, 2, 2), v) for v in (0.1, 0.9, 0.3, 0.5)]
+    assert torch.allclose(combine(images, "median"), torch.full((1, 1, 2, 2), 0.4))
+    assert torch.allclose(combine(images, "mean"), torch.full((1, 1, 2, 2), 0.45))
+    with pytest.raises(ValueError, match="mean, median"):
+        combine(images, "max")
