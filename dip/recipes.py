@@ -149,12 +149,12 @@ def run(recipe: Recipe, observation: torch.Tensor, *, mask: torch.Tensor | None 
 def _run_ensemble(recipe: Recipe, config: Any, observation: torch.Tensor, members: int, *, gt: torch.Tensor | None,
                   callbacks: Sequence[Callable], **kwargs) -> EnsembleResult:
     from dip.engine.packed_loop import fit_packed
-    from dip.engine.packed_result import EnsembleResult
 
     inputs = {key: kwargs.pop(key) for key in ("mask", "flash", "kernel")}
     built = [build(dataclasses.replace(recipe, fit=config.updated(seed=config.seed + k)), observation, **inputs)
              for k in range(members)]
     y, physics = built[0][0], built[0][1]
+    kwargs["on_checkpoint"] = EnsembleResult.checkpoints(kwargs.get("on_checkpoint"), gt)
     packed = fit_packed(y, physics, [b[2] for b in built], [b[3] for b in built], config, gt=gt,
                         callbacks=callbacks, **kwargs)
     result = EnsembleResult.of(packed, gt)

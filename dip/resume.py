@@ -161,6 +161,7 @@ def _run_ensemble(loaded: ResumableEnsemble, config: FitConfig, gt: torch.Tensor
     from dip.engine.packed_loop import fit_packed
 
     members = loaded.members
+    fit_kwargs["on_checkpoint"] = EnsembleResult.checkpoints(fit_kwargs.get("on_checkpoint"), gt)
     resume = {"members": [m.state for m in members], "stop_reasons": loaded.stop_reasons,
               "stop_details": loaded.stop_details}
     packed = fit_packed(loaded.y, loaded.physics, [m.generator for m in members], [m.z for m in members], config,

@@ -105,6 +105,14 @@ class EnsembleResult(PackedFitResult):
                 result.ssim = None
         return result
 
+    @classmethod
+    def checkpoints(cls, on_checkpoint: Any, gt: torch.Tensor | None = None) -> Any:
+        """``on_checkpoint`` for ``fit_packed``: it gets each mid-fit ``PackedFitResult`` as an
+        ensemble (None stays None)."""
+        if on_checkpoint is None:
+            return None
+        return lambda partial: on_checkpoint(cls.of(partial, gt))
+
     @property
     def stop_reason(self) -> str:
         reasons = {m.stop_reason for m in self.members}

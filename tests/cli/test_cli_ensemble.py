@@ -69,3 +69,37 @@ def test_ensemble_with_compile_is_refused(tmp_path, image_maker, capsys):
     assert main(["denoise", str(src), "-o", str(tmp_path / "o.png"), "--ensemble", "2", "--compile"]) == 2
     assert "--compile does not combine with --ensemble" in capsys.readouterr().err
     assert main(["denoise", str(src), "-o", str(tmp_path / "o.png"), "--ensemble", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_an_interrupted_ensemble_leaves_its_checkpoint_and_resume_finishes_it(tmp_path, image_maker, child_env):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dip.cli import main
+
+    src, out, ckpt = tmp_path / "in.png", tmp_path / "out.png", tmp_path / "out.png.ckpt"
+    image_maker(src, 14, 18, "RGB", seed=1)
+    proc = subprocess.Popen([sys.executable, "-m", "dip", "denoise", str(src), "-o", str(out), "--steps", "500",
+                             "--stop", "steps", "--ensemble", "2", "--checkpoint-every", "2", "-q"], env=child_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ckpt.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "dip resume" in err and "Traceback" not in err and out.is_file()
+    payload = checkpoint.load(ckpt)
+    assert payload["kind"] == "ensemble" and payload["stop_reasons"] == ["interrupted", "interrupted"]
+    ran = payload["members"][0]["fit"]["steps_run"]
+    assert 2 <= ran < 500
+    assert main(["resume", str(ckpt), "--steps", str(ran + 2), "-q"]) == 0
+    assert [m["fit"]["steps_run"] for m in checkpoint.load(ckpt)["members"]] == [ran + 2, ran + 2]
