@@ -12,6 +12,9 @@ file in the output folder is either complete or absent; the state of an image is
 
 ``run_image`` decides between fresh and resume when it starts, not when the batch is planned,
 so a task retried on another worker continues from whatever checkpoint the first attempt left.
+``run_pack`` fits fresh images of one size together (``dip batch --pack K``); it too decides
+when it starts: a pack retried after its worker died whose images left periodic checkpoints
+continues them image by image.
 Everything here is picklable, for Ray workers.
 """
 from __future__ import annotations
@@ -272,6 +275,42 @@ def _status(code: int, report: dict[str, Any] | None, job: ImageJob) -> str:
     return "failed"
 
 
+def _unlink_report(job: ImageJob) -> None:
+    try:
+        job.report.unlink()  # a stale report must not make an unfinished fit look done
+    except FileNotFoundError:
+        pass
+
+
+def _record(job: ImageJob, mode: str, code: int, seconds: float, status: str, log: Path) -> dict[str, Any]:
+    """The record of ``job``'s attempt (see ``run_image``); ``log``: where its error lines are."""
+    report = read_report(job.report)
+    record: dict[str, Any] = {
+        "image": str(job.input),
+        "stem": job.stem,
+        "output": str(job.output),
+        "report": str(job.report) if report is not None else None,
+        "mode": mode,
+        "status": status,
+        "exit_code": code,
+        "psnr": (report or {}).get("psnr"),
+        "steps": (report or {}).get("steps_run", (report or {}).get("steps")),
+        "seconds": round(seconds, 3),
+        "stop_reason": (report or {}).get("stop_reason"),
+        "recoveries": (report or {}).get("recoveries"),
+        "error": None,
+        "host": socket.gethostname(),
+    }
+    if status == "failed":
+        detail = _last_lines(log, _ERROR_LINES)
+        if code < 0:
+            detail = f"killed by signal {-code}" + (f": {detail}" if detail else "")
+        elif code == EXIT_OK:
+            detail = "the fit exited 0 but left no report or no output" + (f": {detail}" if detail else "")
+        record["error"] = detail or f"exit code {code}"
+    return record
+
+
 def run_image(job: ImageJob, command: Command, runner: Runner | None = None,
               stop: StopFlag | StopFile | None = None) -> dict[str, Any]:
     """Fit one image (fresh, or resumed from its checkpoint) and describe the outcome.
@@ -290,38 +329,72 @@ def run_image(job: ImageJob, command: Command, runner: Runner | None = None,
     runner = runner if runner is not None else CommandRunner()
     mode = "resume" if job.checkpoint.is_file() else "fresh"
     argv = command.resume_argv(job) if mode == "resume" else command.fresh_argv(job)
-    try:
-        job.report.unlink()  # a stale report must not make an unfinished fit look done
-    except FileNotFoundError:
-        pass
+    _unlink_report(job)
     start = time.monotonic()
     code = int(runner(argv, threads=command.threads, log=job.log, stop=stop))
     seconds = time.monotonic() - start
     report = read_report(job.report)
     status = _status(code, report, job)
-    if status == "done" and report.get("stop_reason") == "interrupted":
+    if status == "done" and report is not None and report.get("stop_reason") == "interrupted":
         status = "interrupted"
-    record: dict[str, Any] = {
-        "image": str(job.input),
-        "stem": job.stem,
-        "output": str(job.output),
-        "report": str(job.report) if report is not None else None,
-        "mode": mode,
-        "status": status,
-        "exit_code": code,
-        "psnr": (report or {}).get("psnr"),
-        "steps": (report or {}).get("steps_run", (report or {}).get("steps")),
-        "seconds": round(seconds, 3),
-        "stop_reason": (report or {}).get("stop_reason"),
-        "recoveries": (report or {}).get("recoveries"),
-        "error": None,
-        "host": socket.gethostname(),
-    }
-    if status == "failed":
-        detail = _last_lines(job.log, _ERROR_LINES)
-        if code < 0:
-            detail = f"killed by signal {-code}" + (f": {detail}" if detail else "")
-        elif code == EXIT_OK:
-            detail = "the fit exited 0 but left no report or no output" + (f": {detail}" if detail else "")
-        record["error"] = detail or f"exit code {code}"
-    return record
+    return _record(job, mode, code, seconds, status, job.log)
+
+
+def _member_status(code: int, job: ImageJob) -> str:
+    """A pack member's status from its own files: done (a finished report and the image, even
+    when the pack was interrupted after it stopped), interrupted (the pack was stopped by a
+    signal before it finished), else failed."""
+    report = read_report(job.report)
+    finished = report is not None and report.get("stop_reason") not in (None, "interrupted")
+    if finished and job.output.is_file():
+        return "done"
+    return "interrupted" if code in INTERRUPTED_CODES else "failed"
+
+
+def _share_log(pack_log: Path, jobs: Sequence[ImageJob]) -> None:
+    """Append the pack's messages to every member's log, then remove the pack's log."""
+    try:
+        text = pack_log.read_bytes()
+    except OSError:
+        return
+    for job in jobs:
+        with open(job.log, "ab") as fh:
+            fh.write(text)
+    pack_log.unlink()
+
+
+def run_pack(jobs: Sequence[ImageJob], command: Command, runner: Runner | None = None,
+             stop: StopFlag | StopFile | None = None) -> list[dict[str, Any]]:
+    """Fit ``jobs`` (fresh images of one size, ``dip.batch.packs``) together in one packed fit
+    (``dip.batch._pack``, through ``runner``); a single image is ``run_image``'s fit.
+
+    Returns:
+        one record per image, as ``run_image``'s (``seconds``: the pack's), with ``pack``: the
+        stems of the pack's images. A pack that fails (bad input, a crash) records every image
+        without a finished report as failed, with the pack's error. When an image has a
+        checkpoint already (a retried pack), each image is fitted alone instead, in turn, as
+        ``run_image`` fits it; those not started when ``stop`` is set get no record.
+    """
+    if len(jobs) == 1 or any(job.checkpoint.is_file() for job in jobs):  # alone, or a retry that resumes
+        records: list[dict[str, Any]] = []
+        for job in jobs:
+            if records and stop:
+                break  # not started: left for the next run
+            records.append(run_image(job, command, runner, stop))
+        return records
+    from dip.batch._pack import pack_argv
+
+    runner = runner if runner is not None else CommandRunner()
+    for job in jobs:
+        _unlink_report(job)
+    pack_log = jobs[0].log.with_name(f".pack-{jobs[0].stem}.log")
+    start = time.monotonic()
+    try:
+        code = int(runner(pack_argv([command.fresh_argv(job) for job in jobs]), threads=command.threads,
+                          log=pack_log, stop=stop))
+    finally:
+        _share_log(pack_log, jobs)
+    seconds = time.monotonic() - start
+    stems = [job.stem for job in jobs]
+    return [dict(_record(job, "fresh", code, seconds, _member_status(code, job), job.log), pack=stems)
+            for job in jobs]
