@@ -1,16 +1,19 @@
 """A batch's pack in its child process: ``python -m dip.batch._child --pack JSON``.
 
-``JSON`` is the list of the members' ``dip TASK IMAGE ...`` argument lists, each exactly what
-that image's single fit would run (``work.Command.fresh_argv``). For every member the single
-command's own checks and loading run (``dip.cli.fit_command.prepare``), so every option and
-check is the same as alone; each member is built from its recipe and seed
-(``dip.recipes.build``: the generator and code it would get alone), the members are fitted
-together in one ``dip.engine.packed_loop.fit_packed`` (no progress bar), and each member's
-files are written by the single fit's writer (``dip.cli.job``): image, report (with
-``"pack": {"size", "index", "images"}``), plot when asked, and a normal single-fit checkpoint
-that ``dip resume`` continues alone. ``--checkpoint-every N`` saves every member's checkpoint
-every N steps. On SIGINT/SIGTERM every member's image so far and checkpoint are written and
-the process exits 130/143, like a single fit; members that had finished keep their results.
+``JSON`` is the list of the members' ``dip`` argument lists, each exactly what that image's
+single fit would run: all ``dip TASK IMAGE ...`` (``work.Command.fresh_argv``), or all
+``dip resume CKPT ...`` (``resume_argv``: continuing an interrupted pack). For every member the
+single command's own checks and loading run (``dip.cli.fit_command.prepare`` or
+``dip.cli.resume_command.prepare``), so every option and check is the same as alone; a fresh
+member is built from its recipe and seed (``dip.recipes.build``: the generator and code it
+would get alone), a resumed one from its checkpoint. The members are fitted together in one
+``dip.engine.packed_loop.fit_packed`` (no progress bar; resumed members from their states, which
+must be at one step), and each member's files are written by the single fit's writer
+(``dip.cli.job``): image, report (with ``"pack": {"size", "index", "images"}``), plot when
+asked, and a normal single-fit checkpoint that ``dip resume`` continues alone.
+``--checkpoint-every N`` saves every member's checkpoint every N steps. On SIGINT/SIGTERM every
+member's image so far and checkpoint are written and the process exits 130/143, like a single
+fit; members that had finished keep their results.
 
 Exit code: 130/143 after a signal, else 1 when any member's file could not be written where
 asked (``dip.cli.job.conclude``), else 0; errors before the fit as ``dip`` answers them (2 for
@@ -25,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dip.cli import fit_command, memory
+from dip.cli import fit_command, memory, resume_command
 from dip.cli.entry import INTERRUPTED, guarded
 from dip.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from dip.cli.job import Job, announce, conclude, periodic_checkpoint, tune_process, write_outputs
@@ -41,7 +44,8 @@ def pack_argv(members: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _parse(members: Sequence[Sequence[str]]) -> list[argparse.Namespace]:
-    """Each member's parsed ``dip`` arguments (a fit command's); UsageError for anything else."""
+    """Each member's parsed ``dip`` arguments: all a fit command's, or all ``dip resume``'s;
+    UsageError for anything else."""
     parser = build_parser()
     parsed = []
     for argv in members:
@@ -49,11 +53,20 @@ def _parse(members: Sequence[Sequence[str]]) -> list[argparse.Namespace]:
             args = parser.parse_args(list(argv))
         except SystemExit:
             raise UsageError(f"not valid arguments of a fit: {' '.join(argv)}") from None
-        if args.command not in fit_command.TASKS:
-            raise UsageError(f"a pack fits images with a fit command, got {args.command!r}")
+        if args.command not in fit_command.TASKS and args.command != "resume":
+            raise UsageError(f"a pack fits images with a fit command or dip resume, got {args.command!r}")
         args.argv, args.process_wide = list(argv), True
         parsed.append(args)
+    if len({args.command == "resume" for args in parsed}) > 1:
+        raise UsageError("a pack either fits images afresh or resumes them all, not both")
     return parsed
+
+
+def _prepare(args: argparse.Namespace) -> Job:
+    """The member's single command's checks and loading."""
+    if args.command == "resume":
+        return resume_command.prepare(args)
+    return fit_command.prepare(args.command, args)
 
 
 def _check_alike(jobs: Sequence[Job]) -> None:
@@ -61,9 +74,9 @@ def _check_alike(jobs: Sequence[Job]) -> None:
     first = jobs[0]
     for job in jobs[1:]:
         if tuple(job.observation.shape) != tuple(first.observation.shape) or job.out_hw != first.out_hw:
-            raise UsageError(f"the images of a pack must have one size and channel count: {job.inputs.get('input')} "
-                             f"is {tuple(job.observation.shape)}, {first.inputs.get('input')} "
-                             f"{tuple(first.observation.shape)}", "fit them without --pack")
+            raise UsageError(f"the images of a pack must have one size and channel count: {job.output} is "
+                             f"{tuple(job.observation.shape)}, {first.output} {tuple(first.observation.shape)}",
+                             "fit them without --pack")
         if job.recipe != first.recipe:
             raise UsageError("the images of a pack must be fitted with the same recipe and options",
                              "fit them without --pack")
@@ -89,23 +102,40 @@ def prepare_pack(members: Sequence[Sequence[str]]) -> tuple[list[Job], list[argp
     """Every member's ``Job`` (its single command's checks and loading) and parsed arguments,
     each job marked with its place in the pack."""
     parsed = _parse(members)
-    jobs = [fit_command.prepare(args.command, args) for args in parsed]
+    jobs = [_prepare(args) for args in parsed]
     _check_alike(jobs)
     _check_memory(jobs)
-    images = [job.inputs.get("input") for job in jobs]
+    images = [job.inputs.get("input") or job.options.get("input") for job in jobs]  # resumed: as recorded
     for index, job in enumerate(jobs):
         job.pack = {"size": len(jobs), "index": index, "images": images}
     return jobs, parsed
 
 
+def _pieces(jobs: Sequence[Job]) -> tuple[list[Any], ...]:
+    """(ys, operators, generators, codes, resume state or None) of the members: built from each
+    recipe and seed, or read back from each checkpoint."""
+    if jobs[0].resumed is None:
+        from dip import recipes
+
+        built = [recipes.build(job.recipe, job.observation, mask=None if job.mask is None else job.mask[None],
+                               kernel=job.kernel) for job in jobs]
+        return [b[0] for b in built], [b[1] for b in built], [b[2] for b in built], [b[3] for b in built], []
+    loaded = [job.resumed for job in jobs]
+    if any(hasattr(fit, "members") for fit in loaded):
+        raise UsageError("an ensemble's checkpoint cannot be resumed in a pack", "resume it alone with dip resume")
+    return ([fit.y for fit in loaded], [fit.physics for fit in loaded], [fit.generator for fit in loaded],
+            [fit.z for fit in loaded], [fit.state for fit in loaded])
+
+
 def fit_pack(jobs: Sequence[Job], stop_event: Any = None):
     """Fit ``jobs`` together: ``PackedFitResult`` whose member k is job k's single-fit result."""
-    from dip import recipes
     from dip.engine.packed_loop import fit_packed
 
-    built = [recipes.build(job.recipe, job.observation, mask=None if job.mask is None else job.mask[None],
-                           kernel=job.kernel) for job in jobs]
+    ys, operators, generators, codes, states = _pieces(jobs)
     kwargs: dict[str, Any] = {"stop_event": stop_event}
+    if states:
+        kwargs["resume"] = {"members": states, "stop_reasons": ["interrupted"] * len(states),
+                            "stop_details": [""] * len(states)}
     first = jobs[0]
     if first.checkpoint_every is not None:
         def save_each(partial) -> None:
@@ -114,9 +144,8 @@ def fit_pack(jobs: Sequence[Job], stop_event: Any = None):
 
         kwargs["checkpoint_every"] = first.checkpoint_every
         kwargs["on_checkpoint"] = save_each
-    result = fit_packed([b[0] for b in built], [b[1] for b in built], [b[2] for b in built], [b[3] for b in built],
-                        first.recipe.fit, seeds=[job.recipe.fit.seed for job in jobs], gt=[job.gt for job in jobs],
-                        **kwargs)
+    result = fit_packed(ys, operators, generators, codes, first.recipe.fit, seeds=[job.recipe.fit.seed for job in jobs],
+                        gt=[job.gt for job in jobs], **kwargs)
     for job, member in zip(jobs, result.members, strict=True):
         member.recipe = job.recipe
     return result

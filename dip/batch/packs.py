@@ -6,9 +6,13 @@ optimiser state and stopping rule, and gets the fit it would get alone (same see
 its own files. Only images that give observations of one shape can share a pack, so images
 are grouped by what their file header says: width, height and PIL mode (the mode fixes the
 channel count; two modes that would read alike still go to different packs). Within a
-group, packs of at most K are formed in input order; what is left over runs alone. Images to
-resume (a checkpoint exists: an interrupted pack leaves one per image) and images whose header
-cannot be read run alone, as without packing: an interrupted pack resumes image by image.
+group, packs of at most K are formed in input order; what is left over runs alone.
+
+An interrupted pack leaves every image its own single-fit checkpoint and a report saying at
+which step of which pack it stopped (``work.interrupted_pack``): the images still unfinished
+are packed again (K at a time) and continue together from their checkpoints. Other images to
+resume (a lone fit's checkpoint, a periodic checkpoint left by a worker that died) and images
+whose header cannot be read run alone, as without packing; so does everything with K = 1.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dip.batch.plan import BatchError, ImageJob
-from dip.batch.work import state
+from dip.batch.work import interrupted_pack, state
 
 #: a pack: the images fitted together, in input order (one image: today's single fit)
 Pack = tuple[ImageJob, ...]
@@ -55,6 +59,16 @@ def header_key(job: ImageJob) -> tuple[int, int, str] | None:
         return None
 
 
+def _key(job: ImageJob, steps: int | None) -> tuple | None:
+    """What ``job`` must share with the other images of its pack, or None: alone."""
+    mode = state(job, steps)
+    if mode == "fresh":
+        header = header_key(job)
+        return None if header is None else ("fresh", header)
+    interrupted = interrupted_pack(job) if mode == "resume" else None
+    return None if interrupted is None else ("resume", interrupted)
+
+
 def plan_packs(jobs: Sequence[ImageJob], size: int, steps: int | None = None) -> list[Pack]:
     """Group ``jobs`` (the images to fit) into packs of at most ``size`` images.
 
@@ -64,13 +78,14 @@ def plan_packs(jobs: Sequence[ImageJob], size: int, steps: int | None = None) ->
         steps: the batch's total steps (``work.state``: which images resume).
     Returns:
         the packs, ordered by their first image's place in ``jobs``: fresh images of one
-        header key (``header_key``) together, ``size`` at a time; every other image alone.
+        header key (``header_key``) together, and images of one interrupted pack stopped at one
+        step together, ``size`` at a time; every other image alone.
     """
     check_pack_size(size)
     packs: list[list[ImageJob]] = []
-    open_packs: dict[tuple[int, int, str], list[ImageJob]] = {}
+    open_packs: dict[tuple, list[ImageJob]] = {}
     for job in jobs:
-        key = header_key(job) if size > 1 and state(job, steps) == "fresh" else None
+        key = _key(job, steps) if size > 1 else None
         if key is None:
             packs.append([job])
             continue

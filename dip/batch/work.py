@@ -12,9 +12,10 @@ file in the output folder is either complete or absent; the state of an image is
 
 ``run_image`` decides between fresh and resume when it starts, not when the batch is planned,
 so a task retried on another worker continues from whatever checkpoint the first attempt left.
-``run_pack`` fits fresh images of one size together (``dip batch --pack K``); it too decides
-when it starts: a pack retried after its worker died whose images left periodic checkpoints
-continues them image by image.
+``run_pack`` fits images of one size together (``dip batch --pack K``); it too decides when it
+starts: fresh, continuing an interrupted pack from its images' checkpoints (their reports say
+they stopped at the same step of the same pack), or, for a pack retried after its worker died
+whose images left periodic checkpoints, image by image.
 Everything here is picklable, for Ray workers.
 """
 from __future__ import annotations
@@ -255,6 +256,30 @@ def state(job: ImageJob, steps: int | None = None) -> str:
     return "resume" if job.checkpoint.is_file() else "fresh"
 
 
+def interrupted_pack(job: ImageJob) -> tuple[tuple[str, ...], int] | None:
+    """``(the pack's images, steps run)`` for an image of an interrupted pack that can continue
+    as a pack: its report says it was interrupted in a pack after that many steps, and its
+    checkpoint exists; else None. Members with the same key were interrupted at the same step
+    of the same pack, so their checkpoints continue together."""
+    report = read_report(job.report)
+    if report is None or report.get("stop_reason") != "interrupted" or not job.checkpoint.is_file():
+        return None
+    pack, ran = report.get("pack"), report.get("steps_run")
+    if not isinstance(pack, dict) or not isinstance(pack.get("images"), list) or not isinstance(ran, int):
+        return None
+    return tuple(str(image) for image in pack["images"]), ran
+
+
+def pack_mode(jobs: Sequence[ImageJob]) -> str | None:
+    """How ``jobs`` can be fitted as one pack now: ``"fresh"`` (no image has a checkpoint),
+    ``"resume"`` (all were interrupted at one step of one pack, ``interrupted_pack``), or None
+    (each alone: e.g. a retried pack whose images left periodic checkpoints)."""
+    if not any(job.checkpoint.is_file() for job in jobs):
+        return "fresh"
+    keys = {interrupted_pack(job) for job in jobs}
+    return "resume" if len(keys) == 1 and None not in keys else None
+
+
 def _last_lines(path: Path, n: int) -> str:
     try:
         with open(path, "rb") as fh:
@@ -365,17 +390,20 @@ def _share_log(pack_log: Path, jobs: Sequence[ImageJob]) -> None:
 
 def run_pack(jobs: Sequence[ImageJob], command: Command, runner: Runner | None = None,
              stop: StopFlag | StopFile | None = None) -> list[dict[str, Any]]:
-    """Fit ``jobs`` (fresh images of one size, ``dip.batch.packs``) together in one packed fit
-    (``dip.batch._pack``, through ``runner``); a single image is ``run_image``'s fit.
+    """Fit ``jobs`` (images of one size, ``dip.batch.packs``) together in one packed fit
+    (``dip.batch._pack``, through ``runner``), fresh, or continuing an interrupted pack from the
+    images' checkpoints (``pack_mode``, decided now); a single image is ``run_image``'s fit.
 
     Returns:
         one record per image, as ``run_image``'s (``seconds``: the pack's), with ``pack``: the
         stems of the pack's images. A pack that fails (bad input, a crash) records every image
-        without a finished report as failed, with the pack's error. When an image has a
-        checkpoint already (a retried pack), each image is fitted alone instead, in turn, as
-        ``run_image`` fits it; those not started when ``stop`` is set get no record.
+        without a finished report as failed, with the pack's error. When the images cannot
+        be packed now (``pack_mode`` None: a retried pack whose images left checkpoints), each
+        is fitted alone instead, in turn, as ``run_image`` fits it; those not started when
+        ``stop`` is set get no record.
     """
-    if len(jobs) == 1 or any(job.checkpoint.is_file() for job in jobs):  # alone, or a retry that resumes
+    mode = pack_mode(jobs) if len(jobs) > 1 else None
+    if mode is None:
         records: list[dict[str, Any]] = []
         for job in jobs:
             if records and stop:
@@ -385,16 +413,16 @@ def run_pack(jobs: Sequence[ImageJob], command: Command, runner: Runner | None =
     from dip.batch._pack import pack_argv
 
     runner = runner if runner is not None else CommandRunner()
+    argvs = [command.resume_argv(job) if mode == "resume" else command.fresh_argv(job) for job in jobs]
     for job in jobs:
         _unlink_report(job)
     pack_log = jobs[0].log.with_name(f".pack-{jobs[0].stem}.log")
     start = time.monotonic()
     try:
-        code = int(runner(pack_argv([command.fresh_argv(job) for job in jobs]), threads=command.threads,
-                          log=pack_log, stop=stop))
+        code = int(runner(pack_argv(argvs), threads=command.threads, log=pack_log, stop=stop))
     finally:
         _share_log(pack_log, jobs)
     seconds = time.monotonic() - start
     stems = [job.stem for job in jobs]
-    return [dict(_record(job, "fresh", code, seconds, _member_status(code, job), job.log), pack=stems)
+    return [dict(_record(job, mode, code, seconds, _member_status(code, job), job.log), pack=stems)
             for job in jobs]

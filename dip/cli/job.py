@@ -58,6 +58,8 @@ class Job:
     ensemble: int = 1  # members fitted at once and averaged (``--ensemble``)
     #: a batch's pack this image was fitted in (``dip.batch._pack``): size, index, images
     pack: dict[str, Any] | None = None
+    #: ``dip resume``: the ``dip.resume.ResumableFit`` it continues (a pack continues several)
+    resumed: Any = None
 
 
 def tune_process(args) -> bool:
