@@ -70,7 +70,7 @@ def _prepare(args: argparse.Namespace) -> Job:
 
 
 def _check_alike(jobs: Sequence[Job]) -> None:
-    """The members must share the recipe and the observation's shape; no frames."""
+    """The members must share the recipe, the observation's shape and (resumed) the step; no frames."""
     first = jobs[0]
     for job in jobs[1:]:
         if tuple(job.observation.shape) != tuple(first.observation.shape) or job.out_hw != first.out_hw:
@@ -82,6 +82,10 @@ def _check_alike(jobs: Sequence[Job]) -> None:
                              "fit them without --pack")
     if any(job.frames is not None for job in jobs):
         raise UsageError("--save-every does not combine with a pack", "drop it, or fit the images alone")
+    ran = {job.output.name: int(job.resumed.steps_run) for job in jobs if job.resumed is not None}
+    if len(set(ran.values())) > 1:
+        raise UsageError(f"the checkpoints of a pack must be at one step to continue together, got {ran}",
+                         "continue them one by one (dip batch ... --pack 1)")
 
 
 def _check_memory(jobs: Sequence[Job]) -> None:
@@ -112,8 +116,8 @@ def prepare_pack(members: Sequence[Sequence[str]]) -> tuple[list[Job], list[argp
 
 
 def _pieces(jobs: Sequence[Job]) -> tuple[list[Any], ...]:
-    """(ys, operators, generators, codes, resume state or None) of the members: built from each
-    recipe and seed, or read back from each checkpoint."""
+    """(ys, operators, generators, codes, states) of the members: built from each recipe and
+    seed (``states`` empty), or read back from each checkpoint (each one's ``FitState``)."""
     if jobs[0].resumed is None:
         from dip import recipes
 

@@ -79,8 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                "(default 3)")
     run.add_argument("--pack", type=_positive_int, default=1, metavar="K",
                      help="fit up to K images of the same size (and mode) together in one packed fit, each "
-                          "with its own files and the fit it would get alone (others alone; default 1: every "
-                          "image alone); pays on GPUs and in bf16; an interrupted pack resumes image by image")
+                          "with its own files, seed, optimiser and stopping rule, as when alone (others alone; "
+                          "default 1: every image alone); meant for GPUs and bf16; an interrupted pack "
+                          "continues as a pack")
     run.add_argument("--device", choices=("cpu", "cuda", "auto"),
                      help="device of every fit; cuda makes each Ray task ask for one GPU")
 

@@ -238,8 +238,9 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
         ext: output format suffix, or ``"same"`` for the input's.
         redo: fit every image from scratch, replacing earlier results.
         pack: fit up to ``pack`` fresh images of one size (width, height, mode) together in one
-            packed fit (``dip.batch.packs``), each written as its own fit; the others (a size
-            with fewer images left over, images to resume) alone. 1: every image alone.
+            packed fit (``dip.batch.packs``), each written as its own fit, and continue the
+            images of an interrupted pack together; the others (a size with fewer images left
+            over, a lone fit's checkpoint) alone. 1: every image alone.
         runner: runs one image's ``dip`` command, or a pack's (``dip.batch._pack``), (default
             ``work.CommandRunner()``: a child process); must be picklable for Ray.
         progress: show a progress bar over images on stderr (when it is a terminal).

@@ -2,7 +2,8 @@
 
 A pack is K fresh images fitted in one packed network (``dip.engine.packed_loop.fit_packed``,
 run by ``dip.batch._pack``): each image keeps its own generator, code, observation, mask,
-optimiser state and stopping rule, and gets the fit it would get alone (same seed), written to
+optimiser state and stopping rule, and gets the fit it would get alone (same seed; up to the
+rounding of the grouped convolutions, which an fp32 fit's early Adam steps amplify), written to
 its own files. Only images that give observations of one shape can share a pack, so images
 are grouped by what their file header says: width, height and PIL mode (the mode fixes the
 channel count; two modes that would read alike still go to different packs). Within a
