@@ -169,9 +169,16 @@ def test_ray_runs_one_task_per_pack(tmp_path, four, ray_local):
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_packed_images_get_their_own_files_and_resume_alone(tmp_path, four):
-    out = tmp_path / "out"
-    code = cli.main(["batch", "denoise", str(four), "-o", str(out), "--pack", "2", "--steps", "2", *FIT,
-                     "--threads", "1", "--quiet"])
+    """Inpainting: each image of a pack has its own mask and ground truth."""
+    out, masks, gt = tmp_path / "out", tmp_path / "masks", tmp_path / "gt"
+    masks.mkdir()
+    gt.mkdir()
+    for stem in "abcd":
+        side = OTHER if stem == "d" else SMALL
+        oracle.write_mask(masks / f"{stem}_mask.png", side, side)
+        oracle.write_image(gt / f"{stem}.png", side, side, seed=9)
+    code = cli.main(["batch", "inpaint", str(four), "-o", str(out), "--masks", str(masks), "--gt", str(gt),
+                     "--pack", "2", "--steps", "2", *FIT, "--threads", "1", "--quiet"])
     assert code == 0
     reports = {stem: json.loads((out / f"{stem}.json").read_text()) for stem in "abcd"}
     pair = [str(four / "a.png"), str(four / "b.png")]
@@ -181,9 +188,11 @@ def test_packed_images_get_their_own_files_and_resume_alone(tmp_path, four):
     for stem, side in (("a", SMALL), ("b", SMALL), ("c", SMALL), ("d", OTHER)):
         assert reports[stem]["steps_run"] == 2 and reports[stem]["stop_reason"] == "steps"
         assert reports[stem]["seed"] == 0  # the batch's seed, as alone
+        assert reports[stem]["inputs"]["mask"] == str(masks / f"{stem}_mask.png")
+        assert reports[stem]["psnr"] is not None  # against its own ground truth
         image, _ = io.read_image(out / f"{stem}.png")
         assert tuple(image.shape) == (3, side, side)
-        assert (out / f"{stem}.ckpt").is_file() and "denoise: " in (out / f"{stem}.log").read_text()
+        assert (out / f"{stem}.ckpt").is_file() and "inpaint: " in (out / f"{stem}.log").read_text()
     # a packed image's checkpoint is a single fit's: dip resume continues it alone
     code = cli.main(["resume", str(out / "b.ckpt"), "--steps", "3", "--report", str(tmp_path / "b3.json"),
                      "--threads", "1", "--quiet"])
