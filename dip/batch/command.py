@@ -4,6 +4,7 @@
     dip batch inpaint 'scans/*.png' -o out/ --masks masks/ --mask-pattern '{stem}.png'
     dip batch sr lowres/ -o out/ --factor 4 --gt truth/ --ray auto --checkpoint-every 500
     dip batch deblur shaken/ -o out/ --kernel motion:9,30
+    dip batch denoise tiles/ -o out/ --pack 4 --device cuda --precision bf16
 """
 from __future__ import annotations
 
@@ -76,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "'auto' (the cluster this machine belongs to) or a cluster address; needs dip[ray]")
     run.add_argument("--retries", type=_count, default=3, help="Ray: reruns of a task whose worker died "
                                                                "(default 3)")
+    run.add_argument("--pack", type=_positive_int, default=1, metavar="K",
+                     help="fit up to K images of the same size (and mode) together in one packed fit, each "
+                          "with its own files, seed, optimiser and stopping rule, as when alone (others alone; "
+                          "default 1: every image alone); meant for GPUs and bf16; an interrupted pack "
+                          "continues as a pack")
     run.add_argument("--device", choices=("cpu", "cuda", "auto"),
                      help="device of every fit; cuda makes each Ray task ask for one GPU")
 
@@ -126,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                            ray_address=args.ray, retries=args.retries, fit_args=fit_arguments(args),
                            steps=args.steps, checkpoint_every=args.checkpoint_every, device=args.device,
                            gt_dir=args.gt, masks_dir=args.masks, mask_pattern=args.mask_pattern,
-                           mask_invert=args.mask_invert, ext=args.ext, redo=args.redo,
+                           mask_invert=args.mask_invert, ext=args.ext, redo=args.redo, pack=args.pack,
                            progress=not args.quiet)
     except BatchError as exc:
         raise UsageError(exc.message, exc.hint) from None

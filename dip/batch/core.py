@@ -1,4 +1,5 @@
-"""``run_batch``: restore many images, one fit each, resumably."""
+"""``run_batch``: restore many images, one fit each (alone, or packed with images of the
+same size), resumably."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dip.batch import executors
+from dip.batch import executors, packs
 from dip.batch.manifest import SUMMARY_NAME, Manifest, write_summary_csv
 from dip.batch.plan import DEFAULT_MASK_PATTERN, BatchError, ImageJob, plan
 from dip.batch.work import Command, Runner, StopFlag, read_report, state
@@ -73,9 +74,10 @@ def _pending_record(job: ImageJob, steps: int | None) -> dict[str, Any]:
             "seconds": None, "stop_reason": None, "recoveries": None, "error": None}
 
 
-def preflight(command: Command, job: ImageJob) -> None:
+def preflight(command: Command, job: ImageJob, pack: int = 1) -> None:
     """Check the single-image command of ``job`` without running it: ``dip``'s own parser and
-    recipe lookup, so that an unknown option, recipe or net fails the batch before any fit.
+    recipe lookup, so that an unknown option, recipe or net fails the batch before any fit;
+    with ``pack`` > 1, that its fits can be packed (``packs.check_packable``).
 
     Raises:
         BatchError: with the parser's or the recipe lookup's message.
@@ -95,9 +97,11 @@ def preflight(command: Command, job: ImageJob) -> None:
         raise BatchError(f"the fit options are not valid: {detail}",
                          f"see 'dip {command.task} --help' for the options of a fit") from None
     try:
-        cli.recipe_for(command.task, args)
+        recipe = cli.recipe_for(command.task, args)
     except cli.UsageError as exc:
         raise BatchError(exc.message, exc.hint) from None
+    if pack > 1:
+        packs.check_packable(recipe, command.fit_args)
 
 
 def _forget(job: ImageJob) -> None:
@@ -182,10 +186,10 @@ def _final_record(job: ImageJob, attempted: dict[str, dict[str, Any]], todo: lis
     return _pending_record(job, steps)
 
 
-def _execute(todo: list[ImageJob], command: Command, *, ray_address: str | None, workers: int, retries: int,
+def _execute(todo: list[packs.Pack], command: Command, *, ray_address: str | None, workers: int, retries: int,
              device: str | None, runner: Runner | None, stop: StopFlag, on_record: Any,
              handle_signals: bool, progress: _Progress) -> None:
-    """Fit ``todo``: local child processes (``ray_address`` None) or one Ray task per image."""
+    """Fit the packs ``todo``: local child processes (``ray_address`` None) or one Ray task per pack."""
     if ray_address is None:
         with executors.stop_on_signals(stop, handle_signals):
             executors.run_local(todo, command, workers=workers, runner=runner, stop=stop, on_record=on_record,
@@ -202,9 +206,10 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
               checkpoint_every: int | None = None, device: str | None = None,
               gt_dir: str | os.PathLike | None = None, masks_dir: str | os.PathLike | None = None,
               mask_pattern: str = DEFAULT_MASK_PATTERN, mask_invert: bool = False, ext: str = "png",
-              redo: bool = False, runner: Runner | None = None, progress: bool = False,
+              redo: bool = False, pack: int = 1, runner: Runner | None = None, progress: bool = False,
               handle_signals: bool = True) -> BatchResult:
-    """Restore every image of ``inputs`` into ``outdir``, one fit per image.
+    """Restore every image of ``inputs`` into ``outdir``, one fit per image (``pack`` of them
+    at a time in one packed fit).
 
     Rerunning the same batch skips the images already done and resumes the interrupted ones
     from their checkpoints. Outputs per image: ``<stem>.<ext>``, ``<stem>.json`` (report),
@@ -232,8 +237,12 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
         masks_dir, mask_pattern, mask_invert: masks of inpaint/restore (see ``dip.batch.plan``).
         ext: output format suffix, or ``"same"`` for the input's.
         redo: fit every image from scratch, replacing earlier results.
-        runner: runs one image's ``dip`` command (default ``work.CommandRunner()``: a child
-            process); must be picklable for Ray.
+        pack: fit up to ``pack`` fresh images of one size (width, height, mode) together in one
+            packed fit (``dip.batch.packs``), each written as its own fit, and continue the
+            images of an interrupted pack together; the others (a size with fewer images left
+            over, a lone fit's checkpoint) alone. 1: every image alone.
+        runner: runs one image's ``dip`` command, or a pack's (``dip.batch._pack``), (default
+            ``work.CommandRunner()``: a child process); must be picklable for Ray.
         progress: show a progress bar over images on stderr (when it is a terminal).
         handle_signals: SIGINT/SIGTERM stop the batch cleanly (main thread only).
     Returns:
@@ -242,6 +251,7 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
         BatchError: bad inputs or options (nothing has run).
     """
     _check_counts(workers, threads, retries)
+    packs.check_pack_size(pack)
     if ray_address is not None:
         executors.import_ray()  # before anything is written
     jobs, ignored = plan(task, inputs, outdir, mask_pattern=mask_pattern, masks_dir=masks_dir,
@@ -254,14 +264,15 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
         threads = 1 if ray_address not in (None, "local") else default_threads(workers)
     command = Command(task=task, fit_args=tuple(extra), steps=steps, checkpoint_every=checkpoint_every,
                       threads=threads, mask_invert=mask_invert)
-    preflight(command, jobs[0])
+    preflight(command, jobs[0], pack)
     out.mkdir(exist_ok=True)
     if redo:
         for job in jobs:
             _forget(job)
     todo = [job for job in jobs if state(job, steps) != "done"]
-    log.info("batch: %d image(s), %d done earlier, %d to fit (%d to resume)", len(jobs), len(jobs) - len(todo),
-             len(todo), sum(state(j, steps) == "resume" for j in todo))
+    work = packs.plan_packs(todo, pack, steps)
+    log.info("batch: %d image(s), %d done earlier, %d to fit (%d to resume) in %d fit(s)", len(jobs),
+             len(jobs) - len(todo), len(todo), sum(state(j, steps) == "resume" for j in todo), len(work))
 
     manifest = Manifest(out)
     attempted: dict[str, dict[str, Any]] = {}
@@ -275,7 +286,7 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
 
     stop = StopFlag()
     try:
-        _execute(todo, command, ray_address=ray_address, workers=workers, retries=retries, device=device,
+        _execute(work, command, ray_address=ray_address, workers=workers, retries=retries, device=device,
                  runner=runner, stop=stop, on_record=on_record, handle_signals=handle_signals, progress=bar)
     finally:
         bar.close()

@@ -12,6 +12,10 @@ file in the output folder is either complete or absent; the state of an image is
 
 ``run_image`` decides between fresh and resume when it starts, not when the batch is planned,
 so a task retried on another worker continues from whatever checkpoint the first attempt left.
+``run_pack`` fits images of one size together (``dip batch --pack K``); it too decides when it
+starts: fresh, continuing an interrupted pack from its images' checkpoints (their reports say
+they stopped at the same step of the same pack), or, for a pack retried after its worker died
+whose images left periodic checkpoints, image by image.
 Everything here is picklable, for Ray workers.
 """
 from __future__ import annotations
@@ -252,6 +256,30 @@ def state(job: ImageJob, steps: int | None = None) -> str:
     return "resume" if job.checkpoint.is_file() else "fresh"
 
 
+def interrupted_pack(job: ImageJob) -> tuple[tuple[str, ...], int] | None:
+    """``(the pack's images, steps run)`` for an image of an interrupted pack that can continue
+    as a pack: its report says it was interrupted in a pack after that many steps, and its
+    checkpoint exists; else None. Members with the same key were interrupted at the same step
+    of the same pack, so their checkpoints continue together."""
+    report = read_report(job.report)
+    if report is None or report.get("stop_reason") != "interrupted" or not job.checkpoint.is_file():
+        return None
+    pack, ran = report.get("pack"), report.get("steps_run")
+    if not isinstance(pack, dict) or not isinstance(pack.get("images"), list) or not isinstance(ran, int):
+        return None
+    return tuple(str(image) for image in pack["images"]), ran
+
+
+def pack_mode(jobs: Sequence[ImageJob]) -> str | None:
+    """How ``jobs`` can be fitted as one pack now: ``"fresh"`` (no image has a checkpoint),
+    ``"resume"`` (all were interrupted at one step of one pack, ``interrupted_pack``), or None
+    (each alone: e.g. a retried pack whose images left periodic checkpoints)."""
+    if not any(job.checkpoint.is_file() for job in jobs):
+        return "fresh"
+    keys = {interrupted_pack(job) for job in jobs}
+    return "resume" if len(keys) == 1 and None not in keys else None
+
+
 def _last_lines(path: Path, n: int) -> str:
     try:
         with open(path, "rb") as fh:
@@ -272,6 +300,42 @@ def _status(code: int, report: dict[str, Any] | None, job: ImageJob) -> str:
     return "failed"
 
 
+def _unlink_report(job: ImageJob) -> None:
+    try:
+        job.report.unlink()  # a stale report must not make an unfinished fit look done
+    except FileNotFoundError:
+        pass
+
+
+def _record(job: ImageJob, mode: str, code: int, seconds: float, status: str, log: Path) -> dict[str, Any]:
+    """The record of ``job``'s attempt (see ``run_image``); ``log``: where its error lines are."""
+    report = read_report(job.report)
+    record: dict[str, Any] = {
+        "image": str(job.input),
+        "stem": job.stem,
+        "output": str(job.output),
+        "report": str(job.report) if report is not None else None,
+        "mode": mode,
+        "status": status,
+        "exit_code": code,
+        "psnr": (report or {}).get("psnr"),
+        "steps": (report or {}).get("steps_run", (report or {}).get("steps")),
+        "seconds": round(seconds, 3),
+        "stop_reason": (report or {}).get("stop_reason"),
+        "recoveries": (report or {}).get("recoveries"),
+        "error": None,
+        "host": socket.gethostname(),
+    }
+    if status == "failed":
+        detail = _last_lines(log, _ERROR_LINES)
+        if code < 0:
+            detail = f"killed by signal {-code}" + (f": {detail}" if detail else "")
+        elif code == EXIT_OK:
+            detail = "the fit exited 0 but left no report or no output" + (f": {detail}" if detail else "")
+        record["error"] = detail or f"exit code {code}"
+    return record
+
+
 def run_image(job: ImageJob, command: Command, runner: Runner | None = None,
               stop: StopFlag | StopFile | None = None) -> dict[str, Any]:
     """Fit one image (fresh, or resumed from its checkpoint) and describe the outcome.
@@ -290,38 +354,75 @@ def run_image(job: ImageJob, command: Command, runner: Runner | None = None,
     runner = runner if runner is not None else CommandRunner()
     mode = "resume" if job.checkpoint.is_file() else "fresh"
     argv = command.resume_argv(job) if mode == "resume" else command.fresh_argv(job)
-    try:
-        job.report.unlink()  # a stale report must not make an unfinished fit look done
-    except FileNotFoundError:
-        pass
+    _unlink_report(job)
     start = time.monotonic()
     code = int(runner(argv, threads=command.threads, log=job.log, stop=stop))
     seconds = time.monotonic() - start
     report = read_report(job.report)
     status = _status(code, report, job)
-    if status == "done" and report.get("stop_reason") == "interrupted":
+    if status == "done" and report is not None and report.get("stop_reason") == "interrupted":
         status = "interrupted"
-    record: dict[str, Any] = {
-        "image": str(job.input),
-        "stem": job.stem,
-        "output": str(job.output),
-        "report": str(job.report) if report is not None else None,
-        "mode": mode,
-        "status": status,
-        "exit_code": code,
-        "psnr": (report or {}).get("psnr"),
-        "steps": (report or {}).get("steps_run", (report or {}).get("steps")),
-        "seconds": round(seconds, 3),
-        "stop_reason": (report or {}).get("stop_reason"),
-        "recoveries": (report or {}).get("recoveries"),
-        "error": None,
-        "host": socket.gethostname(),
-    }
-    if status == "failed":
-        detail = _last_lines(job.log, _ERROR_LINES)
-        if code < 0:
-            detail = f"killed by signal {-code}" + (f": {detail}" if detail else "")
-        elif code == EXIT_OK:
-            detail = "the fit exited 0 but left no report or no output" + (f": {detail}" if detail else "")
-        record["error"] = detail or f"exit code {code}"
-    return record
+    return _record(job, mode, code, seconds, status, job.log)
+
+
+def _member_status(code: int, job: ImageJob) -> str:
+    """A pack member's status from its own files: done (a finished report and the image, even
+    when the pack was interrupted after it stopped), interrupted (the pack was stopped by a
+    signal before it finished), else failed."""
+    report = read_report(job.report)
+    finished = report is not None and report.get("stop_reason") not in (None, "interrupted")
+    if finished and job.output.is_file():
+        return "done"
+    return "interrupted" if code in INTERRUPTED_CODES else "failed"
+
+
+def _share_log(pack_log: Path, jobs: Sequence[ImageJob]) -> None:
+    """Append the pack's messages to every member's log, then remove the pack's log."""
+    try:
+        text = pack_log.read_bytes()
+    except OSError:
+        return
+    for job in jobs:
+        with open(job.log, "ab") as fh:
+            fh.write(text)
+    pack_log.unlink()
+
+
+def run_pack(jobs: Sequence[ImageJob], command: Command, runner: Runner | None = None,
+             stop: StopFlag | StopFile | None = None) -> list[dict[str, Any]]:
+    """Fit ``jobs`` (images of one size, ``dip.batch.packs``) together in one packed fit
+    (``dip.batch._pack``, through ``runner``), fresh, or continuing an interrupted pack from the
+    images' checkpoints (``pack_mode``, decided now); a single image is ``run_image``'s fit.
+
+    Returns:
+        one record per image, as ``run_image``'s (``seconds``: the pack's), with ``pack``: the
+        stems of the pack's images. A pack that fails (bad input, a crash) records every image
+        without a finished report as failed, with the pack's error. When the images cannot
+        be packed now (``pack_mode`` None: a retried pack whose images left checkpoints), each
+        is fitted alone instead, in turn, as ``run_image`` fits it; those not started when
+        ``stop`` is set get no record.
+    """
+    mode = pack_mode(jobs) if len(jobs) > 1 else None
+    if mode is None:
+        records: list[dict[str, Any]] = []
+        for job in jobs:
+            if records and stop:
+                break  # not started: left for the next run
+            records.append(run_image(job, command, runner, stop))
+        return records
+    from dip.batch._pack import pack_argv
+
+    runner = runner if runner is not None else CommandRunner()
+    argvs = [command.resume_argv(job) if mode == "resume" else command.fresh_argv(job) for job in jobs]
+    for job in jobs:
+        _unlink_report(job)
+    pack_log = jobs[0].log.with_name(f".pack-{jobs[0].stem}.log")
+    start = time.monotonic()
+    try:
+        code = int(runner(pack_argv(argvs), threads=command.threads, log=pack_log, stop=stop))
+    finally:
+        _share_log(pack_log, jobs)
+    seconds = time.monotonic() - start
+    stems = [job.stem for job in jobs]
+    return [dict(_record(job, mode, code, seconds, _member_status(code, job), job.log), pack=stems)
+            for job in jobs]

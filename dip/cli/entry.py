@@ -106,8 +106,16 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format=log_prefix(args.command) + "%(message)s")
     if debug:
         logging.getLogger("dip").setLevel(logging.DEBUG)
+    return guarded(lambda: _dispatch(args), debug)
+
+
+def guarded(call, debug: bool = False) -> int:
+    """``call()``'s exit code, with errors as exit codes: UsageError and errors about the user's
+    files 2 (one or two lines on stderr), OSError 1 (which file), anything else 1 ("a bug";
+    with ``debug`` the traceback). Used by every command and by a batch's pack
+    (``dip.batch._pack``)."""
     try:
-        return _dispatch(args)
+        return call()
     except UsageError as exc:
         err(exc.message, exc.hint)
         return EXIT_USAGE

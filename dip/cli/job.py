@@ -3,7 +3,9 @@
 A fit command (``dip.cli.fit_command``) or ``dip resume`` (``dip.cli.resume_command``)
 checks and loads everything into a ``Job``; ``execute`` fits it with the progress bar and
 frames as callbacks, then writes the image, the report, the plot and the checkpoint
-(each atomically), and on SIGINT/SIGTERM the image so far and the checkpoint.
+(each atomically), and on SIGINT/SIGTERM the image so far and the checkpoint. Its steps
+(``announce``, ``write_outputs``, ``conclude``) also serve a batch's pack of images fitted
+together (``dip.batch._pack``), so each image's files are a single fit's.
 """
 from __future__ import annotations
 
@@ -54,6 +56,10 @@ class Job:
     runner: Callable[..., Any] | None = None
     title: str = ""
     ensemble: int = 1  # members fitted at once and averaged (``--ensemble``)
+    #: a batch's pack this image was fitted in (``dip.batch._pack``): size, index, images
+    pack: dict[str, Any] | None = None
+    #: ``dip resume``: the ``dip.resume.ResumableFit`` it continues (a pack continues several)
+    resumed: Any = None
 
 
 def tune_process(args) -> bool:
@@ -81,7 +87,7 @@ def save_checkpoint(job: Job, result, path: Path | None = None) -> None:
     checkpoint.save(path or job.checkpoint_path, checkpoint_payload(job, result))
 
 
-def _periodic_checkpoint(job: Job, partial) -> None:
+def periodic_checkpoint(job: Job, partial) -> None:
     """--checkpoint-every: a save that fails (full disk) is a warning; the fit goes on, and its
     end writes the checkpoint again (elsewhere if need be)."""
     try:
@@ -102,7 +108,7 @@ def _fit(job: Job, args, stop_event=None):
     fit_kwargs: dict[str, Any] = {"stop_event": stop_event}
     if job.checkpoint_every is not None:
         fit_kwargs["checkpoint_every"] = job.checkpoint_every
-        fit_kwargs["on_checkpoint"] = lambda partial: _periodic_checkpoint(job, partial)
+        fit_kwargs["on_checkpoint"] = lambda partial: periodic_checkpoint(job, partial)
     try:
         return job.runner(callbacks, **fit_kwargs)
     finally:
@@ -137,15 +143,16 @@ def _write_image(job: Job, args, image, path: Path) -> None:
         sys.stderr.write(f"dip: note: {w.message}\n")
 
 
-def _write_outputs(job: Job, args, result, interrupted: bool) -> tuple[float | None, Saver]:
+def write_outputs(job: Job, args, result) -> tuple[float | None, Saver]:
     """The image, then the report, plot and checkpoint as asked, each through a ``Saver`` (a
     file that cannot be written goes to a fallback folder); returns the input's PSNR against
     --gt (None without it) and the Saver. When the image goes elsewhere the checkpoint is
-    written too, so the fit can be exported or resumed."""
+    written too, so the fit can be exported or resumed (and always for an interrupted fit)."""
     from dip import checkpoint, metrics
     from dip.files import atomic_write
     from dip.plots import fit_curves_png
 
+    interrupted = result.stop_reason == "interrupted"
     saver = Saver(_fallback_folders(job))
     image = result.image[0].clamp(0, 1)
     saver.write("image", job.output, lambda p: _write_image(job, args, image, p))
@@ -197,26 +204,23 @@ def _summary(job: Job, args, result, psnr_input: float | None) -> str:
     return line
 
 
-def execute(job: Job, args) -> int:
-    """Fit, then write the image, report, plot and checkpoint; on SIGINT/SIGTERM during the fit,
-    the image so far and the checkpoint, then exit 130/143."""
-    from dip.interrupt import SignalStop
-
-    job.allocator_tuned = tune_process(args)
+def announce(job: Job, args) -> None:
+    """The line a fit command prints before fitting: sizes, recipe, steps, device, precision."""
     fit_config = job.recipe.fit
     say(args, f"{job.task}: {hw(job.observation)} -> {job.out_hw[1]}x{job.out_hw[0]}, recipe {job.recipe.name}, "
               + (f"ensemble of {job.ensemble}, " if job.ensemble > 1 else "") +
               f"{fit_config.steps} steps (stop: {fit_config.stop}), {job.device}, {fit_config.precision}"
               + (f" ({job.precision_reason})" if job.precision_reason.startswith("auto") else "")
               + (f", about {format_bytes(job.memory_estimate)}" if job.memory_estimate else ""))
-    with SignalStop() as stop:  # signals during the writing below wait for it to finish, too
-        result = _fit(job, args, stop_event=stop)
-        interrupted = result.stop_reason == "interrupted"
-        psnr_input, saver = _write_outputs(job, args, result, interrupted)
 
+
+def conclude(job: Job, args, result, stop, psnr_input: float | None, saver: Saver) -> int:
+    """What the command tells once the files are written, and its exit code: where files went
+    that could not be written (1), how to continue an interrupted fit (130/143), a diverged
+    fit's warning and the summary line (0)."""
     if saver.failed:
         return _report_rescue(saver)
-    if interrupted:
+    if result.stop_reason == "interrupted":
         sys.stderr.write(f"dip: {stop.signal_name or 'stop requested'}: stopped after step {result.steps_run} of "
                          f"{result.config.steps}; wrote the image so far to {job.output} and the checkpoint "
                          f"{job.checkpoint_path}\ndip: continue with: dip resume {job.checkpoint_path}\n")
@@ -226,3 +230,16 @@ def execute(job: Job, args) -> int:
     if not args.quiet:
         print(_summary(job, args, result, psnr_input))
     return EXIT_OK
+
+
+def execute(job: Job, args) -> int:
+    """Fit, then write the image, report, plot and checkpoint; on SIGINT/SIGTERM during the fit,
+    the image so far and the checkpoint, then exit 130/143."""
+    from dip.interrupt import SignalStop
+
+    job.allocator_tuned = tune_process(args)
+    announce(job, args)
+    with SignalStop() as stop:  # signals during the writing below wait for it to finish, too
+        result = _fit(job, args, stop_event=stop)
+        psnr_input, saver = write_outputs(job, args, result)
+    return conclude(job, args, result, stop, psnr_input, saver)

@@ -85,6 +85,8 @@ def build_report(job, args, result, psnr_input: float | None) -> dict[str, Any]:
             "each": [{"seed": m.config.seed, "psnr": _rounded(m.psnr, 4), "ssim": _rounded(m.ssim, 5),
                       "steps": int(m.steps_run), "stop_reason": m.stop_reason, "stop_step": int(m.returned_step),
                       "recoveries": int(m.recoveries)} for m in members]}
+    if getattr(job, "pack", None):
+        report["pack"] = dict(job.pack)
     hist = result.history
     if hist.get("psnr_step"):
         report["psnr_curve"] = {"step": list(hist["psnr_step"]), "psnr": list(hist["psnr"]),

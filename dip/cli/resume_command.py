@@ -115,7 +115,7 @@ def prepare(args) -> Job:
               checkpoint_every=args.checkpoint_every,
               options=dict(loaded.options, output=str(outputs.output), threads=threads),
               title=f"dip resume {loaded.task} ({recipe.name})",
-              ensemble=len(getattr(loaded, "members", [loaded])))
+              ensemble=len(getattr(loaded, "members", [loaded])), resumed=loaded)
 
     def runner(callbacks, **fit_kwargs):
         return resume.run(loaded, steps=total, device=device, gt=gt, callbacks=callbacks, **fit_kwargs)
