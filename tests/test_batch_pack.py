@@ -116,22 +116,23 @@ def calls(path: Path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_a_failed_pack_records_each_image_and_the_others_go_on(tmp_path, four):
+def test_a_failed_pack_fits_its_images_alone_so_only_the_bad_one_fails(tmp_path, four):
     out, log = tmp_path / "out", tmp_path / "calls"
     result = run_batch("denoise", [four], out, pack=2, runner=StandInPackRunner(str(log), fail=("b",)),
                        handle_signals=False)
-    assert [c[:2] for c in calls(log)] == [[PACK_FLAG, ["a", "b"]], ["denoise", ["c"]], ["denoise", ["d"]]]
+    assert [c[:2] for c in calls(log)] == [[PACK_FLAG, ["a", "b"]], ["denoise", ["a"]], ["denoise", ["b"]],
+                                           ["denoise", ["c"]], ["denoise", ["d"]]]
     assert [(r["stem"], r["status"]) for r in result.records] == [
-        ("a", "failed"), ("b", "failed"), ("c", "done"), ("d", "done")]
-    for record in result.records[:2]:
-        assert "not an image" in record["error"] and record["exit_code"] == 2
-        assert "not an image" in (out / f"{record['stem']}.log").read_text()  # the pack's log, in each
+        ("a", "done"), ("b", "failed"), ("c", "done"), ("d", "done")]
+    bad = result.records[1]
+    assert "not an image" in bad["error"] and bad["exit_code"] == 2 and "not an image" in bad["pack_failed"]
+    assert "not an image" in (out / "a.log").read_text()  # the pack's log, in each of its images' logs
     assert not list(out.glob(".pack-*"))
     assert [(r["stem"], r.get("pack")) for r in read_manifest(out / "manifest.jsonl")][:2] == [
-        ("a", ["a", "b"]), ("b", ["a", "b"])]
+        ("a", None), ("b", None)]
     again = run_batch("denoise", [four], out, pack=2, runner=StandInPackRunner(str(log)), handle_signals=False)
     assert [(r["stem"], r["status"]) for r in again.records] == [
-        ("a", "done"), ("b", "done"), ("c", "skipped"), ("d", "skipped")]
+        ("a", "skipped"), ("b", "done"), ("c", "skipped"), ("d", "skipped")]
 
 
 @pytest.fixture(scope="module")

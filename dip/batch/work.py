@@ -396,8 +396,10 @@ def run_pack(jobs: Sequence[ImageJob], command: Command, runner: Runner | None =
 
     Returns:
         one record per image, as ``run_image``'s (``seconds``: the pack's), with ``pack``: the
-        stems of the pack's images. A pack that fails (bad input, a crash) records every image
-        without a finished report as failed, with the pack's error. When the images cannot
+        stems of the pack's images. When a pack fails (bad input, a crash), each of its images
+        without a finished report is fitted alone at once (its record is that fit's, with
+        ``pack_failed``: the pack's error), so a bad image fails alone; a stopped batch leaves
+        them failed, as the pack left them. When the images cannot
         be packed now (``pack_mode`` None: a retried pack whose images left checkpoints), each
         is fitted alone instead, in turn, as ``run_image`` fits it; those not started when
         ``stop`` is set get no record.
@@ -424,5 +426,17 @@ def run_pack(jobs: Sequence[ImageJob], command: Command, runner: Runner | None =
         _share_log(pack_log, jobs)
     seconds = time.monotonic() - start
     stems = [job.stem for job in jobs]
-    return [dict(_record(job, mode, code, seconds, _member_status(code, job), job.log), pack=stems)
-            for job in jobs]
+    records = [dict(_record(job, mode, code, seconds, _member_status(code, job), job.log), pack=stems)
+               for job in jobs]
+    if code in INTERRUPTED_CODES or code == EXIT_OK or stop:
+        return records
+    # the pack failed (one bad input fails them all): its unfinished images are fitted alone now,
+    # so that only a bad one fails, and the next run does not build the same failing pack again
+    log.warning("the pack of %s failed (exit %d); fitting its images one by one", ", ".join(stems), code)
+    retried: list[dict[str, Any]] = []
+    for job, record in zip(jobs, records, strict=True):
+        if record["status"] != "failed" or stop:
+            retried.append(record)
+            continue
+        retried.append(dict(run_image(job, command, runner, stop), pack_failed=record["error"]))
+    return retried
