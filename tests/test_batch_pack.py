@@ -128,8 +128,8 @@ def test_a_failed_pack_fits_its_images_alone_so_only_the_bad_one_fails(tmp_path,
     assert "not an image" in bad["error"] and bad["exit_code"] == 2 and "not an image" in bad["pack_failed"]
     assert "not an image" in (out / "a.log").read_text()  # the pack's log, in each of its images' logs
     assert not list(out.glob(".pack-*"))
-    assert [(r["stem"], r.get("pack")) for r in read_manifest(out / "manifest.jsonl")][:2] == [
-        ("a", None), ("b", None)]
+    packs = {r["stem"]: r.get("pack") for r in read_manifest(out / "manifest.jsonl")}
+    assert packs["a"] is None and packs["b"] is None  # the records of their fits alone
     again = run_batch("denoise", [four], out, pack=2, runner=StandInPackRunner(str(log)), handle_signals=False)
     assert [(r["stem"], r["status"]) for r in again.records] == [
         ("a", "skipped"), ("b", "done"), ("c", "skipped"), ("d", "skipped")]
