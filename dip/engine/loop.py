@@ -31,6 +31,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from dip.engine import operator_state
 from dip.engine.config import FitConfig
 from dip.engine.geometry import center_crop_box, generator_geometry, image_box
 from dip.engine.losses import data_loss, tv_loss
@@ -133,6 +134,7 @@ class _FitRun:
             from dip.stopping import from_config as stopper_from_config
             self.stopper = stopper_from_config(config)
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_physics: dict[str, torch.Tensor] | None = None  # the operator's, with best_state
         self.first_step = 1
         self.prior_seconds = 0.0
         self.recovery: Recovery | None = None
@@ -171,13 +173,16 @@ class _FitRun:
             self.params.append(self.z)
         use_lbfgs = config.optimizer == "lbfgs"
         self.lbfgs_from = min(config.lbfgs_warmup_steps, config.steps) if use_lbfgs else None
+        lr = 0.001 if use_lbfgs else config.lr
+        # a trainable operator (blind blur) is fitted too, in its own Adam group; LBFGS: one rate
+        groups = operator_state.param_groups(self.params, self.physics, lr, config.physics_lr)
+        self.params += operator_state.trainable(self.physics)
         regularizer = (lambda out: config.tv_weight * tv_loss(out)) if config.tv_weight else None
         network = cast(nn.Module, torch.compile(self.generator)) if config.compile else self.generator
         return FastStep(network, self.z, lambda out: data_loss(self.physics, out, self.y),
                         reg_noise_std=config.reg_noise_std, precision=config.precision,
                         channels_last=self.channels_last, params=self.params, generator_rng=self.rng,
-                        crop=self.crop, optimizer=make_adam(self.params, 0.001 if use_lbfgs else config.lr),
-                        regularizer=regularizer)
+                        crop=self.crop, optimizer=make_adam(groups, lr), regularizer=regularizer)
 
     def _switch_to_lbfgs(self) -> None:
         """One function evaluation per step, history carried across steps (see the module doc)."""
@@ -187,7 +192,8 @@ class _FitRun:
     def restore(self, resume: Mapping[str, Any] | FitState | None) -> None:
         """Continue from ``resume`` (a ``FitState`` or its dict), or start afresh when None."""
         if resume is None:
-            self.recovery = Recovery(self.generator, lambda: self.fast.optimizer, self.z, self.config)
+            self.recovery = Recovery(self.generator, lambda: self.fast.optimizer, self.z, self.config,
+                                     physics=self.physics)
             return
         state = FitState.from_dict(resume)
         member = state.member
@@ -200,6 +206,7 @@ class _FitRun:
             self._switch_to_lbfgs()
         if state.optimizer_state is not None:
             load_optimizer_state(self.fast.optimizer, state.optimizer_state)
+        operator_state.load_state(self.physics, member.physics_state)
         if member.rng_state is not None:
             self.rng.set_state(member.rng_state.cpu() if self.device.type == "cpu" else member.rng_state)
         if member.image_avg is not None:
@@ -207,8 +214,9 @@ class _FitRun:
         if self.stopper is not None and member.stopper_state is not None:
             self.stopper.load_state_dict(member.stopper_state)
             self.best_state = member.returned_state
+            self.best_physics = member.returned_physics_state
         self.recovery = Recovery(self.generator, lambda: self.fast.optimizer, self.z, config, member.snapshot,
-                                 member.backtracks, member.recoveries)
+                                 member.backtracks, member.recoveries, physics=self.physics)
         self.prior_seconds = state.seconds
         old_losses = member.history.get("loss", [])[:config.steps]
         self.losses[:len(old_losses)] = torch.tensor(old_losses, dtype=self.losses.dtype)
@@ -270,6 +278,7 @@ class _FitRun:
         should_stop = self.stopper.update(step, out, returned=self.out_avg if self.out_avg is not None else out)
         if self.stopper.returned_step == step:
             self.best_state = clone_state(self.generator)
+            self.best_physics = operator_state.state_of(self.physics)
         return should_stop
 
     # ------------------------------------------------------------------ result
@@ -285,11 +294,14 @@ class _FitRun:
             image = stopper.best_output.detach().float().clone()
             returned_step = int(stopper.returned_step)
             returned_state = self.best_state if self.best_state is not None else clone_state(self.generator)
+            returned_physics = self.best_physics if self.best_state is not None else operator_state.state_of(
+                self.physics)
         else:
             averaged = self.out_avg is not None and steps_run >= AVERAGE_MIN_STEPS
             image = self.out_avg.clone() if averaged else image_plain
             returned_step = steps_run
             returned_state = clone_state(self.generator)
+            returned_physics = operator_state.state_of(self.physics)
         history = {key: list(value) for key, value in self.history.items()}
         history["step"] = list(range(1, steps_run + 1))
         history["loss"] = self.losses[:steps_run].cpu().tolist()
@@ -298,12 +310,14 @@ class _FitRun:
             image_avg=self.out_avg.cpu().clone() if self.out_avg is not None else None,
             stopper_state=stopper.state_dict() if stopper is not None else None,
             returned_state=returned_state, returned_step=returned_step, snapshot=self.recovery.snapshot,
-            backtracks=self.recovery.backtracks, recoveries=self.recovery.recoveries, history=history)
+            backtracks=self.recovery.backtracks, recoveries=self.recovery.recoveries, history=history,
+            physics_state=operator_state.state_of(self.physics), returned_physics_state=returned_physics)
         state = FitState(step=steps_run, seconds=self.prior_seconds + time.perf_counter() - self.start,
                          optimizer_state=copy.deepcopy(self.fast.optimizer.state_dict()), members=[member])
         res = FitResult(image=image.cpu(), image_plain=image_plain.cpu(), generator=self.generator,
                         z=self.z.detach(), stop_reason=stop_reason, crop=self.image_crop, config=self.config,
-                        state=state, physics=self.physics, stop_detail=detail)
+                        state=state, stop_detail=detail,
+                        physics=operator_state.with_state(self.physics, returned_physics if held else None))
         if self.gt is not None:
             from dip.metrics import psnr, ssim
             res.psnr = psnr(res.image, self.gt.cpu())
