@@ -111,7 +111,7 @@ def _table() -> dict[str, Recipe]:
                "image", 3, {"name": "identity"}, FitConfig(steps=601, lr=0.1, reg_noise_std=0.0),
                "flash / no-flash: the flash image is the input, the no-flash image the target"),
     ]
-    recipes.append(_deblur())
+    recipes += [_deblur(), _deblur_blind()]
     return {r.name: r for r in recipes}
 
 
@@ -135,6 +135,18 @@ def _deblur() -> Recipe:
                   {"name": "blur", "padding": "valid", "normalize": True},
                   FitConfig(steps=4000, lr=0.01, reg_noise_std=0.03, exp_weight=0.99),
                   "deblurring with a known kernel: loss on kernel * out (valid convolution) vs the blurred image")
+
+
+def _deblur_blind() -> Recipe:
+    """Blind deblurring: the standard skip net and a small kernel generator
+    (``dip.physics.BlindBlur``: softmax of an MLP's output on a fixed code, started at a
+    Gaussian of 1 pixel) fitted jointly through a "valid" blur. The kernel's size is the
+    task's input (``kernel_size`` in ``physics``, set by ``dip.deblur`` and ``dip deblur
+    --kernel-size``), not part of the recipe."""
+    return Recipe("deblur-blind", "deblur", {"name": "skip", **_STANDARD_SKIP}, "noise", 32,
+                  {"name": "blind_blur", "padding": "valid"},
+                  FitConfig(steps=4000, lr=0.01, physics_lr=1e-4, reg_noise_std=0.03, exp_weight=0.99),
+                  "blind deblurring: the image and the kernel (of a given size) fitted together")
 
 
 def names() -> list:

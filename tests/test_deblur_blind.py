@@ -1,0 +1,96 @@
+"""Blind deblurring: the kernel generator is fitted with the image (its own Adam group), the
+estimate stays on the simplex and is the returned image's, a small fit beats its input, and a
+blind fit resumes bit for bit, its operator's state included (recovery restores it too)."""
+import pytest
+import torch
+
+import dip
+from dip import metrics, recipes
+from dip.checkpoint import physics_settings
+from dip.engine import FitState
+from dip.physics import BlindBlur, from_config
+from tests.test_deblur import SMALL, _scene
+
+
+def test_the_recipe_fits_the_kernel_at_its_own_rate():
+    r = recipes.get("deblur-blind")
+    assert r.task == "deblur" and r.physics == {"name": "blind_blur", "padding": "valid"}
+    assert r.fit.physics_lr is not None and r.fit.physics_lr < r.fit.lr
+    with pytest.raises(ValueError, match="kernel_size"):
+        recipes.build(r, torch.rand(3, 16, 16))
+
+
+def test_a_small_blind_fit_beats_its_input_and_moves_the_kernel():
+    gt, y, _ = _scene()
+    start = BlindBlur(7).kernel
+    res = dip.deblur(y, kernel_size=7, net_options=SMALL, steps=300, gt=gt)
+    assert res.image.shape == (1, 3, 32, 32)
+    assert res.psnr > metrics.psnr(y[None], gt) + 1.0
+    k = res.physics.kernel
+    assert isinstance(res.physics, BlindBlur) and k.shape == (1, 7, 7)
+    assert float(k.min()) >= 0 and float(k.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert float((k - start).abs().sum()) > 1e-3  # the joint fit updated the kernel
+
+
+def test_deblur_takes_exactly_one_of_kernel_and_kernel_size():
+    y = torch.rand(1, 12, 12)
+    with pytest.raises(ValueError, match="exactly one of kernel= .* got both"):
+        dip.deblur(y, "box:3", kernel_size=3)
+    with pytest.raises(ValueError, match="got neither"):
+        dip.deblur(y)
+    with pytest.raises(ValueError, match="pass kernel_size= instead"):
+        dip.deblur(y, "box:3", recipe="deblur-blind")
+    with pytest.raises(ValueError, match="kernel_size must be an integer"):
+        dip.deblur(y, kernel_size=2, net_options=SMALL, steps=1)
+
+
+def test_a_resumed_blind_fit_equals_the_uninterrupted_one():
+    _, y, _ = _scene(size=24)
+    recipe = recipes.get("deblur-blind", net_options=SMALL, steps=12, physics_options={"kernel_size": 9})
+    full = recipes.run(recipe, y)
+    half = recipes.run(recipes.get("deblur-blind", net_options=SMALL, steps=6, physics_options={"kernel_size": 9}), y)
+    assert not torch.equal(half.physics.kernel, full.physics.kernel)
+    state = FitState.from_dict(half.resume_state())
+    assert state.member.physics_state is not None and state.member.snapshot.physics_state is not None
+    physics = from_config(physics_settings(half.physics))  # as dip.resume rebuilds it
+    resumed = dip.fit(y, physics, half.generator, half.z, recipe.fit, resume=half.resume_state())
+    assert torch.equal(resumed.image, full.image)
+    assert torch.equal(resumed.physics.kernel, full.physics.kernel)
+
+
+def test_a_state_without_the_operator_keys_still_loads():
+    _, y, _ = _scene(size=16)
+    res = dip.deblur(y, "box:3", net_options=SMALL, steps=2)
+    old = {k: v for k, v in res.resume_state().items() if k not in ("physics_state", "returned_physics_state")}
+    old["backtrack_state"] = {k: v for k, v in old["backtrack_state"].items() if k != "good_physics"}
+    member = FitState.from_dict(old).member
+    assert member.physics_state is None and member.returned_physics_state is None
+    assert member.snapshot.physics_state is None
+
+
+def test_recovery_restores_the_operator_with_the_generator():
+    from dip.engine import FitConfig
+    from dip.engine.recovery import Recovery
+
+    op, gen = BlindBlur(5), torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(list(gen.parameters()) + list(op.parameters()))
+    recovery = Recovery(gen, lambda: opt, torch.zeros(1, 1, 1, 1), FitConfig(), physics=op)
+    before = op.kernel
+    with torch.no_grad():
+        op.net[2].bias.add_(torch.linspace(-3, 3, 25))
+    assert not torch.equal(op.kernel, before)
+    recovery.restore(1, "test")
+    assert torch.equal(op.kernel, before)
+
+
+def test_auto_stopping_returns_the_kernel_of_the_returned_step():
+    _, y, _ = _scene(size=16)
+    res = dip.deblur(y, kernel_size=5, net_options=SMALL, steps=60, stop="auto", stop_window=5, stop_patience=5)
+    assert res.stop_reason == "auto" and res.returned_step < res.steps_run
+    member = res.state.member
+    returned = from_config({**physics_settings(res.physics)})
+    returned.load_state_dict(member.returned_physics_state)
+    assert torch.equal(res.physics.kernel, returned.kernel)
+    current = from_config({**physics_settings(res.physics)})
+    current.load_state_dict(member.physics_state)
+    assert not torch.equal(current.kernel, res.physics.kernel)
