@@ -44,11 +44,14 @@ def test_deblur_takes_exactly_one_of_kernel_and_kernel_size():
         dip.deblur(y, kernel_size=2, net_options=SMALL, steps=1)
 
 
-def test_a_resumed_blind_fit_equals_the_uninterrupted_one():
+@pytest.mark.parametrize("warmup", [4, 8])  # the checkpoint after / before the kernel's warm-up ends
+def test_a_resumed_blind_fit_equals_the_uninterrupted_one(warmup):
     _, y, _ = _scene(size=24)
-    recipe = recipes.get("deblur-blind", net_options=SMALL, steps=12, physics_options={"kernel_size": 9})
+    options = dict(net_options=SMALL, physics_options={"kernel_size": 9}, physics_warmup_steps=warmup,
+                   physics_lr=1e-3)
+    recipe = recipes.get("deblur-blind", steps=12, **options)
     full = recipes.run(recipe, y)
-    half = recipes.run(recipes.get("deblur-blind", net_options=SMALL, steps=6, physics_options={"kernel_size": 9}), y)
+    half = recipes.run(recipes.get("deblur-blind", steps=6, **options), y)
     assert not torch.equal(half.physics.kernel, full.physics.kernel)
     state = FitState.from_dict(half.resume_state())
     assert state.member.physics_state is not None and state.member.snapshot.physics_state is not None
@@ -94,3 +97,15 @@ def test_auto_stopping_returns_the_kernel_of_the_returned_step():
     current = from_config({**physics_settings(res.physics)})
     current.load_state_dict(member.physics_state)
     assert not torch.equal(current.kernel, res.physics.kernel)
+
+
+def test_the_kernel_is_held_during_its_warm_up():
+    _, y, _ = _scene(size=16)
+    options = dict(net_options=SMALL, physics_options={"kernel_size": 5}, physics_lr=1e-3)
+    start = recipes.build(recipes.get("deblur-blind", **options), y)[1].kernel
+    held = recipes.run(recipes.get("deblur-blind", steps=4, physics_warmup_steps=4, **options), y)
+    assert torch.equal(held.physics.kernel, start)
+    moved = recipes.run(recipes.get("deblur-blind", steps=6, physics_warmup_steps=4, **options), y)
+    assert not torch.equal(moved.physics.kernel, start)
+    with pytest.raises(ValueError, match="physics_warmup_steps must be an integer >= 0"):
+        recipes.get("deblur-blind", physics_warmup_steps=-1)

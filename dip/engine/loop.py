@@ -175,7 +175,8 @@ class _FitRun:
         self.lbfgs_from = min(config.lbfgs_warmup_steps, config.steps) if use_lbfgs else None
         lr = 0.001 if use_lbfgs else config.lr
         # a trainable operator (blind blur) is fitted too, in its own Adam group; LBFGS: one rate
-        groups = operator_state.param_groups(self.params, self.physics, lr, config.physics_lr)
+        groups = operator_state.param_groups(self.params, self.physics, lr, config.physics_lr,
+                                             held=config.physics_warmup_steps > 0)
         self.params += operator_state.trainable(self.physics)
         regularizer = (lambda out: config.tv_weight * tv_loss(out)) if config.tv_weight else None
         network = cast(nn.Module, torch.compile(self.generator)) if config.compile else self.generator
@@ -230,6 +231,8 @@ class _FitRun:
         if self.lbfgs_from is not None and step == self.lbfgs_from + 1:
             self._switch_to_lbfgs()
             self.recovery.take(self.recovery.snapshot.psnr)  # earlier Adam snapshots do not fit LBFGS
+        if step == self.config.physics_warmup_steps + 1 > 1:  # the operator's warm-up ends
+            operator_state.release(self.fast.optimizer, self.config.lr, self.config.physics_lr)
         loss, out = self.fast()
         self.losses[step - 1] = loss
         loss_value = float(loss)  # one host sync per step: a non-finite loss must not spread

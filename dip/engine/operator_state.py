@@ -22,13 +22,22 @@ def trainable(physics: nn.Module) -> list[nn.Parameter]:
     return [p for p in physics.parameters() if p.requires_grad]
 
 
-def param_groups(params: list[torch.Tensor], physics: nn.Module, lr: float, physics_lr: float | None) -> list:
+def param_groups(params: list[torch.Tensor], physics: nn.Module, lr: float, physics_lr: float | None,
+                 held: bool = False) -> list:
     """Adam's parameter groups: ``params`` at ``lr``, then the operator's trainable parameters
-    at ``physics_lr`` (default ``lr``) when it has any; a plain list otherwise."""
+    at ``physics_lr`` (default ``lr``; 0 while ``held``) when it has any; a plain list otherwise."""
     extra = trainable(physics)
     if not extra:
         return list(params)
-    return [{"params": list(params), "lr": lr}, {"params": extra, "lr": lr if physics_lr is None else physics_lr}]
+    rate = 0.0 if held else (lr if physics_lr is None else physics_lr)
+    return [{"params": list(params), "lr": lr}, {"params": extra, "lr": rate}]
+
+
+def release(optimizer: torch.optim.Optimizer, lr: float, physics_lr: float | None) -> None:
+    """End the operator's warm-up: its group (the second, ``param_groups``') gets ``physics_lr``
+    (default ``lr``). An optimiser with one group (LBFGS, or a fixed operator) is left as it is."""
+    if len(optimizer.param_groups) == 2:
+        optimizer.param_groups[1]["lr"] = lr if physics_lr is None else physics_lr
 
 
 def state_of(physics: nn.Module) -> Tensors | None:
