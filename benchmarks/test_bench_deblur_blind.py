@@ -10,12 +10,13 @@ noise). Richardson–Lucy's iteration count is tuned per image on the ground tru
 kernel and, for the Gaussian blur, with a Gaussian of sigma 1.0 (``rl_guess``). 30 fits: hours
 on a CPU, so it runs only with DIP_BENCH_BLIND=1. Scale it with DIP_BENCH_BLIND_SIZE (default
 128), _STEPS, _IMAGES (comma list of built-in names), _KERNELS (comma list of gauss, motion9,
-motion15), _NET_WIDTH (channels per level, default the recipes' 128), _DEVICE; _CSV (file)
-keeps the rows.
+motion15), _NET_WIDTH (channels per level, default the recipes' 128), _DEVICE; _ONLY=1 runs
+the blind fits alone; _CSV (file) keeps the rows.
 
 Printed: one line per image x kernel (input, RL with the true kernel, RL with the guess, DIP
 non-blind, DIP blind, blind minus non-blind, the kernel estimate's L1 error, seconds of each
-fit) and the mean per kernel.
+fit, and what ES-WMV stopping would have returned on the blind fit: its PSNR and step) and the
+mean per kernel.
 """
 import math
 import os
@@ -33,7 +34,7 @@ def blind_table(rows) -> str:
     """Fixed-width table pairing each blind row with the non-blind row of the same observation."""
     by = {(r["case"], r["image"]): r for r in rows}
     head = (f"{'kernel':<10}{'image':<22}{'input':>7}{'RL':>7}{'RL-σ1':>7}{'DIP':>7}{'blind':>7}{'Δ':>7}"
-            f"{'k L1':>6}{'s DIP':>7}{'s blind':>8}")
+            f"{'k L1':>6}{'s DIP':>7}{'s blind':>8}{'auto':>7}{'@step':>6}")
     lines = [head, "-" * len(head)]
     table: dict[str, list[list[float]]] = {}
     for (case, image), blind in by.items():
@@ -44,7 +45,8 @@ def blind_table(rows) -> str:
         dip_psnr = known["fixed_psnr"] if known else math.nan
         vals = [blind["input_psnr"], blind["rl_psnr"], blind.get("rl_guess_psnr", math.nan), dip_psnr,
                 blind["fixed_psnr"], blind["fixed_psnr"] - dip_psnr, blind["kernel_l1"],
-                known["fixed_seconds"] if known else math.nan, blind["fixed_seconds"]]
+                known["fixed_seconds"] if known else math.nan, blind["fixed_seconds"], blind["auto_psnr"],
+                float(blind["auto_return_step"] or math.nan)]
         table.setdefault(kernel, []).append(vals)
         lines.append(_line(kernel, image[:21], vals))
     lines.append("-" * len(head))
@@ -57,7 +59,7 @@ def _line(kernel: str, image: str, v) -> str:
     def f(x, width, fmt=".2f"):
         return f"{'-':>{width}}" if not math.isfinite(x) else f"{x:>{width}{fmt}}"
     return (f"{kernel:<10}{image:<22}" + "".join(f(x, 7) for x in v[:5]) + f"{v[5]:>+7.2f}" + f(v[6], 6, ".3f")
-            + f(v[7], 7, ".0f") + f(v[8], 8, ".0f"))
+            + f(v[7], 7, ".0f") + f(v[8], 8, ".0f") + f(v[9], 7) + f(v[10], 6, ".0f"))
 
 
 @pytest.mark.slow
@@ -70,7 +72,9 @@ def test_bench_eval_deblur_blind(benchmark):
     steps = os.environ.get("DIP_BENCH_BLIND_STEPS")
     names = os.environ.get("DIP_BENCH_BLIND_IMAGES")
     kernels = os.environ.get("DIP_BENCH_BLIND_KERNELS", ",".join(KERNELS)).split(",")
-    cases = [c for k in kernels for c in (f"deblur-{k}", f"deblur-blind-{k}")]
+    blind_only = os.environ.get("DIP_BENCH_BLIND_ONLY") == "1"  # the non-blind columns left empty
+    pair = ("deblur-blind-{}",) if blind_only else ("deblur-{}", "deblur-blind-{}")
+    cases = [c.format(k) for k in kernels for c in pair]
     device = os.environ.get("DIP_BENCH_BLIND_DEVICE", "cpu")
     width = os.environ.get("DIP_BENCH_BLIND_NET_WIDTH")
     overrides = {"net_options": {"num_channels_down": [int(width)] * 5, "num_channels_up": [int(width)] * 5}} \
