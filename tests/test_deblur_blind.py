@@ -100,7 +100,8 @@ def test_recovery_restores_the_operator_with_the_generator():
 
 def test_auto_stopping_returns_the_kernel_of_the_returned_step():
     _, y, _ = _scene(size=16)
-    res = dip.deblur(y, kernel_size=5, net_options=SMALL, steps=60, stop="auto", stop_window=5, stop_patience=5)
+    res = dip.deblur(y, kernel_size=5, net_options=SMALL, steps=60, stop="auto", stop_window=5, stop_patience=5,
+                     physics_warmup_steps=0, physics_lr=1e-3)
     assert res.stop_reason == "auto" and res.returned_step < res.steps_run
     member = res.state.member
     returned = from_config({**physics_settings(res.physics)})
