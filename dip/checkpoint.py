@@ -362,8 +362,9 @@ def physics_settings(op: Any) -> dict[str, Any]:
     """Operator settings that ``dip.physics.from_config(settings, mask=settings.get("mask"))``
     rebuilds: ``{"name": "identity"}``, ``{"name": "mask", "mask": (1|N, 1|C, H, W) tensor}`` or
     ``{"name": "downsample", "factor", "kernel", "phase", "preserve_size"[, "padding"]}`` or
-    ``{"name": "blur", "kernel": (1|C, Kh, Kw) float32 tensor as applied, "padding"}``.
-    A dict is returned unchanged (copied)."""
+    ``{"name": "blur", "kernel": (1|C, Kh, Kw) float32 tensor as applied, "padding"}`` or
+    ``{"name": "blind_blur", **BlindBlur.config(), "state": its state_dict}`` (the estimated kernel
+    is ``from_config(...).kernel``). A dict is returned unchanged (copied)."""
     if op is None or isinstance(op, Mapping):
         return None if op is None else dict(op)
     from dip import physics
@@ -380,6 +381,8 @@ def physics_settings(op: Any) -> dict[str, Any]:
         return out
     if isinstance(op, physics.Blur):
         return {"name": "blur", "kernel": op.kernel.detach().cpu(), "padding": op.padding}
+    if isinstance(op, physics.BlindBlur):
+        return {"name": "blind_blur", **op.config(), "state": _state_dict(op)}
     raise TypeError(f"cannot describe operator {type(op).__name__} in a checkpoint; "
                     "pass its settings as a dict (physics=...)")
 

@@ -46,6 +46,10 @@ when larger).  Degradations, seeded from (seed, image name, task):
   sigma 0.01; the ground truth is the crop's centre at the observation's pixels (S - K + 1
   square); baselines Wiener and Richardson–Lucy tuned per image (``dip.evaluate_deblur``),
   whose columns ``wiener_psnr``/``rl_psnr`` and chosen parameters join the row; recipe ``deblur``.
+- ``deblur-blind-gauss`` / ``-motion9`` / ``-motion15``: the same observations (same draw), fitted
+  without the kernel (recipe ``deblur-blind``, told the kernel's size only); the row adds the
+  estimate's error (``kernel_l1``) and, where the case names a guess (a Gaussian of sigma 1.0
+  for the sigma 1.6 blur), Richardson–Lucy with that wrong kernel (``rl_guess_psnr``).
 
 ``metric="y"`` measures PSNR and SSIM on the luma (BT.601) of colour images, with a 4-pixel
 border ignored for super-resolution (the paper's SR protocol).
@@ -72,6 +76,7 @@ import numpy as np
 import torch
 
 from dip import metrics, recipes, stopping
+from dip.engine.result import FitResult
 from dip.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -90,6 +95,13 @@ TASKS: dict[str, dict] = {
     "deblur-gauss": {"recipe": "deblur", "task": "deblur", "kernel": "gaussian:1.6", "noise": 0.01},
     "deblur-motion9": {"recipe": "deblur", "task": "deblur", "kernel": "motion:9,30", "noise": 0.01},
     "deblur-motion15": {"recipe": "deblur", "task": "deblur", "kernel": "motion:15,120", "noise": 0.01},
+    # blind: the observations of the cases above ("draw"), the kernel's size only given to the fit
+    "deblur-blind-gauss": {"recipe": "deblur-blind", "task": "deblur", "kernel": "gaussian:1.6", "noise": 0.01,
+                           "draw": "deblur-gauss", "guess": "gaussian:1.0"},
+    "deblur-blind-motion9": {"recipe": "deblur-blind", "task": "deblur", "kernel": "motion:9,30", "noise": 0.01,
+                             "draw": "deblur-motion9"},
+    "deblur-blind-motion15": {"recipe": "deblur-blind", "task": "deblur", "kernel": "motion:15,120",
+                              "noise": 0.01, "draw": "deblur-motion15"},
 }
 
 #: skimage.data image -> crop centre (row, column) as fractions of the photograph's size
@@ -241,7 +253,7 @@ def make_case(kind: str, image: str, gt: torch.Tensor, seed: int = 0) -> Case:
     if not (isinstance(gt, torch.Tensor) and gt.dim() == 3):
         raise ValueError(f"gt must be a (C, H, W) tensor, got {getattr(gt, 'shape', type(gt))}")
     spec = TASKS[kind]
-    rng = _rng(kind, image, seed)
+    rng = _rng(spec.get("draw", kind), image, seed)
     gt = gt.float().clamp(0, 1)
     if spec["task"] == "denoise":
         noise = rng.normal(0.0, spec["sigma"] / 255.0, size=tuple(gt.shape)).astype(np.float32)
@@ -398,11 +410,15 @@ def run_case(case: Case, *, steps: int | None = None, metric: str = "rgb",
     if stop_patience is not None:
         overrides["stop_patience"] = stop_patience
     recipe = recipes.get(case.recipe, **overrides)
+    kernel = case.kernel
+    if recipe.physics.get("name") == "blind_blur":  # told the blur's size, not the blur
+        recipe.physics, kernel = {**recipe.physics, "kernel_size": list(case.kernel.shape)}, None
     if curve_windows:
         curve_windows = sorted(set(curve_windows) | {int(recipe.fit.stop_window)})
     observer = _Observer(recipe.fit, case.gt, kw, curve_every, curve_windows)
-    result = recipes.run(recipe, case.observation, mask=case.mask, kernel=case.kernel, gt=case.gt,
+    result = recipes.run(recipe, case.observation, mask=case.mask, kernel=kernel, gt=case.gt,
                          callbacks=[observer])
+    assert isinstance(result, FitResult)  # one fit: no ensemble asked for
     fixed_seconds = time.perf_counter() - observer.start
 
     st = observer.stopper
@@ -427,6 +443,7 @@ def run_case(case: Case, *, steps: int | None = None, metric: str = "rgb",
         found = evaluate_deblur.tuned_baselines(case.observation, case.kernel, case.gt)
         row.update(_scores("baseline", evaluate_deblur.best(found), case.gt, kw))
         row.update(evaluate_deblur.baseline_columns(found))
+        row.update(evaluate_deblur.blind_columns(case, TASKS[case.kind], result.physics))
     else:
         row.update(_scores("baseline", baseline(case), case.gt, kw))
     row.update(_scores("fixed", result.image, case.gt, kw))

@@ -10,6 +10,11 @@ without padding both fall below the blurred input), cropped back: scikit-image's
 (``skimage.restoration.wiener``, its ``balance`` chosen on a log grid) and Richardson–Lucy
 (``richardson_lucy``, its iteration count chosen on a grid), each parameter chosen per image on
 the ground truth: the best a classical user could get.  ``baseline`` returns the better one.
+
+Blind cases add ``blind_columns``: the estimated kernel's L1 distance to the true one
+(``kernel_l1``, 0 to 2) and, where the case names a ``guess`` (a kernel spec), Richardson–Lucy
+with that guess instead of the true kernel, its iteration count tuned the same way
+(``rl_guess_psnr``, ``rl_guess_iterations``): what a user who guessed the blur would get.
 """
 from __future__ import annotations
 
@@ -103,5 +108,33 @@ def baseline_columns(found: dict) -> dict:
             "rl_psnr": found["rl"][2], "rl_iterations": found["rl"][1]}
 
 
-__all__ = ["WIENER_BALANCES", "RL_ITERATIONS", "degrade", "wiener", "richardson_lucy", "tuned_baselines",
+def rl_tuned(y: torch.Tensor, kernel: np.ndarray, gt: torch.Tensor) -> tuple[int, float]:
+    """(iterations, PSNR) of the best Richardson–Lucy result with ``kernel`` over ``RL_ITERATIONS``."""
+    scores = [(n, metrics.psnr(richardson_lucy(y, kernel, n), gt)) for n in RL_ITERATIONS]
+    return max(scores, key=lambda t: t[1])
+
+
+def kernel_l1(estimate: np.ndarray, truth: np.ndarray) -> float:
+    """Sum of |estimate - truth| of two kernels of one size (0 to 2 for kernels summing to 1)."""
+    if estimate.shape != truth.shape:
+        raise ValueError(f"the estimated kernel is {estimate.shape}, the true one {truth.shape}")
+    return float(np.abs(np.asarray(estimate, dtype=np.float64) - truth).sum())
+
+
+def blind_columns(case, spec: dict, physics) -> dict:
+    """Row entries of a blind case (``physics`` a fitted ``BlindBlur``): ``kernel_l1`` and, with a
+    ``guess`` in ``spec``, ``rl_guess_psnr``/``rl_guess_iterations``; {} for a non-blind case."""
+    from dip.physics import BlindBlur, parse_kernel
+
+    if not isinstance(physics, BlindBlur):
+        return {}
+    out: dict[str, Any] = {"kernel_l1": kernel_l1(physics.kernel[0].cpu().double().numpy(), case.kernel)}
+    if spec.get("guess"):
+        out["rl_guess_iterations"], out["rl_guess_psnr"] = rl_tuned(case.observation, parse_kernel(spec["guess"]),
+                                                                    case.gt)
+    return out
+
+
+__all__ = ["rl_tuned", "kernel_l1", "blind_columns",
+           "WIENER_BALANCES", "RL_ITERATIONS", "degrade", "wiener", "richardson_lucy", "tuned_baselines",
            "best", "baseline", "baseline_columns"]

@@ -28,7 +28,7 @@ __all__ = ["DEFAULT_FOR_TASK", "Recipe", "build", "get", "names", "run"]
 
 def get(name: str, *, net: str | None = None, input_kind: str | None = None,
         input_depth: int | None = None, factor: int | None = None,
-        net_options: dict | None = None, **fit_overrides) -> Recipe:
+        net_options: dict | None = None, physics_options: dict | None = None, **fit_overrides) -> Recipe:
     """Recipe ``name`` with overrides.
 
     Args:
@@ -36,6 +36,9 @@ def get(name: str, *, net: str | None = None, input_kind: str | None = None,
             (the recipe's own generator keeps its settings when ``net`` names it).
         net_options: generator keyword arguments merged into the recipe's (e.g.
             ``{"num_channels_down": [64] * 5}``), checked when the generator is built.
+        physics_options: operator settings merged into the recipe's ``physics`` dict (e.g.
+            ``{"padding": "reflect"}``, or a blind blur's ``{"kernel_size": 11, "init_sigma": 1.5}``),
+            checked when the operator is built.
         input_kind, input_depth: change the code z.
         factor: super-resolution factor (sr recipes only).
         **fit_overrides: any ``FitConfig`` field (steps, lr, reg_noise_std, seed, stop, ...).
@@ -54,6 +57,11 @@ def get(name: str, *, net: str | None = None, input_kind: str | None = None,
             raise ValueError("net_options must be a dict of generator keyword arguments "
                              "(use net= to change the generator)")
         r.net = {**r.net, **net_options}
+    if physics_options:
+        if not isinstance(physics_options, dict) or "name" in physics_options:
+            raise ValueError("physics_options must be a dict of operator settings (the operator's name is the "
+                             "recipe's)")
+        r.physics = {**r.physics, **physics_options}
     if input_kind is not None:
         if input_kind not in INPUT_KINDS:
             raise ValueError(f"unknown input kind {input_kind!r}; choose one of {', '.join(INPUT_KINDS)}")
@@ -92,11 +100,14 @@ def build(recipe: Recipe, observation: torch.Tensor, *, mask: torch.Tensor | Non
     ``mask`` is an inpainting recipe's mask, ``kernel`` a deblurring recipe's point-spread
     function (tensor or array (Kh, Kw) or (C, Kh, Kw), or a spec such as ``"gaussian:1.6"``).
 
-    The generator's weights and z are drawn from ``recipe.fit.seed`` without touching the
-    global random state.
+    The generator's weights and z (and a blind blur's kernel generator) are drawn from
+    ``recipe.fit.seed`` without touching the global random state.
     """
     y = _as_batch(observation, "observation")
-    physics = physics_from_config(recipe.physics, mask=mask, kernel=kernel)
+    settings = dict(recipe.physics)
+    if settings.get("name") == "blind_blur":  # its kernel generator is drawn from the fit's seed too
+        settings.setdefault("seed", recipe.fit.seed)
+    physics = physics_from_config(settings, mask=mask, kernel=kernel)
     x_hw = physics.x_size(tuple(y.shape[-2:]))
     if recipe.input_kind == "image":
         if flash is None:

@@ -63,22 +63,41 @@ def flash_no_flash(flash: torch.Tensor, noflash: torch.Tensor, *, recipe: str = 
                        ensemble=ensemble)
 
 
-def deblur(img: torch.Tensor, kernel, *, recipe: str = "deblur", padding: str | None = None, gt=None,
-           callbacks=(), ensemble: int = 1, **overrides) -> FitResult | EnsembleResult:
-    """Deblur ``img`` (C, H, W), blurred by the known point-spread function ``kernel``: a tensor
-    or array (Kh, Kw) shared by the channels or (C, Kh, Kw) one per channel (normalised to sum
-    1), or a spec of ``dip.physics.parse_kernel`` (``"gaussian:1.6"``, ``"box:5"``,
-    ``"motion:9,30"``, a ``.npy`` or image file). The result has ``img``'s size.
+def deblur(img: torch.Tensor, kernel=None, *, kernel_size=None, recipe: str | None = None,
+           padding: str | None = None, gt=None, callbacks=(), ensemble: int = 1,
+           **overrides) -> FitResult | EnsembleResult:
+    """Deblur ``img`` (C, H, W). The result has ``img``'s size. Give exactly one of:
+
+    - ``kernel``, the known point-spread function: a tensor or array (Kh, Kw) shared by the
+      channels or (C, Kh, Kw) one per channel (normalised to sum 1), or a spec of
+      ``dip.physics.parse_kernel`` (``"gaussian:1.6"``, ``"box:5"``, ``"motion:9,30"``, a
+      ``.npy`` or image file); recipe ``deblur``;
+    - ``kernel_size``, K or (Kh, Kw) (3 to 129), for blind deblurring: the kernel is estimated
+      with the image (``dip.physics.BlindBlur``); recipe ``deblur-blind``. The estimate is
+      ``result.physics.kernel`` ((1, Kh, Kw) float32, non-negative, summing to 1), the one of the
+      returned image.
 
     ``padding`` replaces the recipe's boundary model (``"valid"``: the fit also renders the
     margin the scene blurred in from, the default; or ``"reflect"``, ``"replicate"``, ...)."""
     from dip.physics import parse_kernel
 
-    psf = parse_kernel(kernel) if isinstance(kernel, str) else kernel
-    r = recipes.get(recipe, **overrides)
-    if r.physics.get("name") != "blur":
-        raise ValueError(f"recipe {recipe!r} is for the {r.task} task, not deblur")
+    if (kernel is None) == (kernel_size is None):
+        raise ValueError("give exactly one of kernel= (the known blur) and kernel_size= (blind: the blur's size), "
+                         f"got {'both' if kernel is not None else 'neither'}")
+    blind = kernel is None
+    name = recipe or ("deblur-blind" if blind else "deblur")
+    r = recipes.get(name, **overrides)
+    wanted = "blind_blur" if blind else "blur"
+    if r.physics.get("name") != wanted:
+        if r.task != "deblur":
+            raise ValueError(f"recipe {name!r} is for the {r.task} task, not deblur")
+        raise ValueError(f"recipe {name!r} is for {'blind' if not blind else 'non-blind'} deblurring; "
+                         f"{'pass kernel_size= instead of kernel=' if not blind else 'pass kernel= (or drop recipe=)'}")
     if padding is not None:
         r.physics = {**r.physics, "padding": padding}
+    if blind:
+        r.physics = {**r.physics, "kernel_size": kernel_size}
+        return recipes.run(r, img, gt=gt, callbacks=callbacks, ensemble=ensemble)
+    psf = parse_kernel(kernel) if isinstance(kernel, str) else kernel
     return recipes.run(r, img, kernel=psf, gt=gt, callbacks=callbacks, ensemble=ensemble)
 

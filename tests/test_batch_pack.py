@@ -85,6 +85,10 @@ def test_what_cannot_be_packed_is_refused_before_any_fit(tmp_path, four, capsys)
     err = capsys.readouterr().err
     assert code == 2 and "--compile does not combine with --pack" in err
     assert not (tmp_path / "out").exists()
+    code = cli.main(["batch", "deblur", str(four), "-o", str(tmp_path / "out"), "--pack", "2", "--kernel-size", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "blind deblurring (--kernel-size) cannot be packed" in err
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ _PASSED = (
     ("--factor", {"help": "sr: enlargement factor (default 4)"}),
     ("--kernel", {"metavar": "SPEC", "help": "deblur (required there): the blur of every image: gaussian:SIGMA, "
                                            "box:SIZE, motion:LENGTH,ANGLE or a .npy / image file"}),
+    ("--kernel-size", {"metavar": "K", "help": "deblur, blind (instead of --kernel): the size of every image's "
+                                               "unknown blur; each estimate goes beside its output "
+                                               "(NAME.png.kernel.png)"}),
     ("--padding", {"choices": ("valid", "reflect", "replicate"), "help": "deblur: boundary model"}),
     ("--lr", {"help": "Adam learning rate"}),
     ("--reg-noise", {"metavar": "STD", "help": "std of the noise added to the input code every step"}),
@@ -104,7 +107,7 @@ def fit_arguments(args: argparse.Namespace) -> list[str]:
         if value is not None:
             if option == "--factor" and args.task != "sr":
                 raise BatchError(f"--factor {value}: only the sr task has a factor", "drop --factor")
-            if option in ("--kernel", "--padding") and args.task != "deblur":
+            if option in ("--kernel", "--kernel-size", "--padding") and args.task != "deblur":
                 raise BatchError(f"{option} {value}: only the deblur task has a blur kernel", f"drop {option}")
             out += [option, str(value)]
     if args.compile:

@@ -37,7 +37,7 @@ def check_pack_size(pack: Any) -> int:
 
 def check_packable(recipe: Any, fit_args: Sequence[str]) -> None:
     """BatchError unless the fits of ``recipe`` (and ``fit_args``) can be packed: Adam on the
-    network's weights, no ``--compile``."""
+    network's weights, no ``--compile``, no trainable operator (blind deblurring)."""
     if "--compile" in fit_args:
         raise BatchError("--compile does not combine with --pack (a pack is rebuilt as its images stop)",
                          "drop --compile, or use --pack 1")
@@ -46,6 +46,9 @@ def check_packable(recipe: Any, fit_args: Sequence[str]) -> None:
         raise BatchError(f"recipe {recipe.name!r} cannot be packed (optimizer {fit.optimizer!r}, optimize "
                          f"{fit.optimize!r}; a pack runs Adam on the networks only)",
                          "use --pack 1 for this recipe")
+    if recipe.physics.get("name") == "blind_blur":
+        raise BatchError("blind deblurring (--kernel-size) cannot be packed: its kernel generator is fitted too",
+                         "use --pack 1, or give the known --kernel")
 
 
 def header_key(job: ImageJob) -> tuple[int, int, str] | None:

@@ -16,6 +16,11 @@ from dip.cli.errors import UsageError
 from dip.cli.job import Job, execute
 from dip.cli.options import add_fit_options
 
+#: smallest --kernel-size (dip.physics.blind_blur.MIN_SIZE, mirrored: parsing imports no torch)
+BLIND_MIN_SIZE = 3
+#: largest (dip.physics.blur_kernels.MAX_SIZE)
+BLIND_MAX_SIZE = 129
+
 #: fit command -> the physics kind its recipes must have
 TASKS = {
     "denoise": "identity",
@@ -58,11 +63,19 @@ def add_parsers(sub) -> None:
     p.add_argument("--noflash", required=True, metavar="N", help="image taken without flash (the target)")
     add_fit_options(p)
 
-    p = sub.add_parser("deblur", help="remove a known blur (deconvolution)")
+    p = sub.add_parser("deblur", help="remove a blur: a known one (--kernel) or an unknown one (--kernel-size)")
     p.add_argument("input", help="blurred image")
-    p.add_argument("--kernel", required=True, metavar="SPEC",
-                   help="the blur: gaussian:SIGMA, box:SIZE, motion:LENGTH,ANGLE (degrees), or a .npy array / "
+    p.add_argument("--kernel", metavar="SPEC",
+                   help="the known blur: gaussian:SIGMA, box:SIZE, motion:LENGTH,ANGLE (degrees), or a .npy array / "
                         "image file of the point-spread function (normalised to sum 1)")
+    p.add_argument("--kernel-size", metavar="K",
+                   help="blind deblurring (instead of --kernel): the unknown blur is estimated with the image, on a "
+                        f"K x K support (a whole number from {BLIND_MIN_SIZE} to half the image's smaller side; a "
+                        "little larger than the blur; recipe deblur-blind)")
+    p.add_argument("--kernel-out", metavar="FILE",
+                   help="with --kernel-size: where the estimated kernel goes, .png (16-bit grey, its largest value "
+                        "white) or .npy (the values, summing to 1); default OUT.kernel.png beside the output; "
+                        "--report also lists it")
     p.add_argument("--padding", choices=("valid", "reflect", "replicate"),
                    help="boundary model: 'valid' (default: the fit also renders the margin the scene blurred in "
                         "from), or the image padded by reflection / edge replication")
@@ -70,7 +83,13 @@ def add_parsers(sub) -> None:
 
 
 def _recipe_matches(recipe, task: str) -> bool:
-    return recipe.physics.get("name") == TASKS[task] and (task == "flash") == (recipe.input_kind == "image")
+    kinds = (TASKS[task], "blind_blur") if task == "deblur" else (TASKS[task],)
+    return recipe.physics.get("name") in kinds and (task == "flash") == (recipe.input_kind == "image")
+
+
+def blind(args) -> bool:
+    """Whether ``dip deblur`` is asked to estimate the kernel (--kernel-size, not --kernel)."""
+    return getattr(args, "kernel_size", None) is not None
 
 
 def _fit_overrides(args) -> dict[str, Any]:
@@ -81,6 +100,9 @@ def _fit_overrides(args) -> dict[str, Any]:
         value = getattr(args, arg, None)
         if value is not None:
             overrides[field] = value
+    if (getattr(args, "ensemble", None) or 1) > 1 and getattr(args, "kernel_size", None) is not None:
+        raise UsageError("--ensemble does not combine with --kernel-size (blind deblurring fits a kernel "
+                         "generator with each image, which a pack cannot hold)", "drop one of them")
     if getattr(args, "compile", False):
         if (getattr(args, "ensemble", None) or 1) > 1:
             raise UsageError("--compile does not combine with --ensemble (the pack is rebuilt as members stop)",
@@ -100,7 +122,9 @@ def recipe_for(task: str, args) -> Any:
     by ``dip batch`` to check a batch's options before any fit starts."""
     from dip import models, recipes
 
-    name = args.recipe or recipes.DEFAULT_FOR_TASK[task]
+    name = args.recipe or ("deblur-blind" if task == "deblur" and blind(args) else recipes.DEFAULT_FOR_TASK[task])
+    if task == "deblur":
+        _check_kernel_options(args)
     if task == "sr" and args.recipe is None and f"sr{args.factor}" in recipes.names():
         name = f"sr{args.factor}"
     if name not in recipes.names():
@@ -113,15 +137,59 @@ def recipe_for(task: str, args) -> Any:
                              **fit_overrides)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"recipe {name!r}: {exc}") from None
-    if task == "deblur":
-        kernel_arg(args)  # a bad --kernel is an error before anything runs (dip batch checks here too)
-        if getattr(args, "padding", None) is not None:
-            recipe.physics = {**recipe.physics, "padding": args.padding}
     if not _recipe_matches(recipe, task):
         fitting = [n for n in recipes.names() if _recipe_matches(recipes.get(n), task)]
         raise UsageError(f"recipe {name!r} is for the {recipe.task} task, not {task}",
                          f"for '{task}' choose one of: {', '.join(fitting)}")
+    if task == "deblur":
+        _deblur_physics(recipe, args)
     return _dense_psnr_curve(recipe) if getattr(args, "gt", None) else recipe
+
+
+def _check_kernel_options(args) -> None:
+    """Exactly one of --kernel and --kernel-size, a whole --kernel-size in range, --kernel-out
+    only with --kernel-size (one-line UsageErrors; dip batch checks here too)."""
+    given = [flag for flag, value in (("--kernel", getattr(args, "kernel", None)),
+                                      ("--kernel-size", getattr(args, "kernel_size", None))) if value is not None]
+    if len(given) != 1:
+        raise UsageError("deblur: give exactly one of --kernel SPEC (the known blur) and --kernel-size K (blind: "
+                         f"the unknown blur's size), got {' and '.join(given) if given else 'neither'}")
+    if getattr(args, "kernel_out", None) is not None and not blind(args):
+        raise UsageError("--kernel-out: only a blind fit (--kernel-size K) estimates a kernel to write")
+    if blind(args):
+        kernel_size_arg(args)
+    else:
+        kernel_arg(args)  # a bad --kernel is an error before anything runs
+
+
+def kernel_size_arg(args, image_hw: tuple[int, int] | None = None) -> int:
+    """--kernel-size as an int from BLIND_MIN_SIZE to BLIND_MAX_SIZE (and to half the smaller
+    side of an image of ``image_hw``); a bad value is a one-line UsageError."""
+    text = str(args.kernel_size).strip()
+    try:
+        size = int(text)
+    except ValueError:
+        raise UsageError(f"--kernel-size {args.kernel_size}: not a whole number; give the blur's size in pixels, "
+                         "e.g. --kernel-size 11") from None
+    if not BLIND_MIN_SIZE <= size <= BLIND_MAX_SIZE:
+        raise UsageError(f"--kernel-size {size}: must be from {BLIND_MIN_SIZE} to {BLIND_MAX_SIZE} pixels")
+    if image_hw is not None and size > min(image_hw) // 2:
+        raise UsageError(f"--kernel-size {size}: larger than half the image's smaller side ({min(image_hw)} "
+                         f"pixels), too little image to estimate the blur from; at most {min(image_hw) // 2}")
+    return size
+
+
+def _deblur_physics(recipe, args) -> None:
+    """--padding and --kernel-size into the recipe's operator; the recipe must be of the kind
+    (blind or not) the options ask for."""
+    wanted = "blind_blur" if blind(args) else "blur"
+    if recipe.physics.get("name") != wanted:
+        raise UsageError(f"recipe {recipe.name!r} is for {'non-blind' if blind(args) else 'blind'} deblurring: "
+                         f"it needs {'--kernel SPEC' if blind(args) else '--kernel-size K'}")
+    if getattr(args, "padding", None) is not None:
+        recipe.physics = {**recipe.physics, "padding": args.padding}
+    if blind(args):
+        recipe.physics = {**recipe.physics, "kernel_size": kernel_size_arg(args)}
 
 
 def kernel_arg(args) -> Any:
@@ -189,7 +257,9 @@ def _read_inputs(task: str, args) -> _Inputs:
     if task in ("inpaint", "restore"):
         inputs.mask = _read_mask(args, observation)
         inputs.files["mask"] = args.mask
-    if task == "deblur":
+    if task == "deblur" and blind(args):
+        kernel_size_arg(args, (int(observation.shape[-2]), int(observation.shape[-1])))
+    elif task == "deblur":
         inputs.kernel = _read_kernel(args, observation)
         inputs.files["kernel"] = args.kernel
     return inputs
@@ -202,6 +272,24 @@ def _read_kernel(args, observation):
     if kh > h or kw > w:
         raise UsageError(f"--kernel {args.kernel}: the kernel is {kw}x{kh} pixels, larger than the image ({w}x{h})")
     return kernel
+
+
+def _kernel_out(args, outputs, checkpoint_path):
+    """Where a blind fit writes its kernel: --kernel-out (.png or .npy) or OUT.kernel.png; checked
+    as every output is, and distinct from the others."""
+    from pathlib import Path
+
+    from dip.physics.blur_kernels import KERNEL_FILE_SUFFIXES
+
+    text = args.kernel_out or str(outputs.output.with_name(outputs.output.name + ".kernel.png"))
+    if Path(text).suffix.lower() not in KERNEL_FILE_SUFFIXES:
+        raise UsageError(f"--kernel-out {text}: the kernel is written as .png or .npy, not "
+                         f"{Path(text).suffix or '(no suffix)'!r}")
+    path = checks.check_output_path(text, "--kernel-out", bool(args.force))
+    others = [p.resolve() for p in (outputs.output, outputs.report, outputs.plot, checkpoint_path) if p is not None]
+    if path.resolve() in others:
+        raise UsageError(f"--kernel-out {path} names the file of another output; give it its own name")
+    return path
 
 
 def _check_operator(recipe, lr_hw: tuple[int, int], hr_hw: tuple[int, int]) -> None:
@@ -296,8 +384,9 @@ def prepare(task: str, args) -> Job:
     if args.gt is not None:
         gt = checks.read_ground_truth(args.gt, out_hw, int(inputs.observation.shape[0]))
         inputs.files["gt"] = args.gt
+    kernel_out = _kernel_out(args, outputs, checkpoint_path) if task == "deblur" and blind(args) else None
     for flag, path in (("-o", outputs.output), ("--report", outputs.report), ("--plot", outputs.plot),
-                       ("--checkpoint", checkpoint_path)):
+                       ("--checkpoint", checkpoint_path), ("--kernel-out", kernel_out)):
         if path is not None:
             checks.check_not_input(path, inputs.files, flag)
     ensemble = int(getattr(args, "ensemble", None) or 1)
@@ -320,7 +409,9 @@ def prepare(task: str, args) -> Job:
               inputs=inputs.files, checkpoint_path=checkpoint_path,
               checkpoint_requested=checkpoint_requested,
               checkpoint_every=args.checkpoint_every,
-              options=dict(_recorded_options(args, task), threads=threads),
+              options=dict(_recorded_options(args, task), threads=threads,
+                           **({"kernel_out": str(kernel_out)} if kernel_out is not None else {})),
+              kernel_out=kernel_out,
               title=f"dip {task} ({recipe.name})" + (f", ensemble of {ensemble}" if ensemble > 1 else ""),
               ensemble=ensemble)
     mask4 = None if job.mask is None else job.mask[None]

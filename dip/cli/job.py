@@ -20,7 +20,7 @@ from dip.cli.checks import hw
 from dip.cli.errors import EXIT_FAILURE, EXIT_OK, say
 from dip.cli.memory import format_bytes
 from dip.cli.progress import FrameSaver, ProgressBar
-from dip.cli.report import build_report, report_bytes, written_form
+from dip.cli.report import build_report, fitted_kernel, report_bytes, written_form
 from dip.cli.rescue import Saver
 
 
@@ -36,6 +36,7 @@ class Job:
     mask: Any = None  # (1, H, W)
     flash: Any = None  # (C, H, W)
     kernel: Any = None  # (Kh, Kw) point-spread function of deblur
+    kernel_out: Path | None = None  # where a blind deblur writes its estimated kernel
     gt: Any = None  # (C, H, W)
     output: Path | None = None
     report: Path | None = None
@@ -157,6 +158,12 @@ def write_outputs(job: Job, args, result) -> tuple[float | None, Saver]:
     image = result.image[0].clamp(0, 1)
     saver.write("image", job.output, lambda p: _write_image(job, args, image, p))
     psnr_input = metrics.psnr(_baseline(job), job.gt) if job.gt is not None else None
+    estimate = fitted_kernel(result)
+    if job.kernel_out is not None and estimate is not None:
+        from dip.physics.blur_kernels import kernel_bytes
+
+        content = kernel_bytes(estimate, job.kernel_out.suffix)
+        saver.write("kernel", job.kernel_out, lambda p: atomic_write(p, content))
     if job.report is not None:
         data = report_bytes(build_report(job, args, result, psnr_input))
         saver.write("report", job.report, lambda p: atomic_write(p, data))

@@ -23,6 +23,18 @@ def written_form(path: Path, info, bit_depth: int | None) -> tuple[str, int]:
     return mode, bits
 
 
+def fitted_kernel(result):
+    """The kernel a blind fit estimated, float64 numpy (Kh, Kw) summing to 1, or None when the
+    fit's operator was not fitted (``result.physics`` is the returned image's operator)."""
+    from dip.physics import BlindBlur
+
+    physics = getattr(result, "physics", None)
+    if not isinstance(physics, BlindBlur):
+        return None
+    k = physics.kernel[0].detach().cpu().double().numpy()
+    return k / k.sum()
+
+
 def _rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(float(value), digits)
 
@@ -87,6 +99,10 @@ def build_report(job, args, result, psnr_input: float | None) -> dict[str, Any]:
                       "recoveries": int(m.recoveries)} for m in members]}
     if getattr(job, "pack", None):
         report["pack"] = dict(job.pack)
+    estimate = fitted_kernel(result)
+    if estimate is not None:
+        report["kernel"] = {"size": [int(s) for s in estimate.shape], "file": str(getattr(job, "kernel_out", None)),
+                            "rows": [[float(f"{v:.6g}") for v in row] for row in estimate.tolist()]}
     hist = result.history
     if hist.get("psnr_step"):
         report["psnr_curve"] = {"step": list(hist["psnr_step"]), "psnr": list(hist["psnr"]),

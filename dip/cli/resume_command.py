@@ -79,6 +79,19 @@ def _check_space(loaded, args, outputs, source: Path, x_hw, info, total: int) ->
         checkpoint=outputs.checkpoint or source, frames=outputs.frames, save_every=args.save_every))
 
 
+def _kernel_out(loaded, outputs, source: Path) -> Path | None:
+    """Where a resumed blind fit writes its kernel: the recorded --kernel-out (replaced), or
+    OUT.kernel.png beside the output; None for a fit with a known kernel."""
+    from dip.physics import BlindBlur
+
+    if not isinstance(loaded.physics, BlindBlur):
+        return None
+    recorded = loaded.options.get("kernel_out")
+    path = Path(recorded) if recorded else outputs.output.with_name(outputs.output.name + ".kernel.png")
+    checks.check_not_input(path, {"checkpoint": str(source)}, "--kernel-out")
+    return path
+
+
 def prepare(args) -> Job:
     """All checks and loading before the resumed fit; raises UsageError."""
     from dip import images, resume
@@ -108,12 +121,15 @@ def prepare(args) -> Job:
     recipe = _recipe(loaded)
     _check_space(loaded, args, outputs, source, x_hw, info, total)
     recipe.fit = loaded.config.updated(steps=total, device=device)
+    kernel_out = _kernel_out(loaded, outputs, source)
     job = Job(task=loaded.task, recipe=recipe, observation=observation, info=info, out_hw=x_hw,
               gt=gt, output=outputs.output, report=outputs.report, plot=outputs.plot, frames=outputs.frames,
               device=device, precision_reason="as the checkpoint recorded", inputs={"checkpoint": str(source)},
               checkpoint_path=outputs.checkpoint or source, checkpoint_requested=True,
               checkpoint_every=args.checkpoint_every,
-              options=dict(loaded.options, output=str(outputs.output), threads=threads),
+              options=dict(loaded.options, output=str(outputs.output), threads=threads,
+                           **({"kernel_out": str(kernel_out)} if kernel_out is not None else {})),
+              kernel_out=kernel_out,
               title=f"dip resume {loaded.task} ({recipe.name})",
               ensemble=len(getattr(loaded, "members", [loaded])), resumed=loaded)
 

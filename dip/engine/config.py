@@ -34,7 +34,12 @@ class FitConfig:
     ``check_every`` steps), restores the parameters and optimiser state of the last good check
     and multiplies the learning rate by ``recovery_lr_factor`` (1.0 keeps it, as the original
     does); the ``max_recoveries``-th failure stops the fit with the last good state
-    (``stop_reason == "diverged"``)."""
+    (``stop_reason == "diverged"``).
+
+    ``physics_lr``: Adam's learning rate of the operator's trainable parameters, when it has
+    any (a blind blur's kernel generator, ``dip.physics.BlindBlur``); None: ``lr``. They are
+    held (learning rate 0) for the first ``physics_warmup_steps`` steps, while the generator
+    fits the observation through the operator's initial state."""
 
     steps: int = 3000
     lr: float = 0.01
@@ -46,6 +51,8 @@ class FitConfig:
     recovery_lr_factor: float = 0.5
     max_recoveries: int = 8
     tv_weight: float = 0.0
+    physics_lr: float | None = None
+    physics_warmup_steps: int = 0
     optimize: str = "net"
     optimizer: str = "adam"
     lbfgs_warmup_steps: int = 100
@@ -82,6 +89,12 @@ class FitConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 bad(name, v, "an integer >= 1")
+        if self.physics_lr is not None and not (isinstance(self.physics_lr, (int, float)) and self.physics_lr > 0
+                                                and math.isfinite(self.physics_lr)):
+            bad("physics_lr", self.physics_lr, "None or a positive number")
+        if isinstance(self.physics_warmup_steps, bool) or not isinstance(self.physics_warmup_steps, int) \
+                or self.physics_warmup_steps < 0:
+            bad("physics_warmup_steps", self.physics_warmup_steps, "an integer >= 0")
         if self.tv_weight < 0:
             bad("tv_weight", self.tv_weight, "a number >= 0")
         if self.optimize not in OPTIMIZE:

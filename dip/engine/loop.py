@@ -31,6 +31,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from dip.engine import operator_state
 from dip.engine.config import FitConfig
 from dip.engine.geometry import center_crop_box, generator_geometry, image_box
 from dip.engine.losses import data_loss, tv_loss
@@ -105,6 +106,7 @@ class _FitRun:
         self._place(y, z)
         self.fast = self._build_step()
         self.track = Tracker(config, self.gt, self.device)
+        self.best_physics: dict[str, torch.Tensor] | None = None  # the operator's, with the tracker's best_state
         self.first_step = 1
         self.prior_seconds = 0.0
         self.recovery: Recovery | None = None
@@ -143,13 +145,17 @@ class _FitRun:
             self.params.append(self.z)
         use_lbfgs = config.optimizer == "lbfgs"
         self.lbfgs_from = min(config.lbfgs_warmup_steps, config.steps) if use_lbfgs else None
+        lr = 0.001 if use_lbfgs else config.lr
+        # a trainable operator (blind blur) is fitted too, in its own Adam group; LBFGS: one rate
+        groups = operator_state.param_groups(self.params, self.physics, lr, config.physics_lr,
+                                             held=config.physics_warmup_steps > 0)
+        self.params += operator_state.trainable(self.physics)
         regularizer = (lambda out: config.tv_weight * tv_loss(out)) if config.tv_weight else None
         network = cast(nn.Module, torch.compile(self.generator)) if config.compile else self.generator
         return FastStep(network, self.z, lambda out: data_loss(self.physics, out, self.y),
                         reg_noise_std=config.reg_noise_std, precision=config.precision,
                         channels_last=self.channels_last, params=self.params, generator_rng=self.rng,
-                        crop=self.crop, optimizer=make_adam(self.params, 0.001 if use_lbfgs else config.lr),
-                        regularizer=regularizer)
+                        crop=self.crop, optimizer=make_adam(groups, lr), regularizer=regularizer)
 
     def _switch_to_lbfgs(self) -> None:
         """One function evaluation per step, history carried across steps (see the module doc)."""
@@ -159,7 +165,8 @@ class _FitRun:
     def restore(self, resume: Mapping[str, Any] | FitState | None) -> None:
         """Continue from ``resume`` (a ``FitState`` or its dict), or start afresh when None."""
         if resume is None:
-            self.recovery = Recovery(self.generator, lambda: self.fast.optimizer, self.z, self.config)
+            self.recovery = Recovery(self.generator, lambda: self.fast.optimizer, self.z, self.config,
+                                     physics=self.physics)
             return
         state = FitState.from_dict(resume)
         member = state.member
@@ -172,11 +179,13 @@ class _FitRun:
             self._switch_to_lbfgs()
         if state.optimizer_state is not None:
             load_optimizer_state(self.fast.optimizer, state.optimizer_state)
+        operator_state.load_state(self.physics, member.physics_state)
         if member.rng_state is not None:
             self.rng.set_state(member.rng_state.cpu() if self.device.type == "cpu" else member.rng_state)
         self.track.load(member, self.dtype)
+        self.best_physics = member.returned_physics_state
         self.recovery = Recovery(self.generator, lambda: self.fast.optimizer, self.z, config, member.snapshot,
-                                 member.backtracks, member.recoveries)
+                                 member.backtracks, member.recoveries, physics=self.physics)
         self.prior_seconds = state.seconds
 
     # ------------------------------------------------------------------ one step
@@ -186,6 +195,8 @@ class _FitRun:
         if self.lbfgs_from is not None and step == self.lbfgs_from + 1:
             self._switch_to_lbfgs()
             self.recovery.take(self.recovery.snapshot.psnr)  # earlier Adam snapshots do not fit LBFGS
+        if step == self.config.physics_warmup_steps + 1 > 1:  # the operator's warm-up ends
+            operator_state.release(self.fast.optimizer, self.config.lr, self.config.physics_lr)
         loss, out = self.fast()
         self.track.losses[step - 1] = loss
         loss_value = float(loss)  # one host sync per step: a non-finite loss must not spread
@@ -202,23 +213,36 @@ class _FitRun:
         if self.box is not None:  # the restored image: the operator's input less its margin (a view)
             top, left, h, w = self.box
             out = out[:, :, top:top + h, left:left + w]
-        if self.track.observe(step, out, lambda: clone_state(self.generator)):
+        if self.track.observe(step, out, self._returned_state):
             return "auto", self.track.stopper.reason, None
         track = self.track
         return None, "", StepEvent(step, self.config.steps, loss, out, track.out_avg, track.last_psnr)
+
+    def _returned_state(self) -> dict[str, torch.Tensor]:
+        """The generator's state, kept by the tracker at the step whose image is returned (the
+        operator's state is kept beside it)."""
+        self.best_physics = operator_state.state_of(self.physics)
+        return clone_state(self.generator)
 
     # ------------------------------------------------------------------ result
     def result(self, stop_reason: str, steps_run: int, detail: str) -> FitResult:
         """The fit as it stands after ``steps_run`` steps (no state of the run is changed)."""
         image_plain = render(self.generator, self.z.detach(), self.image_crop, "fp32")  # always rendered in fp32
-        image, returned_step, returned_state = self.track.returned(stop_reason, steps_run, image_plain,
-                                                                   lambda: clone_state(self.generator))
-        member = self.track.member_state(steps_run, self.rng, returned_state, returned_step, self.recovery)
+        track = self.track
+        image, returned_step, returned_state = track.returned(stop_reason, steps_run, image_plain,
+                                                              lambda: clone_state(self.generator))
+        held = track.holds(stop_reason)
+        returned_physics = (self.best_physics if held and track.best_state is not None
+                            else operator_state.state_of(self.physics))
+        member = track.member_state(steps_run, self.rng, returned_state, returned_step, self.recovery)
+        member.physics_state = operator_state.state_of(self.physics)
+        member.returned_physics_state = returned_physics
         state = FitState(step=steps_run, seconds=self.prior_seconds + time.perf_counter() - self.start,
                          optimizer_state=copy.deepcopy(self.fast.optimizer.state_dict()), members=[member])
         res = FitResult(image=image.cpu(), image_plain=image_plain.cpu(), generator=self.generator,
                         z=self.z.detach(), stop_reason=stop_reason, crop=self.image_crop, config=self.config,
-                        state=state, physics=self.physics, stop_detail=detail)
+                        state=state, stop_detail=detail,
+                        physics=operator_state.with_state(self.physics, returned_physics if held else None))
         return res.scored(self.gt)
 
 

@@ -14,7 +14,8 @@ at once: its result is taken and the remaining members are packed again, so it c
 from then on. A member that fails a step is restored alone, with its own lower learning rate
 (:mod:`dip.engine.packed_member`; Adam's step count stays the pack's).
 
-Not packed: LBFGS (its line search couples the members), optimising z, ``torch.compile``.
+Not packed: LBFGS (its line search couples the members), optimising z, ``torch.compile``,
+operators with trainable parameters (blind deblurring).
 """
 from __future__ import annotations
 
@@ -56,6 +57,13 @@ def _per_member(name: str, value: Any, k: int, allow_none: bool = False) -> list
     if value is None and not allow_none:
         raise ValueError(f"{name} is None")
     return [value] * k
+
+
+def _check_operators(physics: Sequence[nn.Module]) -> None:
+    for k, op in enumerate(physics):
+        if any(p.requires_grad for p in op.parameters()):
+            raise ValueError(f"physics[{k}] ({type(op).__name__}) has trainable parameters (e.g. blind deblurring's "
+                             "kernel generator): a packed fit fits the networks only; fit it alone")
 
 
 def _check_config(config: FitConfig) -> None:
@@ -349,7 +357,9 @@ def fit_packed(y: torch.Tensor | Sequence[torch.Tensor], physics: nn.Module | Se
     member_seeds = [int(config.seed) + i for i in range(k)] if seeds is None else [int(s) for s in seeds]
     if len(member_seeds) != k:
         raise ValueError(f"{len(member_seeds)} seeds for {k} generators: give one seed per member")
-    run = PackedRun(_per_member("y", y, k), _per_member("physics", physics, k), generators, zs, config,
+    operators = _per_member("physics", physics, k)
+    _check_operators(operators)
+    run = PackedRun(_per_member("y", y, k), operators, generators, zs, config,
                     member_seeds, _per_member("gt", gt, k, allow_none=True), resume)
     every = [max(1, int(getattr(cb, "every", 1))) for cb in callbacks]
     run.want_events = bool(callbacks)

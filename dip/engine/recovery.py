@@ -4,7 +4,8 @@ A step fails when its loss is not finite (checked every step) or, with backtrack
 fit PSNR at a check (every ``check_every`` steps) fell by more than ``backtrack_threshold_db``
 since the last good check. Restoring loads that check's parameters, optimiser state (in each
 parameter's own layout) and, when it is optimised, z, and multiplies the learning rate by
-``recovery_lr_factor``. The original code restores parameters only and keeps the rate.
+``recovery_lr_factor``. The original code restores parameters only and keeps the rate. An
+operator that is fitted too (a blind blur) is restored with the generator.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from dip.engine import operator_state
 from dip.engine.config import FitConfig
 from dip.engine.state import Snapshot
 from dip.engine.step import load_optimizer_state
@@ -38,12 +40,15 @@ class Recovery:
         config: the fit's settings (``backtrack``, ``check_every``, thresholds, factors).
         snapshot, backtracks, recoveries: state of a resumed fit; without a snapshot one is
             taken now (the state to fall back to before the first check).
+        physics: the operator, kept and restored with the generator when it has trainable
+            parameters (``dip.engine.operator_state``).
     """
 
     def __init__(self, generator: nn.Module, optimizer: Callable[[], torch.optim.Optimizer],
                  z: torch.Tensor, config: FitConfig, snapshot: Snapshot | None = None,
-                 backtracks: int = 0, recoveries: int = 0) -> None:
+                 backtracks: int = 0, recoveries: int = 0, physics: nn.Module | None = None) -> None:
         self.generator, self.optimizer, self.z, self.config = generator, optimizer, z, config
+        self.physics = physics
         self.backtracks, self.recoveries = int(backtracks), int(recoveries)
         self.snapshot = snapshot if snapshot is not None else self.take(psnr=None)
 
@@ -54,7 +59,8 @@ class Recovery:
 
     def _capture(self, psnr: float | None) -> Snapshot:
         return Snapshot(clone_state(self.generator), copy.deepcopy(self.optimizer().state_dict()),
-                        self.z.detach().clone() if self.z.requires_grad else None, psnr)
+                        self.z.detach().clone() if self.z.requires_grad else None, psnr,
+                        None if self.physics is None else operator_state.state_of(self.physics))
 
     def _load(self, snapshot: Snapshot) -> float:
         """Load ``snapshot`` and lower the learning rate; returns the new rate."""
@@ -64,6 +70,8 @@ class Recovery:
         load_optimizer_state(optimizer, snapshot.optimizer_state)
         for group, lr in zip(optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr * self.config.recovery_lr_factor
+        if self.physics is not None:
+            operator_state.load_state(self.physics, snapshot.physics_state)
         if snapshot.z is not None:
             with torch.no_grad():
                 self.z.copy_(snapshot.z)

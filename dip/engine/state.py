@@ -18,9 +18,15 @@ Dictionary schema (one member; the keys of checkpoint format 1)::
     stopper_state    dip.stopping state_dict, or None
     returned_state   generator state_dict at the step whose image is returned, or None
     returned_step    int or None
-    backtrack_state  {"good_psnr", "good_state", "good_optimizer", "good_z"} or None
+    backtrack_state  {"good_psnr", "good_state", "good_optimizer", "good_z", "good_physics"} or None
     backtracks, recoveries   ints
     history          {"step", "loss", "psnr_step", "psnr", "psnr_avg": lists}
+    physics_state    the operator's state_dict after ``step`` steps when it is fitted too (a blind
+                     blur's kernel generator, ``dip.engine.operator_state``), else None
+    returned_physics_state   the operator's state_dict at ``returned_step``, or None
+
+States written before the operator could be fitted lack the last two keys (and
+``good_physics``): they read as None, which is what they were.
 
 With K > 1 members the shared keys stay at the top and ``members`` holds K dictionaries of the
 member keys.
@@ -47,16 +53,18 @@ class Snapshot:
         optimizer_state: the optimiser's state_dict (deep copy).
         z: the input code (1, D, Hz, Wz) when it is optimised too, else None.
         psnr: the fit PSNR (dB, of A(G(z)) against y) at that check; None before the first.
+        physics_state: the operator's state_dict when it is fitted too, else None.
     """
 
     generator_state: Tensors
     optimizer_state: dict[str, Any]
     z: torch.Tensor | None = None
     psnr: float | None = None
+    physics_state: Tensors | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"good_psnr": self.psnr, "good_state": self.generator_state,
-                "good_optimizer": self.optimizer_state, "good_z": self.z}
+                "good_optimizer": self.optimizer_state, "good_z": self.z, "good_physics": self.physics_state}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Snapshot | None:
@@ -65,7 +73,8 @@ class Snapshot:
             return None
         psnr = d.get("good_psnr")
         return cls(generator_state=dict(d["good_state"]), optimizer_state=d["good_optimizer"],
-                   z=d.get("good_z"), psnr=None if psnr is None else float(psnr))
+                   z=d.get("good_z"), psnr=None if psnr is None else float(psnr),
+                   physics_state=d.get("good_physics"))
 
 
 def _empty_history() -> dict[str, list[float]]:
@@ -85,13 +94,16 @@ class MemberState:
     backtracks: int = 0
     recoveries: int = 0
     history: dict[str, list[float]] = field(default_factory=_empty_history)
+    physics_state: Tensors | None = None
+    returned_physics_state: Tensors | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"rng_state": self.rng_state, "image_avg": self.image_avg,
                 "stopper_state": self.stopper_state, "returned_state": self.returned_state,
                 "returned_step": self.returned_step,
                 "backtrack_state": None if self.snapshot is None else self.snapshot.to_dict(),
-                "backtracks": self.backtracks, "recoveries": self.recoveries, "history": self.history}
+                "backtracks": self.backtracks, "recoveries": self.recoveries, "history": self.history,
+                "physics_state": self.physics_state, "returned_physics_state": self.returned_physics_state}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MemberState:
@@ -104,7 +116,8 @@ class MemberState:
                    stopper_state=d.get("stopper_state"), returned_state=d.get("returned_state"),
                    returned_step=None if returned_step is None else int(returned_step),
                    snapshot=Snapshot.from_dict(d.get("backtrack_state")), backtracks=backtracks,
-                   recoveries=backtracks if recoveries is None else int(recoveries), history=history)
+                   recoveries=backtracks if recoveries is None else int(recoveries), history=history,
+                   physics_state=d.get("physics_state"), returned_physics_state=d.get("returned_physics_state"))
 
 
 @dataclass

@@ -105,6 +105,15 @@ class Tracker:
         self.history["psnr"].append(self.last_psnr)
         self.history["psnr_avg"].append(psnr(self.out_avg, self.gt) if self.out_avg is not None else self.last_psnr)
 
+    def holds(self, stop_reason: str) -> bool:
+        """Whether a fit that ended with ``stop_reason`` returns the stopping rule's image: when
+        the rule fired, or holds one at an interruption."""
+        stopper = self.stopper
+        if stopper is None:
+            return False
+        stopper.finalize()
+        return stop_reason == "auto" or (stop_reason == "interrupted" and stopper.best_output is not None)
+
     def returned(self, stop_reason: str, steps_run: int, image_plain: torch.Tensor,
                  state: StateFn) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
         """(image, its step, the generator state at that step) the fit returns after
@@ -112,11 +121,7 @@ class Tracker:
         interruption), else the average (from ``AVERAGE_MIN_STEPS`` steps on) or
         ``image_plain``; ``state()`` is the generator's state now."""
         stopper = self.stopper
-        if stopper is not None:
-            stopper.finalize()
-        held = stopper is not None and (stop_reason == "auto" or (
-            stop_reason == "interrupted" and stopper.best_output is not None))
-        if held:  # the image at the variance minimum: the best guess so far
+        if self.holds(stop_reason):  # the image at the variance minimum: the best guess so far
             image = stopper.best_output.detach().float().clone()
             return image, int(stopper.returned_step), (self.best_state if self.best_state is not None else state())
         averaged = self.out_avg is not None and steps_run >= AVERAGE_MIN_STEPS

@@ -45,6 +45,8 @@ def use_fft(kernel_hw: tuple[int, int], method: str = "auto") -> bool:
     if method != "auto":
         return method == "fft"
     return min(kernel_hw) >= FFT_MIN_SIDE
+
+
 _TORCH_MODE = {"reflect": "reflect", "replicate": "replicate", "zero": "constant", "circular": "circular"}
 
 
@@ -71,6 +73,78 @@ def _as_kernel(kernel) -> torch.Tensor:
         raise ValueError("kernel is all zero (for at least one channel); a point-spread function must "
                          "have positive weight")
     return kernel.to(torch.float32)
+
+
+def same_pads(kernel_hw: Size2) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) padding of a kernel of ``kernel_hw``: K - 1 pixels per axis,
+    ``ceil((K-1)/2)`` top/left (``scipy.signal.convolve(mode="same")``'s alignment)."""
+    kh, kw = kernel_hw
+    return (kw - 1 - (kw - 1) // 2, (kw - 1) // 2, kh - 1 - (kh - 1) // 2, (kh - 1) // 2)
+
+
+def pad(x: torch.Tensor, padding: str, kernel_hw: Size2) -> torch.Tensor:
+    """``x`` (N, C, H, W) padded for a kernel of ``kernel_hw`` (unchanged for "valid")."""
+    if padding == "valid":
+        return x
+    pads = same_pads(kernel_hw)
+    mode = _TORCH_MODE[padding]
+    if mode == "reflect" and (max(pads[:2]) >= x.shape[-1] or max(pads[2:]) >= x.shape[-2]):
+        raise ValueError(f"reflect padding needs an image larger than half the kernel "
+                         f"{tuple(kernel_hw)}, got {tuple(x.shape[-2:])}; use padding='replicate'")
+    return F.pad(x, pads, mode=mode)
+
+
+def conv_weight(kernel: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """conv2d weight (C, 1, Kh, Kw) of ``kernel`` (1|C, Kh, Kw), flipped (true convolution), in
+    x's dtype and device, and the group count (x's channels C). Differentiable in ``kernel``."""
+    if x.dim() != 4:
+        raise ValueError(f"x must have shape (N, C, H, W), got {tuple(x.shape)}")
+    c = x.shape[1]
+    if kernel.shape[0] not in (1, c):
+        raise ValueError(f"the blur has {kernel.shape[0]} per-channel kernels but the image has {c} channels; "
+                         "give one kernel (Kh, Kw) or one per channel (C, Kh, Kw)")
+    w = torch.flip(kernel.to(dtype=x.dtype, device=x.device), dims=(-2, -1)).expand(c, -1, -1)
+    return w[:, None].contiguous(), c
+
+
+def fft_valid(xp: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """The "valid" convolution of ``xp`` (N, C, H, W) with ``kernel`` (1|C, Kh, Kw) by FFT
+    (circular at xp's size; the rows and columns that wrap around are the first Kh - 1 and
+    Kw - 1, which "valid" drops). Differentiable in both."""
+    kh, kw = int(kernel.shape[-2]), int(kernel.shape[-1])
+    size = (int(xp.shape[-2]), int(xp.shape[-1]))
+    if size[0] < kh or size[1] < kw:
+        raise ValueError(f"the image {size} is smaller than the kernel {(kh, kw)}")
+    real = xp if xp.dtype in (torch.float32, torch.float64) else xp.float()
+    k = kernel.to(dtype=real.dtype, device=real.device)
+    out = torch.fft.irfft2(torch.fft.rfft2(real, s=size) * torch.fft.rfft2(k, s=size), s=size)
+    return out[..., kh - 1:, kw - 1:].to(xp.dtype)
+
+
+def convolve(x: torch.Tensor, kernel: torch.Tensor, padding: str, fft: bool) -> torch.Tensor:
+    """``kernel * x``: x (N, C, H, W) padded by ``padding`` (see the module docstring), then
+    convolved with ``kernel`` (1|C, Kh, Kw) directly or by FFT. Differentiable in x and kernel.
+    Returns (N, C, H, W), or (N, C, H - Kh + 1, W - Kw + 1) for "valid"."""
+    w, groups = conv_weight(kernel, x)
+    xp = pad(x, padding, (int(kernel.shape[-2]), int(kernel.shape[-1])))
+    if fft:
+        return fft_valid(xp, kernel)
+    return F.conv2d(xp, w, groups=groups)
+
+
+def x_size(padding: str, kernel_hw: Size2, y_hw: Size2) -> Size2:
+    """Image size for an observation of ``y_hw``: the same, or ``y + K - 1`` for "valid"."""
+    if padding == "valid":
+        return (int(y_hw[0]) + kernel_hw[0] - 1, int(y_hw[1]) + kernel_hw[1] - 1)
+    return (int(y_hw[0]), int(y_hw[1]))
+
+
+def crop_box(padding: str, kernel_hw: Size2, y_hw: Size2) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of the observation's own pixels inside the image ``x_size``."""
+    if padding == "valid":
+        pads = same_pads(kernel_hw)
+        return (pads[2], pads[0], int(y_hw[0]), int(y_hw[1]))
+    return (0, 0, int(y_hw[0]), int(y_hw[1]))
 
 
 class Blur(nn.Module):
@@ -103,9 +177,7 @@ class Blur(nn.Module):
             k = k / k.sum(dim=(-2, -1), keepdim=True)
         self.register_buffer("kernel", k)
         self.padding = padding
-        kh, kw = k.shape[-2:]
-        # (left, right, top, bottom): scipy.signal.convolve(mode="same")'s alignment
-        self.pads = (kw - 1 - (kw - 1) // 2, (kw - 1) // 2, kh - 1 - (kh - 1) // 2, (kh - 1) // 2)
+        self.pads = same_pads(self.kernel_size)  # (left, right, top, bottom)
 
     def extra_repr(self) -> str:
         return f"kernel={tuple(self.kernel.shape)}, padding={self.padding!r}, fft={self.fft}"
@@ -118,49 +190,15 @@ class Blur(nn.Module):
     def kernel_size(self) -> Size2:
         return (int(self.kernel.shape[-2]), int(self.kernel.shape[-1]))
 
-    def _weight(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """conv2d weight (C, 1, Kh, Kw), flipped (true convolution), and the group count."""
-        if x.dim() != 4:
-            raise ValueError(f"x must have shape (N, C, H, W), got {tuple(x.shape)}")
-        c = x.shape[1]
-        k = self.kernel
-        if k.shape[0] not in (1, c):
-            raise ValueError(f"the blur has {k.shape[0]} per-channel kernels but the image has {c} channels; "
-                             "give one kernel (Kh, Kw) or one per channel (C, Kh, Kw)")
-        w = torch.flip(k.to(dtype=x.dtype, device=x.device), dims=(-2, -1)).expand(c, -1, -1)
-        return w[:, None].contiguous(), c
-
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding == "valid":
-            return x
-        mode = _TORCH_MODE[self.padding]
-        if mode == "reflect" and (max(self.pads[:2]) >= x.shape[-1] or max(self.pads[2:]) >= x.shape[-2]):
-            raise ValueError(f"reflect padding needs an image larger than half the kernel "
-                             f"{self.kernel_size}, got {tuple(x.shape[-2:])}; use padding='replicate'")
-        return F.pad(x, self.pads, mode=mode)
+        return pad(x, self.padding, self.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, groups = self._weight(x)
-        xp = self._pad(x)
-        if self.fft:
-            return self._fft_valid(xp)
-        return F.conv2d(xp, w, groups=groups)
-
-    def _fft_valid(self, xp: torch.Tensor) -> torch.Tensor:
-        """The "valid" convolution of ``xp`` by FFT (circular at xp's size; the rows and columns
-        that wrap around are the first Kh - 1 and Kw - 1, which "valid" drops)."""
-        kh, kw = self.kernel_size
-        size = (int(xp.shape[-2]), int(xp.shape[-1]))
-        if size[0] < kh or size[1] < kw:
-            raise ValueError(f"the image {size} is smaller than the kernel {self.kernel_size}")
-        real = xp if xp.dtype in (torch.float32, torch.float64) else xp.float()
-        k = self.kernel.to(dtype=real.dtype, device=real.device)
-        out = torch.fft.irfft2(torch.fft.rfft2(real, s=size) * torch.fft.rfft2(k, s=size), s=size)
-        return out[..., kh - 1:, kw - 1:].to(xp.dtype)
+        return convolve(x, self.kernel, self.padding, self.fft)
 
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Transpose of ``forward``: (N, C, h, w) -> (N, C, *x_size((h, w)))."""
-        w, groups = self._weight(y)
+        w, groups = conv_weight(self.kernel, y)
         if self.fft:  # the forward is linear: its vector-Jacobian product is its exact transpose
             shape = y.shape[:-2] + self.x_size((int(y.shape[-2]), int(y.shape[-1])))
             with torch.enable_grad():
@@ -179,14 +217,9 @@ class Blur(nn.Module):
 
     def x_size(self, y_hw: Size2) -> Size2:
         """Image size for an observation of size ``y_hw``: the same, or ``y + K - 1`` for "valid"."""
-        if self.padding == "valid":
-            kh, kw = self.kernel_size
-            return (int(y_hw[0]) + kh - 1, int(y_hw[1]) + kw - 1)
-        return (int(y_hw[0]), int(y_hw[1]))
+        return x_size(self.padding, self.kernel_size, y_hw)
 
     def crop_box(self, y_hw: Size2) -> tuple[int, int, int, int]:
         """(top, left, h, w) of the observation's own pixels inside the image ``x_size(y_hw)``
         (the whole image unless the padding is "valid")."""
-        if self.padding == "valid":
-            return (self.pads[2], self.pads[0], int(y_hw[0]), int(y_hw[1]))
-        return (0, 0, int(y_hw[0]), int(y_hw[1]))
+        return crop_box(self.padding, self.kernel_size, y_hw)

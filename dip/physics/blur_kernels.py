@@ -17,9 +17,11 @@ a path to an image          the image's grey levels (colour is averaged to grey)
 ==========================  ===============================================================
 
 Every kernel is checked: finite, non-negative, non-empty, not all zero, at most ``MAX_SIZE``
-pixels per side.  Odd and even sizes are both used as they are (``Blur`` centres an even
-kernel as ``scipy.signal.convolve(mode="same")`` does).  Every problem is a ``ValueError``
-whose message names the value and says what is accepted.  No torch here: numpy (and Pillow
+pixels per side.  ``kernel_bytes`` writes a kernel in the two file forms read back here (a
+``.npy`` array, or a 16-bit grey PNG scaled so that its largest value is white).  Odd and even
+sizes are both used as they are (``Blur`` centres an even kernel as
+``scipy.signal.convolve(mode="same")`` does).  Every problem is a ``ValueError`` whose message
+names the value and says what is accepted.  No torch here: numpy (and Pillow
 for image files) only.
 """
 from __future__ import annotations
@@ -171,5 +173,29 @@ def parse_kernel(spec: str) -> np.ndarray:
     return check_kernel(motion(length, angle), spec)
 
 
-__all__ = ["MAX_SIZE", "MAX_SIGMA", "MAX_LENGTH", "ACCEPTED", "parse_kernel", "check_kernel", "gaussian", "box",
+KERNEL_FILE_SUFFIXES = (".png", ".npy")
+
+
+def kernel_bytes(k: np.ndarray, suffix: str) -> bytes:
+    """The file content of kernel ``k`` (Kh, Kw) for a file ending in ``suffix``: ``.npy`` the
+    values as float64, ``.png`` a 16-bit grey image scaled so that its largest value is 65535
+    (``parse_kernel`` reads either back, normalised to sum 1)."""
+    import io
+
+    k = check_kernel(k)
+    buffer = io.BytesIO()
+    if suffix.lower() == ".npy":
+        np.save(buffer, k, allow_pickle=False)
+    elif suffix.lower() == ".png":
+        from PIL import Image
+
+        levels = np.round(k / k.max() * 65535.0).astype(np.uint16)
+        Image.fromarray(levels).save(buffer, format="PNG")
+    else:
+        raise ValueError(f"a kernel file ends in {' or '.join(KERNEL_FILE_SUFFIXES)}, got {suffix!r}")
+    return buffer.getvalue()
+
+
+__all__ = ["KERNEL_FILE_SUFFIXES", "kernel_bytes",
+           "MAX_SIZE", "MAX_SIGMA", "MAX_LENGTH", "ACCEPTED", "parse_kernel", "check_kernel", "gaussian", "box",
            "motion"]

@@ -103,3 +103,14 @@ def test_an_interrupted_ensemble_leaves_its_checkpoint_and_resume_finishes_it(tm
     assert 2 <= ran < 500
     assert main(["resume", str(ckpt), "--steps", str(ran + 2), "-q"]) == 0
     assert [m["fit"]["steps_run"] for m in checkpoint.load(ckpt)["members"]] == [ran + 2, ran + 2]
+
+
+def test_ensemble_with_blind_deblurring_is_refused(tmp_path, image_maker, capsys):
+    from dip.cli import main
+
+    src = tmp_path / "in.png"
+    image_maker(src, 14, 18, "RGB")
+    assert main(["deblur", str(src), "-o", str(tmp_path / "o.png"), "--kernel-size", "3", "--ensemble", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--ensemble does not combine with --kernel-size" in err and err.count("\n") <= 2
+    assert not (tmp_path / "o.png").exists()

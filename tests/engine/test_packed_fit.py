@@ -210,3 +210,11 @@ def test_the_median_of_an_even_count_is_the_mean_of_the_two_middle_values():
     assert torch.allclose(combine(images, "mean"), torch.full((1, 1, 2, 2), 0.45))
     with pytest.raises(ValueError, match="mean, median"):
         combine(images, "max")
+
+
+def test_an_operator_with_trainable_parameters_is_refused():
+    from dip.physics import BlindBlur
+
+    gens, zs = _members(2)
+    with pytest.raises(ValueError, match="trainable parameters"):
+        fit_packed(_observation(), BlindBlur(3, padding="reflect").double(), gens, zs, CONFIG)
