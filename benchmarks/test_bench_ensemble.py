@@ -118,7 +118,11 @@ def test_pack_against_fits_in_a_row(benchmark):
 
     def run() -> None:
         start = time.perf_counter()
-        rows["single"] = [recipes.run(recipe, c.observation, gt=c.gt) for c in cases]
+        rows["single"] = []
+        for c in cases:
+            rows["single"].append(recipes.run(recipe, c.observation, gt=c.gt))
+            print(f"\n{c.image} alone: {rows['single'][-1].psnr:.2f} dB, {rows['single'][-1].steps_run} steps, "
+                  f"{time.perf_counter() - start:.0f} s so far", flush=True)
         rows["single_seconds"] = time.perf_counter() - start
         built = [recipes.build(recipe, c.observation) for c in cases]
         start = time.perf_counter()
