@@ -200,6 +200,20 @@ def _execute(todo: list[packs.Pack], command: Command, *, ray_address: str | Non
                           handle_signals=handle_signals, on_tick=progress.tick)
 
 
+def _plan_work(jobs: list[ImageJob], redo: bool, steps: int | None,
+               pack: int) -> tuple[list[ImageJob], list[packs.Pack]]:
+    """The images still to fit (all of them after forgetting earlier results with ``redo``) and
+    the fits that restore them (``dip.batch.packs.plan_packs``)."""
+    if redo:
+        for job in jobs:
+            _forget(job)
+    todo = [job for job in jobs if state(job, steps) != "done"]
+    work = packs.plan_packs(todo, pack, steps)
+    log.info("batch: %d image(s), %d done earlier, %d to fit (%d to resume) in %d fit(s)", len(jobs),
+             len(jobs) - len(todo), len(todo), sum(state(j, steps) == "resume" for j in todo), len(work))
+    return todo, work
+
+
 def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike, *,
               workers: int = 1, threads: int | None = None, ray_address: str | None = None,
               retries: int = 3, fit_args: Sequence[str] = (), steps: int | None = None,
@@ -266,13 +280,7 @@ def run_batch(task: str, inputs: Sequence[str | os.PathLike], outdir: str | os.P
                       threads=threads, mask_invert=mask_invert)
     preflight(command, jobs[0], pack)
     out.mkdir(exist_ok=True)
-    if redo:
-        for job in jobs:
-            _forget(job)
-    todo = [job for job in jobs if state(job, steps) != "done"]
-    work = packs.plan_packs(todo, pack, steps)
-    log.info("batch: %d image(s), %d done earlier, %d to fit (%d to resume) in %d fit(s)", len(jobs),
-             len(jobs) - len(todo), len(todo), sum(state(j, steps) == "resume" for j in todo), len(work))
+    todo, work = _plan_work(jobs, redo, steps, pack)
 
     manifest = Manifest(out)
     attempted: dict[str, dict[str, Any]] = {}
