@@ -65,6 +65,18 @@ def _check_observation(y: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def place_ground_truth(gt: torch.Tensor | None, hw: tuple[int, int], device: torch.device,
+                       dtype: torch.dtype) -> torch.Tensor | None:
+    """The ground truth (C, H, W) or (1, C, H, W) as (1, C, H, W) on ``device`` in ``dtype``,
+    checked to have the restored image's size ``hw``; None stays None."""
+    if gt is None:
+        return None
+    gt = gt[None] if gt.dim() == 3 else gt
+    if tuple(gt.shape[-2:]) != tuple(hw):
+        raise ValueError(f"ground truth must have size {tuple(hw)}, got {tuple(gt.shape[-2:])}")
+    return gt.to(device=device, dtype=dtype)
+
+
 def _check_checkpoint_every(checkpoint_every: int | None) -> None:
     if checkpoint_every is not None and (isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int)
                                          or checkpoint_every < 1):
@@ -102,7 +114,7 @@ class _FitRun:
         box = image_box(physics, (int(y.shape[-2]), int(y.shape[-1])))
         self.box = None if box == (0, 0, *x_hw) else box
         self.image_crop = (self.crop[0] + box[0], self.crop[1] + box[1], box[2], box[3])
-        self.gt = self._place_ground_truth(gt, box[2:])
+        self.gt = place_ground_truth(gt, box[2:], self.device, self.dtype)
         self._place(y, z)
         self.fast = self._build_step()
         self.track = Tracker(config, self.gt, self.device)
@@ -113,13 +125,6 @@ class _FitRun:
         self.start = time.perf_counter()
 
     # ------------------------------------------------------------------ set-up
-    def _place_ground_truth(self, gt: torch.Tensor | None, x_hw: tuple[int, int]) -> torch.Tensor | None:
-        if gt is None:
-            return None
-        gt = gt[None] if gt.dim() == 3 else gt
-        if tuple(gt.shape[-2:]) != tuple(x_hw):
-            raise ValueError(f"ground truth must have size {x_hw}, got {tuple(gt.shape[-2:])}")
-        return gt.to(device=self.device, dtype=self.dtype)
 
     def _place(self, y: torch.Tensor, z: torch.Tensor) -> None:
         """Generator, operator, y and z on the device, in the layout the hardware prefers."""

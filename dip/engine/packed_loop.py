@@ -31,7 +31,7 @@ from torch import nn
 
 from dip.engine.config import FitConfig
 from dip.engine.geometry import center_crop_box, generator_geometry, image_box
-from dip.engine.loop import _check_checkpoint_every, _check_observation, _device
+from dip.engine.loop import _check_checkpoint_every, _check_observation, _device, place_ground_truth
 from dip.engine.losses import data_loss, tv_loss
 from dip.engine.packed_member import Member, MemberRecovery
 from dip.engine.packed_result import PackedFitResult
@@ -110,7 +110,7 @@ class PackedRun:
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.members = [
             Member(k, config.updated(seed=int(seeds[k])), y.to(device=self.device, dtype=self.dtype),
-                   physics[k].to(self.device), self._place_gt(gts[k], box[2:]),
+                   physics[k].to(self.device), place_ground_truth(gts[k], box[2:], self.device, self.dtype),
                    zs[k].to(device=self.device, dtype=self.dtype).contiguous(), self.device)
             for k, y in enumerate(ys)]
         self.first_step, self.prior_seconds = 1, 0.0
@@ -172,14 +172,6 @@ class PackedRun:
         return FitResult(image=image.cpu(), image_plain=image_plain.cpu(), generator=generator, z=m.z,
                          stop_reason=reason, crop=self.image_crop, config=m.config, state=state,
                          physics=m.physics, stop_detail=detail).scored(m.gt)
-
-    def _place_gt(self, gt: torch.Tensor | None, hw: tuple[int, int]) -> torch.Tensor | None:
-        if gt is None:
-            return None
-        gt = gt[None] if gt.dim() == 3 else gt
-        if tuple(gt.shape[-2:]) != tuple(hw):
-            raise ValueError(f"ground truth must have size {tuple(hw)}, got {tuple(gt.shape[-2:])}")
-        return gt.to(device=self.device, dtype=self.dtype)
 
     def position(self, member: Member) -> int:
         """The member's place in the current pack."""
