@@ -67,10 +67,13 @@ def test_choice_of_a_copy(native, copy):
         NATIVE.choose_cpu_isa("sse5")
 
 
+def _child_env(env_isa: str) -> dict[str, str]:
+    return dict(os.environ, DIP_CPU_ISA=env_isa, OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+
 def _child(env_isa: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DIP_CPU_ISA=env_isa, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=_child_env(env_isa), capture_output=True,
                           text=True, timeout=600)
 
 
@@ -94,16 +97,35 @@ def test_invalid_request_is_an_error_at_the_first_kernel_call(native):
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
 
 
+@pytest.fixture(scope="module")
+def copy_runs():
+    """copy -> the child pytest run of the native-vs-reference tests forced to that copy, for
+    every copy this CPU supports. The children start together, so a second core runs one while
+    the first runs another; each is (returncode, stdout, stderr)."""
+    if not ops.has_native():
+        pytest.skip(f"native library unavailable: {ops.native_status()}")
+    selection = "native_matches_reference and not random and not cuda or active_copy"
+    started = {copy: subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+                                       selection, str(ROOT / "tests" / "ops")], cwd=ROOT, env=_child_env(copy),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for copy in _supported()}
+    try:
+        outputs = {copy: proc.communicate(timeout=600) for copy, proc in started.items()}
+        return {copy: (started[copy].returncode, *outputs[copy]) for copy in started}
+    finally:
+        for proc in started.values():
+            if proc.poll() is None:
+                proc.kill()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("copy", COPIES)
-def test_copy_matches_reference(native, copy):
+def test_copy_matches_reference(copy_runs, copy):
     """The native-vs-reference tests of every op, in a child process forced to `copy`."""
-    if copy not in _supported():
+    if copy not in copy_runs:
         pytest.skip(f"this CPU lacks the {copy} copy (supports {ops.build_info()['cpu_isas']})")
-    selection = "native_matches_reference and not random and not cuda or active_copy"
-    run = _child(copy, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
-                 str(ROOT / "tests" / "ops"))
-    report = run.stdout[-4000:] + run.stderr[-2000:]
-    assert run.returncode == 0, report
-    summary = run.stdout.strip().splitlines()[-1]  # e.g. "87 passed, 64 deselected in 5.2s"
+    returncode, stdout, stderr = copy_runs[copy]
+    report = stdout[-4000:] + stderr[-2000:]
+    assert returncode == 0, report
+    summary = stdout.strip().splitlines()[-1]  # e.g. "87 passed, 64 deselected in 5.2s"
     assert re.search(r"\d+ passed", summary) and "skipped" not in summary, report
