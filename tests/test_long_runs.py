@@ -4,17 +4,16 @@ from __future__ import annotations
 import json
 import math
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from dip import checkpoint, cli, images as io, models, resume
+from dip import checkpoint, cli, models, resume
+from dip import images as io
 from dip.fit import FitConfig, fit, generator_geometry
 from dip.inputs import make_input
 from dip.physics import Identity
+from tests.interrupt import signal_once_checkpointed
 
 
 def small_net():
@@ -225,20 +224,9 @@ def test_cli_resume_errors(image, tmp_path, capsys):
 def test_a_signal_during_a_fit_leaves_a_checkpoint_that_resume_finishes(image, tmp_path, sig, code, child_env):
     out = tmp_path / "out.png"
     ckpt = tmp_path / "out.png.ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "dip", "denoise", str(image), "-o", str(out), "--steps", "500",
-                             "--stop", "steps", "--checkpoint-every", "2", "-q"], env=child_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ckpt.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == code, err
+    returncode, err = signal_once_checkpointed(["denoise", str(image), "-o", str(out), "--steps", "500", "--stop",
+                                                "steps", "--checkpoint-every", "2", "-q"], ckpt, sig, child_env)
+    assert returncode == code, err
     assert "dip resume" in err and "Traceback" not in err
     assert out.is_file()  # the image so far
     ran = checkpoint.load(ckpt)["fit"]
