@@ -99,6 +99,14 @@ def test_inputs_that_match_nothing(tmp_path, three, capsys):
     assert code == 2 and "nope.png" in err and "Traceback" not in err
 
 
+def test_a_batch_whose_images_are_all_in_its_output_folder_says_so(tmp_path, three, capsys):
+    code = cli.main(["batch", "denoise", str(three), "-o", str(three), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "every image found (a.png, b.png, c.png) is inside the output folder" in err
+    assert "choose another output folder" in err and "Traceback" not in err
+    assert sorted(p.name for p in three.iterdir()) == ["a.png", "b.png", "c.png"]  # nothing written
+
+
 def test_same_names_are_refused(tmp_path, three):
     make_image(three / "a.jpg", 5)
     with pytest.raises(BatchError, match="same output files.*a.jpg and .*a.png|same output files.*a.png and .*a.jpg"):

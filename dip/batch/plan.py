@@ -23,6 +23,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +228,7 @@ def plan(task: str, specs: Sequence[str | os.PathLike], outdir: str | os.PathLik
                              + (f" in {masks_folder}" if masks_folder else " next to each image")
                              + "; change it with --mask-pattern / --masks DIR")
     if not images:
-        raise BatchError("no input images: the inputs name no image file "
-                         f"({', '.join(input_suffixes())})", "check the paths and patterns")
+        _no_images(out, inside)
     _check_clashes(images)
 
     jobs = []
@@ -245,6 +245,17 @@ def plan(task: str, specs: Sequence[str | os.PathLike], outdir: str | os.PathLik
         raise BatchError(f"no ground truth in {gts_folder} for {_shorten(missing_gt)}",
                          "ground truths are matched by file stem (DIR/<stem>.png, .tif, ...)")
     return jobs, ignored
+
+
+def _no_images(out: Path, inside: Sequence[Path]) -> NoReturn:
+    """Raise the error for a batch left with no image, saying why when the images found were all
+    in the output folder."""
+    if inside:
+        raise BatchError(f"no input images: every image found ({_shorten([p.name for p in inside])}) is inside "
+                         f"the output folder {out}, where the batch writes its results",
+                         "put the inputs in another folder, or choose another output folder with -o")
+    raise BatchError("no input images: the inputs name no image file "
+                     f"({', '.join(input_suffixes())})", "check the paths and patterns")
 
 
 def _check_clashes(images: Sequence[Path]) -> None:
