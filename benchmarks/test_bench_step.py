@@ -61,6 +61,9 @@ from dip.models.common import BNAct
 from tests import oracle
 
 SIZES = tuple(int(s) for s in os.environ.get("DIP_BENCH_SIZES", "128,256,512").split(","))
+# the original-style generator halves the image five times and its BatchNorm needs more than one
+# value per channel in training, so its deepest map must be at least 2x2
+ORIGINAL_MIN_SIZE = 64
 THREADS = int(os.environ.get("DIP_BENCH_THREADS", "2"))
 ROUNDS = {128: 8, 256: 6, 512: 3}
 if os.environ.get("DIP_BENCH_ROUNDS"):
@@ -259,6 +262,9 @@ def _record(step_results, benchmark, config, size, times, peak_mib, extra=None) 
 def test_step(benchmark, step_results, size):
     """(a), (a'), fast-fp32 (and fast-bf16 where the CPU has bf16 arithmetic), each in its own
     process, taking turns one step each per round; the benchmark's own time is a round."""
+    if size < ORIGINAL_MIN_SIZE:
+        pytest.skip(f"the original-style step needs images of at least {ORIGINAL_MIN_SIZE}² (its deepest map "
+                    f"would be 1x1 at {size}²); choose DIP_BENCH_SIZES of {ORIGINAL_MIN_SIZE} or more")
     configs = ["original", "original+malloc", "fast-fp32"]
     if dip.ops.has_native():
         configs.append("fast-fp32-torchbn")
