@@ -8,7 +8,8 @@ noise; Wiener and Richardson–Lucy with the true kernel on the reflect-padded i
 parameter chosen per image on the ground truth; DIP with the ``deblur`` recipe.  15 fits of
 4000 steps: hours on a CPU, so it runs only with DIP_BENCH_DEBLUR=1.  Scale it with
 DIP_BENCH_DEBLUR_SIZE, _STEPS, _IMAGES (comma list of built-in names), _CASES (comma list),
-_DEVICE, _NET_WIDTH (channels per level, default the recipe's 128); _CSV (file) keeps the rows.
+_DEVICE, _NET_WIDTH (channels per level, default the recipe's 128); _CSV (file) keeps the rows
+(the loop is benchmarks/deblur_cases.py's, shared with the blind benchmark).
 
 Printed: one line per image x kernel (input, Wiener and its balance, Richardson–Lucy and its
 iterations, DIP, DIP minus the better baseline, steps, seconds) and the mean per kernel; the
@@ -20,9 +21,13 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.deblur_cases import require, run_cases
+
 torch.set_num_threads(int(os.environ.get("DIP_BENCH_THREADS", "1")))
 
 CASES = ("deblur-gauss", "deblur-motion9", "deblur-motion15")
+#: the environment variables' prefix (benchmarks/deblur_cases.py)
+PREFIX = "DIP_BENCH_DEBLUR"
 
 
 def deblur_table(rows) -> str:
@@ -53,28 +58,8 @@ def deblur_table(rows) -> str:
 
 @pytest.mark.slow
 def test_bench_eval_deblur(benchmark):
-    if os.environ.get("DIP_BENCH_DEBLUR") != "1":
-        pytest.skip("hours on a CPU: set DIP_BENCH_DEBLUR=1 (and DIP_BENCH_DEBLUR_* to scale it)")
-    from dip import evaluate as ev
-
-    size = int(os.environ.get("DIP_BENCH_DEBLUR_SIZE", "128"))
-    steps = os.environ.get("DIP_BENCH_DEBLUR_STEPS")
-    names = os.environ.get("DIP_BENCH_DEBLUR_IMAGES")
-    cases = os.environ.get("DIP_BENCH_DEBLUR_CASES", ",".join(CASES)).split(",")
-    device = os.environ.get("DIP_BENCH_DEBLUR_DEVICE", "cpu")
-    width = os.environ.get("DIP_BENCH_DEBLUR_NET_WIDTH")
-    overrides = {"net_options": {"num_channels_down": [int(width)] * 5, "num_channels_up": [int(width)] * 5}} \
-        if width else {}
-    images = ev.builtin_images(size, names.split(",") if names else None)
-
-    def run():
-        return ev.evaluate(cases, images, steps=int(steps) if steps else None, device=device, **overrides)
-
-    rows = benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
-    table = deblur_table(rows)
-    print("\n" + table)
-    if os.environ.get("DIP_BENCH_DEBLUR_CSV"):
-        ev.write_csv(rows, os.environ["DIP_BENCH_DEBLUR_CSV"])
+    require(PREFIX)
+    cases = os.environ.get(f"{PREFIX}_CASES", ",".join(CASES)).split(",")
+    rows = run_cases(benchmark, PREFIX, cases, deblur_table)
     gains = [r["fixed_psnr"] - max(r["wiener_psnr"], r["rl_psnr"]) for r in rows]
-    benchmark.extra_info.update(size=size, steps=steps, images=[n for n, _ in images], cases=cases,
-                                device=device, mean_gain_over_best_baseline=float(np.mean(gains)), table=table)
+    benchmark.extra_info.update(mean_gain_over_best_baseline=float(np.mean(gains)))

@@ -11,7 +11,8 @@ kernel and, for the Gaussian blur, with a Gaussian of sigma 1.0 (``rl_guess``). 
 on a CPU, so it runs only with DIP_BENCH_BLIND=1. Scale it with DIP_BENCH_BLIND_SIZE (default
 128), _STEPS, _IMAGES (comma list of built-in names), _KERNELS (comma list of gauss, motion9,
 motion15), _NET_WIDTH (channels per level, default the recipes' 128), _DEVICE; _ONLY=1 runs
-the blind fits alone; _CSV (file) keeps the rows.
+the blind fits alone; _CSV (file) keeps the rows, ``kernel_l1`` and ``rl_guess_psnr`` included
+(the loop is benchmarks/deblur_cases.py's, shared with the non-blind benchmark).
 
 Printed: one line per image x kernel (input, RL with the true kernel, RL with the guess, DIP
 non-blind, DIP blind, blind minus non-blind, the kernel estimate's L1 error, seconds of each
@@ -25,9 +26,13 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.deblur_cases import require, run_cases
+
 torch.set_num_threads(int(os.environ.get("DIP_BENCH_THREADS", "1")))
 
 KERNELS = ("gauss", "motion9", "motion15")
+#: the environment variables' prefix (benchmarks/deblur_cases.py)
+PREFIX = "DIP_BENCH_BLIND"
 
 
 def blind_table(rows) -> str:
@@ -64,32 +69,11 @@ def _line(kernel: str, image: str, v) -> str:
 
 @pytest.mark.slow
 def test_bench_eval_deblur_blind(benchmark):
-    if os.environ.get("DIP_BENCH_BLIND") != "1":
-        pytest.skip("hours on a CPU: set DIP_BENCH_BLIND=1 (and DIP_BENCH_BLIND_* to scale it)")
-    from dip import evaluate as ev
-
-    size = int(os.environ.get("DIP_BENCH_BLIND_SIZE", "128"))
-    steps = os.environ.get("DIP_BENCH_BLIND_STEPS")
-    names = os.environ.get("DIP_BENCH_BLIND_IMAGES")
-    kernels = os.environ.get("DIP_BENCH_BLIND_KERNELS", ",".join(KERNELS)).split(",")
-    blind_only = os.environ.get("DIP_BENCH_BLIND_ONLY") == "1"  # the non-blind columns left empty
+    require(PREFIX)
+    kernels = os.environ.get(f"{PREFIX}_KERNELS", ",".join(KERNELS)).split(",")
+    blind_only = os.environ.get(f"{PREFIX}_ONLY") == "1"  # the non-blind columns left empty
     pair = ("deblur-blind-{}",) if blind_only else ("deblur-{}", "deblur-blind-{}")
     cases = [c.format(k) for k in kernels for c in pair]
-    device = os.environ.get("DIP_BENCH_BLIND_DEVICE", "cpu")
-    width = os.environ.get("DIP_BENCH_BLIND_NET_WIDTH")
-    overrides = {"net_options": {"num_channels_down": [int(width)] * 5, "num_channels_up": [int(width)] * 5}} \
-        if width else {}
-    images = ev.builtin_images(size, names.split(",") if names else None)
-
-    def run():
-        return ev.evaluate(cases, images, steps=int(steps) if steps else None, device=device,
-                           progress=lambda r: print(f"{r['case']} {r['image']}: {r['fixed_psnr']:.2f} dB", flush=True),
-                           **overrides)
-
-    rows = benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
-    table = blind_table(rows)
-    print("\n" + table)
-    if os.environ.get("DIP_BENCH_BLIND_CSV"):
-        ev.write_csv(rows, os.environ["DIP_BENCH_BLIND_CSV"])
-    benchmark.extra_info.update(size=size, steps=steps, images=[n for n, _ in images], kernels=kernels,
-                                device=device, table=table)
+    run_cases(benchmark, PREFIX, cases, blind_table,
+              progress=lambda r: print(f"{r['case']} {r['image']}: {r['fixed_psnr']:.2f} dB", flush=True))
+    benchmark.extra_info.update(kernels=kernels)

@@ -49,7 +49,8 @@ when larger).  Degradations, seeded from (seed, image name, task):
 - ``deblur-blind-gauss`` / ``-motion9`` / ``-motion15``: the same observations (same draw), fitted
   without the kernel (recipe ``deblur-blind``, told the kernel's size only); the row adds the
   estimate's error (``kernel_l1``) and, where the case names a guess (a Gaussian of sigma 1.0
-  for the sigma 1.6 blur), Richardson–Lucy with that wrong kernel (``rl_guess_psnr``).
+  for the sigma 1.6 blur), Richardson–Lucy with that wrong kernel (``rl_guess_psnr``); both are
+  CSV columns and keys of the curves file (empty / null where they do not apply).
 
 ``metric="y"`` measures PSNR and SSIM on the luma (BT.601) of colour images, with a 4-pixel
 border ignored for super-resolution (the paper's SR protocol).
@@ -81,8 +82,8 @@ from dip.files import atomic_write
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TASKS", "BUILTIN_IMAGES", "Case", "builtin_images", "load_images", "make_case",
-           "baseline", "run_case", "evaluate", "format_table", "write_csv", "write_curves",
+__all__ = ["TASKS", "BUILTIN_IMAGES", "CSV_FIELDS", "BLIND_FIELDS", "Case", "builtin_images", "load_images",
+           "make_case", "baseline", "run_case", "evaluate", "format_table", "write_csv", "write_curves",
            "CURVES_FORMAT"]
 
 #: case kind -> (recipe name, task, parameter)
@@ -577,11 +578,16 @@ CSV_FIELDS = ("case", "image", "seed", "recipe", "size", "metric",
               "input_psnr", "input_ssim", "baseline_psnr", "baseline_ssim",
               "fixed_psnr", "fixed_ssim", "auto_psnr", "auto_ssim", "peak_psnr", "peak_step",
               "fixed_steps", "fixed_seconds", "auto_steps", "auto_return_step", "auto_seconds",
-              "stop_reason")
+              "stop_reason", "kernel_l1", "rl_guess_psnr")
+
+#: the columns of blind deblurring cases (``dip.evaluate_deblur.blind_columns``): empty in the
+#: CSV, null in the curves file, where they do not apply
+BLIND_FIELDS = ("kernel_l1", "rl_guess_psnr")
 
 
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
-    """One line per row with ``CSV_FIELDS`` (the PSNR curve is left out)."""
+    """One line per row with ``CSV_FIELDS`` (the PSNR curve is left out); a column a row
+    lacks (``BLIND_FIELDS`` of a case that is not blind deblurring) is empty."""
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -628,7 +634,8 @@ def curves_document(rows: Sequence[dict]) -> dict:
             "steps_run": int(r["fixed_steps"]), "fixed_psnr": _round([r["fixed_psnr"]], 4)[0],
             "auto_psnr": _round([r["auto_psnr"]], 4)[0], "auto_steps": int(r["auto_steps"]),
             "auto_return_step": r["auto_return_step"], "peak_psnr": _round([r["peak_psnr"]], 4)[0],
-            "peak_step": int(r["peak_step"]), "series": series})
+            "peak_step": int(r["peak_step"]),
+            **{k: None if r.get(k) is None else _round([r[k]], 4)[0] for k in BLIND_FIELDS}, "series": series})
     return {"format": CURVES_FORMAT, "runs": runs}
 
 
@@ -639,7 +646,8 @@ def write_curves(rows: Sequence[dict], path: str | os.PathLike) -> None:
     Layout: ``{"format": CURVES_FORMAT, "runs": [run, ...]}``, one run per row with its
     identity (case, image, seed, recipe, size, metric), the fit settings (exp_weight,
     stop_window, stop_patience), the results (steps_run, fixed_psnr, auto_psnr, auto_steps,
-    auto_return_step, peak_psnr, peak_step) and ``series``: equal-length lists ``step`` (int),
+    auto_return_step, peak_psnr, peak_step; ``kernel_l1`` and ``rl_guess_psnr`` for blind
+    deblurring cases, null for the others) and ``series``: equal-length lists ``step`` (int),
     ``psnr`` (plain output, dB), ``psnr_avg`` (averaged output, dB; null without averaging),
     and when recorded (``curve_windows``) ``var`` and ``psnr_wmean``: {str(W): list}, the
     windowed variance of the last W plain outputs (5 significant digits; null before the

@@ -1,6 +1,7 @@
 """Blind deblurring: the kernel generator is fitted with the image (its own Adam group), the
 estimate stays on the simplex and is the returned image's, a small fit beats its input, and a
-blind fit resumes bit for bit, its operator's state included (recovery restores it too)."""
+blind fit resumes bit for bit, its operator's state included (recovery restores it too, and a
+recovery during the kernel's warm-up lowers the rate the kernel is released at)."""
 import pytest
 import torch
 
@@ -122,3 +123,41 @@ def test_the_kernel_is_held_during_its_warm_up():
     assert not torch.equal(moved.physics.kernel, start)
     with pytest.raises(ValueError, match="physics_warmup_steps must be an integer >= 0"):
         recipes.get("deblur-blind", physics_warmup_steps=-1)
+
+
+class _DivergesOnce(BlindBlur):
+    """A blind blur whose ``fail_at``-th forward (one per step: the step's number) gives NaN, a
+    divergence on cue; None never fails."""
+
+    def __init__(self, kernel_size, fail_at=None, **settings):
+        super().__init__(kernel_size, **settings)
+        self.fail_at, self.calls = fail_at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = super().forward(x)
+        return out * float("nan") if self.calls == self.fail_at else out
+
+
+@pytest.mark.parametrize("stop_at", [3, 5])  # the checkpoint before / after the warm-up ends
+def test_a_recovery_during_the_warm_up_lowers_the_kernels_rate_for_good(stop_at):
+    _, y, _ = _scene(size=16)
+    recipe = recipes.get("deblur-blind", steps=8, net_options=SMALL, physics_options={"kernel_size": 5},
+                         physics_warmup_steps=4, physics_lr=1e-3)
+    y4, physics, generator, z = recipes.build(recipe, y)
+    diverging = _DivergesOnce(fail_at=3, **physics.config())  # step 3: in the warm-up
+    full = dip.fit(y4, diverging, generator, z, recipe.fit)
+    assert full.recoveries == 1
+    groups = full.state.optimizer_state["param_groups"]
+    factor = recipe.fit.recovery_lr_factor
+    assert groups[0]["lr"] == recipe.fit.lr * factor
+    assert groups[1]["lr"] == 1e-3 * factor  # not 1e-3: the warm-up's end keeps the reduction
+    # resumed (from before or after the warm-up's end) to the same bits, the rate included
+    y4, physics, generator, z = recipes.build(recipe, y)
+    part = dip.fit(y4, _DivergesOnce(fail_at=3, **physics.config()), generator, z,
+                   recipe.fit.updated(steps=stop_at))
+    resumed = dip.fit(y4, from_config(physics_settings(part.physics)), part.generator, part.z, recipe.fit,
+                      resume=part.resume_state())
+    assert resumed.recoveries == 1 and torch.equal(resumed.image, full.image)
+    assert torch.equal(resumed.physics.kernel, full.physics.kernel)
+    assert resumed.state.optimizer_state["param_groups"][1]["lr"] == groups[1]["lr"]

@@ -248,3 +248,24 @@ def test_deblur_cases_blur_real_scene_pixels_and_tuned_baselines_beat_the_input(
     row = ev.run_case(c, steps=2, net_options={"num_channels_down": [8] * 5, "num_channels_up": [8] * 5})
     assert row["baseline_psnr"] == pytest.approx(max(row["wiener_psnr"], row["rl_psnr"]))
     assert math.isfinite(row["fixed_psnr"])
+
+
+def test_blind_cases_write_kernel_l1_and_rl_guess_psnr_to_the_csv_and_curves(tmp_path):
+    """The smallest blind cases (24² crop, 1 step, a small net): the Gaussian one has both
+    columns, the motion one kernel_l1 only, the non-blind one neither (empty / null)."""
+    small = {"num_channels_down": [8] * 2, "num_channels_up": [8] * 2, "num_channels_skip": [2] * 2}
+    images = ev.builtin_images(24, ["astronaut"])
+    rows = ev.evaluate(["deblur-gauss", "deblur-blind-gauss", "deblur-blind-motion9"], images, steps=1,
+                       net_options=small)
+    ev.write_csv(rows, tmp_path / "r.csv")
+    with open(tmp_path / "r.csv", newline="") as f:
+        read = {r["case"]: r for r in csv.DictReader(f)}
+    assert read["deblur-gauss"]["kernel_l1"] == "" and read["deblur-gauss"]["rl_guess_psnr"] == ""
+    blind = read["deblur-blind-gauss"]
+    assert 0 <= float(blind["kernel_l1"]) <= 2 and float(blind["rl_guess_psnr"]) > 10
+    row = next(r for r in rows if r["case"] == "deblur-blind-gauss")
+    assert float(blind["rl_guess_psnr"]) == pytest.approx(row["rl_guess_psnr"])  # RL with the wrong-width Gaussian
+    assert float(read["deblur-blind-motion9"]["kernel_l1"]) > 0 and read["deblur-blind-motion9"]["rl_guess_psnr"] == ""
+    runs = {r["case"]: r for r in ev.curves_document(rows)["runs"]}
+    assert runs["deblur-gauss"]["kernel_l1"] is None and runs["deblur-blind-motion9"]["rl_guess_psnr"] is None
+    assert runs["deblur-blind-gauss"]["kernel_l1"] == pytest.approx(float(blind["kernel_l1"]), abs=1e-4)

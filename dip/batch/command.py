@@ -25,9 +25,12 @@ _PASSED = (
     ("--factor", {"help": "sr: enlargement factor (default 4)"}),
     ("--kernel", {"metavar": "SPEC", "help": "deblur (required there): the blur of every image: gaussian:SIGMA, "
                                            "box:SIZE, motion:LENGTH,ANGLE or a .npy / image file"}),
-    ("--kernel-size", {"metavar": "K", "help": "deblur, blind (instead of --kernel): the size of every image's "
-                                               "unknown blur; each estimate goes beside its output "
-                                               "(NAME.png.kernel.png)"}),
+    ("--kernel-size", {"metavar": "K|KhxKw", "help": "deblur, blind (instead of --kernel): the size of every "
+                                                     "image's unknown blur, K x K or Kh rows x Kw columns (e.g. "
+                                                     "9x15); each estimate goes beside its output "
+                                                     "(NAME.png.kernel.png)"}),
+    ("--kernel-lr", {"metavar": "RATE", "help": "deblur, blind: Adam learning rate of the kernel generator"}),
+    ("--kernel-warmup", {"metavar": "STEPS", "help": "deblur, blind: steps the kernel is held at its start"}),
     ("--padding", {"choices": ("valid", "reflect", "replicate"), "help": "deblur: boundary model"}),
     ("--lr", {"help": "Adam learning rate"}),
     ("--reg-noise", {"metavar": "STD", "help": "std of the noise added to the input code every step"}),
@@ -107,7 +110,7 @@ def fit_arguments(args: argparse.Namespace) -> list[str]:
         if value is not None:
             if option == "--factor" and args.task != "sr":
                 raise BatchError(f"--factor {value}: only the sr task has a factor", "drop --factor")
-            if option in ("--kernel", "--kernel-size", "--padding") and args.task != "deblur":
+            if (option.startswith("--kernel") or option == "--padding") and args.task != "deblur":
                 raise BatchError(f"{option} {value}: only the deblur task has a blur kernel", f"drop {option}")
             out += [option, str(value)]
     if args.compile:

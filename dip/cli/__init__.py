@@ -35,7 +35,8 @@ Modules, one job each (as in ``dip.batch``):
   built from each command module's ``add_parser``;
 - ``options``: the options of the fit commands and ``dip resume``, declared once; ``checks``:
   the checks both make before fitting (outputs, frames, ground truth, device); ``argtypes``;
-- ``fit_command`` (denoise, jpeg, sr, inpaint, restore, flash, deblur), ``resume_command``, ``demo``,
+- ``fit_command`` (denoise, jpeg, sr, inpaint, restore, flash, deblur; the deblur command's
+  kernel options are ``kernel_options``), ``resume_command``, ``demo``,
   ``info``, ``hooks`` (eval, export, render, batch, implemented in their own modules);
 - ``job``: fitting a checked ``Job`` and writing its outputs; ``rescue``: where a file goes
   when it cannot be written after the fit (beside the other outputs, else the temp folder:

@@ -10,16 +10,12 @@ import logging
 import sys
 from typing import Any
 
-from dip.cli import checks, memory, space
+from dip.cli import checks, kernel_options, memory, space
 from dip.cli.argtypes import factor
 from dip.cli.errors import UsageError
 from dip.cli.job import Job, execute
+from dip.cli.kernel_options import blind
 from dip.cli.options import add_fit_options
-
-#: smallest --kernel-size (dip.physics.blind_blur.MIN_SIZE, mirrored: parsing imports no torch)
-BLIND_MIN_SIZE = 3
-#: largest (dip.physics.blur_kernels.MAX_SIZE)
-BLIND_MAX_SIZE = 129
 
 #: fit command -> the physics kind its recipes must have
 TASKS = {
@@ -65,17 +61,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("deblur", help="remove a blur: a known one (--kernel) or an unknown one (--kernel-size)")
     p.add_argument("input", help="blurred image")
-    p.add_argument("--kernel", metavar="SPEC",
-                   help="the known blur: gaussian:SIGMA, box:SIZE, motion:LENGTH,ANGLE (degrees), or a .npy array / "
-                        "image file of the point-spread function (normalised to sum 1)")
-    p.add_argument("--kernel-size", metavar="K",
-                   help="blind deblurring (instead of --kernel): the unknown blur is estimated with the image, on a "
-                        f"K x K support (a whole number from {BLIND_MIN_SIZE} to half the image's smaller side; a "
-                        "little larger than the blur; recipe deblur-blind)")
-    p.add_argument("--kernel-out", metavar="FILE",
-                   help="with --kernel-size: where the estimated kernel goes, .png (16-bit grey, its largest value "
-                        "white) or .npy (the values, summing to 1); default OUT.kernel.png beside the output; "
-                        "--report also lists it")
+    kernel_options.add_kernel_options(p)
     p.add_argument("--padding", choices=("valid", "reflect", "replicate"),
                    help="boundary model: 'valid' (default: the fit also renders the margin the scene blurred in "
                         "from), or the image padded by reflection / edge replication")
@@ -85,11 +71,6 @@ def add_parsers(sub) -> None:
 def _recipe_matches(recipe, task: str) -> bool:
     kinds = (TASKS[task], "blind_blur") if task == "deblur" else (TASKS[task],)
     return recipe.physics.get("name") in kinds and (task == "flash") == (recipe.input_kind == "image")
-
-
-def blind(args) -> bool:
-    """Whether ``dip deblur`` is asked to estimate the kernel (--kernel-size, not --kernel)."""
-    return getattr(args, "kernel_size", None) is not None
 
 
 def _fit_overrides(args) -> dict[str, Any]:
@@ -124,7 +105,7 @@ def recipe_for(task: str, args) -> Any:
 
     name = args.recipe or ("deblur-blind" if task == "deblur" and blind(args) else recipes.DEFAULT_FOR_TASK[task])
     if task == "deblur":
-        _check_kernel_options(args)
+        kernel_options.check_kernel_options(args)
     if task == "sr" and args.recipe is None and f"sr{args.factor}" in recipes.names():
         name = f"sr{args.factor}"
     if name not in recipes.names():
@@ -132,6 +113,8 @@ def recipe_for(task: str, args) -> Any:
     if args.net is not None and args.net not in models.names():
         raise UsageError(f"unknown net {args.net!r}", f"choose one of: {', '.join(models.names())}")
     fit_overrides = _fit_overrides(args)
+    if task == "deblur":
+        fit_overrides.update(kernel_options.kernel_fit_overrides(args))
     try:
         recipe = recipes.get(name, net=args.net, factor=getattr(args, "factor", None) if task == "sr" else None,
                              **fit_overrides)
@@ -146,39 +129,6 @@ def recipe_for(task: str, args) -> Any:
     return _dense_psnr_curve(recipe) if getattr(args, "gt", None) else recipe
 
 
-def _check_kernel_options(args) -> None:
-    """Exactly one of --kernel and --kernel-size, a whole --kernel-size in range, --kernel-out
-    only with --kernel-size (one-line UsageErrors; dip batch checks here too)."""
-    given = [flag for flag, value in (("--kernel", getattr(args, "kernel", None)),
-                                      ("--kernel-size", getattr(args, "kernel_size", None))) if value is not None]
-    if len(given) != 1:
-        raise UsageError("deblur: give exactly one of --kernel SPEC (the known blur) and --kernel-size K (blind: "
-                         f"the unknown blur's size), got {' and '.join(given) if given else 'neither'}")
-    if getattr(args, "kernel_out", None) is not None and not blind(args):
-        raise UsageError("--kernel-out: only a blind fit (--kernel-size K) estimates a kernel to write")
-    if blind(args):
-        kernel_size_arg(args)
-    else:
-        kernel_arg(args)  # a bad --kernel is an error before anything runs
-
-
-def kernel_size_arg(args, image_hw: tuple[int, int] | None = None) -> int:
-    """--kernel-size as an int from BLIND_MIN_SIZE to BLIND_MAX_SIZE (and to half the smaller
-    side of an image of ``image_hw``); a bad value is a one-line UsageError."""
-    text = str(args.kernel_size).strip()
-    try:
-        size = int(text)
-    except ValueError:
-        raise UsageError(f"--kernel-size {args.kernel_size}: not a whole number; give the blur's size in pixels, "
-                         "e.g. --kernel-size 11") from None
-    if not BLIND_MIN_SIZE <= size <= BLIND_MAX_SIZE:
-        raise UsageError(f"--kernel-size {size}: must be from {BLIND_MIN_SIZE} to {BLIND_MAX_SIZE} pixels")
-    if image_hw is not None and size > min(image_hw) // 2:
-        raise UsageError(f"--kernel-size {size}: larger than half the image's smaller side ({min(image_hw)} "
-                         f"pixels), too little image to estimate the blur from; at most {min(image_hw) // 2}")
-    return size
-
-
 def _deblur_physics(recipe, args) -> None:
     """--padding and --kernel-size into the recipe's operator; the recipe must be of the kind
     (blind or not) the options ask for."""
@@ -189,18 +139,7 @@ def _deblur_physics(recipe, args) -> None:
     if getattr(args, "padding", None) is not None:
         recipe.physics = {**recipe.physics, "padding": args.padding}
     if blind(args):
-        recipe.physics = {**recipe.physics, "kernel_size": kernel_size_arg(args)}
-
-
-def kernel_arg(args) -> Any:
-    """The point-spread function ``--kernel`` names, float64 (Kh, Kw) summing to 1; a bad spec
-    is a one-line UsageError."""
-    from dip.physics.blur_kernels import parse_kernel
-
-    try:
-        return parse_kernel(args.kernel)
-    except ValueError as exc:
-        raise UsageError(f"--kernel: {exc}") from None
+        recipe.physics = {**recipe.physics, "kernel_size": kernel_options.kernel_size_setting(args)}
 
 
 def _dense_psnr_curve(recipe: Any) -> Any:
@@ -258,7 +197,7 @@ def _read_inputs(task: str, args) -> _Inputs:
         inputs.mask = _read_mask(args, observation)
         inputs.files["mask"] = args.mask
     if task == "deblur" and blind(args):
-        kernel_size_arg(args, (int(observation.shape[-2]), int(observation.shape[-1])))
+        kernel_options.kernel_size_arg(args, (int(observation.shape[-2]), int(observation.shape[-1])))
     elif task == "deblur":
         inputs.kernel = _read_kernel(args, observation)
         inputs.files["kernel"] = args.kernel
@@ -266,7 +205,7 @@ def _read_inputs(task: str, args) -> _Inputs:
 
 
 def _read_kernel(args, observation):
-    kernel = kernel_arg(args)
+    kernel = kernel_options.kernel_arg(args)
     kh, kw = kernel.shape
     h, w = (int(s) for s in observation.shape[-2:])
     if kh > h or kw > w:
@@ -392,6 +331,9 @@ def prepare(task: str, args) -> Job:
     ensemble = int(getattr(args, "ensemble", None) or 1)
     estimate = _check_memory(recipe, out_hw, inputs, device, ensemble)
     _warn_padding(out_hw, estimate)
+    warning = kernel_options.warmup_warning(args, recipe.fit.steps) if task == "deblur" else None
+    if warning is not None:
+        sys.stderr.write(f"dip: warning: {warning}\n")
     checkpoint_requested = outputs.checkpoint is not None or args.checkpoint_every is not None
     if estimate is not None:
         space.check_free_space(space.Plan(

@@ -201,7 +201,9 @@ class _FitRun:
             self._switch_to_lbfgs()
             self.recovery.take(self.recovery.snapshot.psnr)  # earlier Adam snapshots do not fit LBFGS
         if step == self.config.physics_warmup_steps + 1 > 1:  # the operator's warm-up ends
-            operator_state.release(self.fast.optimizer, self.config.lr, self.config.physics_lr)
+            # keeping the rate reduction of any recovery during the warm-up (its count is in checkpoints)
+            operator_state.release(self.fast.optimizer, self.config.lr, self.config.physics_lr,
+                                   self.recovery.recoveries, self.config.recovery_lr_factor)
         loss, out = self.fast()
         self.track.losses[step - 1] = loss
         loss_value = float(loss)  # one host sync per step: a non-finite loss must not spread

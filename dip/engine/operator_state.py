@@ -33,11 +33,18 @@ def param_groups(params: list[torch.Tensor], physics: nn.Module, lr: float, phys
     return [{"params": list(params), "lr": lr}, {"params": extra, "lr": rate}]
 
 
-def release(optimizer: torch.optim.Optimizer, lr: float, physics_lr: float | None) -> None:
+def release(optimizer: torch.optim.Optimizer, lr: float, physics_lr: float | None, recoveries: int = 0,
+            factor: float = 1.0) -> None:
     """End the operator's warm-up: its group (the second, ``param_groups``') gets ``physics_lr``
-    (default ``lr``). An optimiser with one group (LBFGS, or a fixed operator) is left as it is."""
+    (default ``lr``), multiplied by ``factor`` once per recovery so far (``recoveries``; the
+    recovery's ``recovery_lr_factor``): a recovery during the warm-up lowered every group's rate,
+    the held group's 0 included, and the released rate keeps that reduction, as the generator's
+    does. An optimiser with one group (LBFGS, or a fixed operator) is left as it is."""
     if len(optimizer.param_groups) == 2:
-        optimizer.param_groups[1]["lr"] = lr if physics_lr is None else physics_lr
+        rate = lr if physics_lr is None else physics_lr
+        for _ in range(int(recoveries)):  # one multiplication per recovery, as Recovery lowers a rate
+            rate *= factor
+        optimizer.param_groups[1]["lr"] = rate
 
 
 def state_of(physics: nn.Module) -> Tensors | None:

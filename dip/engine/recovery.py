@@ -5,7 +5,9 @@ fit PSNR at a check (every ``check_every`` steps) fell by more than ``backtrack_
 since the last good check. Restoring loads that check's parameters, optimiser state (in each
 parameter's own layout) and, when it is optimised, z, and multiplies the learning rate by
 ``recovery_lr_factor``. The original code restores parameters only and keeps the rate. An
-operator that is fitted too (a blind blur) is restored with the generator.
+operator that is fitted too (a blind blur) is restored with the generator; a recovery while
+its rate is held (the warm-up, ``FitConfig.physics_warmup_steps``) lowers the rate it gets when
+released too (``dip.engine.operator_state.release``).
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Helpers for the command-line tests: a subprocess runner and a tiny input image (the image and
-mask makers are tests/conftest.py's)."""
+"""Helpers for the command-line tests: a subprocess runner, a tiny input image and the 24 x 24
+input of the deblurring tests (the image and mask makers are tests/conftest.py's; what the
+deblurring tests share besides is tests/cli/deblur_helpers.py)."""
 from __future__ import annotations
 
 import os
@@ -31,6 +32,14 @@ def run_dip(*args, cwd=None, env=None, module="dip", timeout=240):
 def rgb_image(tmp_path):
     path = tmp_path / "in.png"
     oracle.write_image(path, 27, 33, "RGB")
+    return path
+
+
+@pytest.fixture
+def blurred(tmp_path, image_maker):
+    """A 24 x 24 RGB image, tmp_path/in.png: the input of ``dip deblur``'s tests."""
+    path = tmp_path / "in.png"
+    image_maker(path, 24, 24, "RGB")
     return path
 
 

@@ -10,27 +10,15 @@ import torch
 
 from dip import checkpoint, cli
 from dip import images as io
-
-
-@pytest.fixture
-def blurred(tmp_path, image_maker):
-    path = tmp_path / "in.png"
-    image_maker(path, 24, 24, "RGB")
-    return path
+from tests.cli.deblur_helpers import assert_one_line_usage_error, batch_argv, fit_and_resume
 
 
 def test_deblur_resumes_to_the_same_bits_and_records_the_operator(blurred, tmp_path):
-    a, b = tmp_path / "a.png", tmp_path / "b.png"
-    base = ["deblur", str(blurred), "--kernel", "motion:5,30", "-q"]
-    assert cli.main(base + ["-o", str(a), "--steps", "6"]) == 0
-    assert cli.main(base + ["-o", str(b), "--steps", "3", "--checkpoint-every", "2"]) == 0
-    ckpt = tmp_path / "b.png.ckpt"
+    report = tmp_path / "b.json"
+    _, b, ckpt = fit_and_resume(["deblur", str(blurred), "--kernel", "motion:5,30", "-q"], tmp_path, report=report)
     physics = checkpoint.load(ckpt)["physics"]
     assert physics["name"] == "blur" and physics["padding"] == "valid"
     assert abs(float(physics["kernel"].sum()) - 1) < 1e-6
-    report = tmp_path / "b.json"
-    assert cli.main(["resume", str(ckpt), "--steps", "6", "--report", str(report), "-q"]) == 0
-    assert torch.equal(io.read_image(a)[0], io.read_image(b)[0])
     assert io.read_image(b)[0].shape == (3, 24, 24)
     data = json.loads(report.read_text())
     assert data["steps_run"] == 6 and data["stop_reason"] == "steps"
@@ -83,8 +71,7 @@ def test_every_bad_kernel_is_exit_2_with_one_line(blurred, bad_files, tmp_path, 
     out = tmp_path / "out.png"
     code = cli.main(["deblur", str(blurred), "--kernel", spec.format(d=bad_files), "-o", str(out), "--steps", "1"])
     err = capsys.readouterr().err
-    assert code == 2 and needle in err and "Traceback" not in err
-    assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    assert_one_line_usage_error(code, err, needle)
     assert err.startswith("dip: error: --kernel") and not out.exists()
 
 
@@ -105,12 +92,5 @@ def test_batch_deblur_checks_the_kernel_before_any_fit(tmp_path, blurred, capsys
 
 
 def test_batch_deblur_passes_the_kernel_to_every_fit(tmp_path, blurred):
-    from dip.batch import run_batch
-    from tests.test_batch import StandInRunner
-
-    out = tmp_path / "out"
-    result = run_batch("deblur", [blurred], out, runner=StandInRunner(), fit_args=["--kernel", "gaussian:1.6"],
-                       steps=2, handle_signals=False)
-    assert result.exit_code == 0
-    argv = json.loads((out / "in.json").read_text())["argv"]
+    argv = batch_argv(blurred, tmp_path / "out", ["--kernel", "gaussian:1.6"])
     assert argv[:2] == ["deblur", str(blurred)] and argv[argv.index("--kernel") + 1] == "gaussian:1.6"
