@@ -261,12 +261,27 @@ def _output_size(recipe, observation, max_megapixels: float | None) -> tuple[int
     return out_hw
 
 
+def _fitted_size(recipe, out_hw: tuple[int, int], inputs: _Inputs) -> tuple[int, int]:
+    """(H, W) of the image the generator renders for a restored image of ``out_hw``: a "valid"
+    blur's fit renders the K - 1 pixels of margin the scene blurs in from as well."""
+    physics = recipe.physics
+    if physics.get("name") not in ("blur", "blind_blur") or physics.get("padding", "valid") != "valid":
+        return out_hw
+    if inputs.kernel is not None:
+        kh, kw = (int(s) for s in inputs.kernel.shape[-2:])
+    else:
+        size = physics.get("kernel_size", 1)
+        kh, kw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return out_hw[0] + kh - 1, out_hw[1] + kw - 1
+
+
 def _check_memory(recipe, out_hw: tuple[int, int], inputs: _Inputs, device: str, members: int = 1):
     """The fit's ``memory.FitEstimate`` (None when it failed; ``members`` fits packed cost that
     many times one); UsageError when its memory exceeds what is available."""
     in_channels = int(inputs.flash.shape[0]) if inputs.flash is not None else None
+    fitted_hw = _fitted_size(recipe, out_hw, inputs)
     try:
-        fit_estimate = memory.fit_estimate(recipe, out_hw, int(inputs.observation.shape[0]), in_channels)
+        fit_estimate = memory.fit_estimate(recipe, fitted_hw, int(inputs.observation.shape[0]), in_channels)
     except Exception as exc:  # the estimate is advisory: never block a fit because it failed
         log.debug("memory estimate failed: %s", exc)
         return None

@@ -31,6 +31,19 @@ def test_padding_option_is_the_operators(blurred, tmp_path):
     assert checkpoint.load(ckpt)["physics"]["padding"] == "replicate"
 
 
+def test_the_memory_estimate_of_a_valid_fit_counts_its_margin(tmp_path, image_maker):
+    """A 60² image blurred by an 11² box: the valid fit renders 70², padded to 96², 2.25 times the
+    pixels of a fit that pads the border (60², padded to 64²)."""
+    image_maker(tmp_path / "in.png", 60, 60, "RGB")
+    estimates = {}
+    for padding in ("valid", "replicate"):
+        report = tmp_path / f"{padding}.json"
+        assert cli.main(["deblur", str(tmp_path / "in.png"), "--kernel", "box:11", "--padding", padding, "--steps",
+                         "1", "-o", str(tmp_path / f"{padding}.png"), "--report", str(report), "-q"]) == 0
+        estimates[padding] = json.loads(report.read_text())["memory_estimate_bytes"]
+    assert estimates["valid"] > 1.6 * estimates["replicate"]
+
+
 def test_the_valid_fit_exports_the_observations_pixels(blurred, tmp_path, capsys):
     out, ckpt, ts = tmp_path / "out.png", tmp_path / "fit.ckpt", tmp_path / "g.pt"
     assert cli.main(["deblur", str(blurred), "--kernel", "gaussian:1", "-o", str(out), "--steps", "3",
