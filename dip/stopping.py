@@ -30,12 +30,20 @@ an amortised O(n / 10) per step), so rounding cannot drift over a long fit.  Mem
 buffer holds ``W`` copies of the output in its own dtype (W = 100 at 3×256² float32: 79 MB),
 plus three float64 images' worth of sums and scratch.  No tensor is allocated per update.
 
-Everything stays on the output's device.  The minimum, its step and its output are tracked with
-``torch.where`` (no data-dependent branch), so an update issues no host synchronisation; the
-host reads the tracked step only every ``sync_every`` updates to decide whether to stop (default:
-every update for CPU outputs, where reading is free, and every 25 updates on accelerators).  With
-``sync_every = k`` the stop may be reported up to ``k - 1`` observed steps after the exact step;
-what is returned (the output at the minimum) is the same.
+Everything stays on the output's device.  The minimum and its step are tracked with
+``torch.where`` / ``masked_fill`` (no data-dependent branch), and on accelerators so is the held
+output (:func:`branch_free`: True there; on CPU, where reading a value is free, the output is
+copied only at the steps that hold it; ``branch_free=True`` or ``DIP_BRANCH_FREE=1`` forces the
+accelerators' path, and the tests check that both give the same results).  So an update issues
+no host synchronisation on accelerators; the host reads the tracked step only every
+``sync_every`` updates to decide whether to stop (default: every update for CPU outputs, and
+every 25 updates on accelerators).  With ``sync_every = k`` the stop may be reported up to
+``k - 1`` observed steps after the exact step; what is returned (the output at the minimum) is
+the same.  Whoever keeps something of the returned step (the fit keeps the generator's state)
+asks ``held_now(step)``, a device flag, rather than ``returned_step`` (which reads the device:
+``best_step``, ``returned_step``, ``best_output`` and ``best_variance`` are for the end of a
+fit or a checkpoint).  K rules over outputs of one shape (the members of a packed fit) run as
+one: :class:`dip.stopping_packed.PackedWindowedVarianceStopper`.
 
 Measured here (2-core x86 CPU shared with other jobs, one thread, float32 3×256² outputs,
 W = 100; ``benchmarks/test_bench_eval.py``): one update costs 0.43–0.51 ms (min) / 0.6–0.7 ms
