@@ -149,7 +149,7 @@ class PackedWindowedVarianceStopper:
         # members per pass of the elementwise updates: all at once on the accelerators' path (one
         # kernel each); on CPU as many as keep a pass's float64 rows within ~1 MiB of cache, so
         # that the passes of one update reuse them (K = 16 at 3x128x128 in one pass: 0.7x the
-        # speed of 16 single rules; in passes of 2 rows: see benchmarks/test_bench_stopping_packed.py)
+        # speed of 16 single rules; in passes of 2: the same, benchmarks/test_bench_stopping_packed.py)
         self._chunk = k if self._branch_free else max(1, (1 << 20) // (8 * n))
 
     @property
@@ -219,9 +219,10 @@ class PackedWindowedVarianceStopper:
                       returned: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
             raise TypeError(f"step must be an int, got {type(step).__name__} ({step!r})")
-        if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point():
-            raise TypeError(f"outputs must be a floating-point torch.Tensor, got {type(outputs).__name__}"
-                            f"{'' if not isinstance(outputs, torch.Tensor) else ' of dtype ' + str(outputs.dtype)}")
+        if not isinstance(outputs, torch.Tensor):
+            raise TypeError(f"outputs must be a torch.Tensor, got {type(outputs).__name__}")
+        if not outputs.is_floating_point():
+            raise TypeError(f"outputs must be a floating-point tensor, got dtype {outputs.dtype}")
         if outputs.dim() < 1 or outputs.shape[0] != self.members:
             raise ValueError(f"outputs must have shape (K, ...) with K = {self.members} members, "
                              f"got {tuple(outputs.shape)}")
@@ -268,7 +269,7 @@ class PackedWindowedVarianceStopper:
         flat = x.reshape(k, -1).to(self._buf.dtype)
         old = self._buf[self._rows, slots]                     # (K, n) a copy; zeros if unwritten
         norms = _row_dot(self._scratch, self._branch_free)
-        m = torch.ones(k, 1, dtype=torch.bool, device=x.device) if mask is None else mask.view(k, 1)
+        m = (self._mask([True] * k) if mask is None else mask).view(k, 1)
         torch.where(m, (self._sum - old).add_(self._scratch), self._sum, out=self._sum)
         self._buf[self._rows, slots] = torch.where(m, flat, old)
         self._sqnorm[self._rows, slots] = torch.where(m.view(k), norms, self._sqnorm[self._rows, slots])
