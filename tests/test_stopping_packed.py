@@ -188,3 +188,18 @@ def test_large_outputs_updated_in_several_passes_follow_their_single_rules():
     assert packed._chunk == 1 and any(s.stopped for s in singles)
     for j, s in enumerate(singles):
         assert_same(s, packed, j)
+
+
+def test_one_host_read_per_sync_for_all_members():
+    reads = []
+
+    class Counting(PackedWindowedVarianceStopper):
+        def _check(self, step, rows):
+            reads.append((step, tuple(rows)))
+            super()._check(step, rows)
+
+    packed = Counting(4, window=5, patience=1000, sync_every=10)
+    outs = sequences(4, 50, seed=6)
+    for t in range(50):
+        packed.update(t, outs[t])
+    assert reads == [(t, (0, 1, 2, 3)) for t in (4, 14, 24, 34, 44)]
