@@ -9,6 +9,13 @@ stopping rule, recovery and learning rate: member k follows the single fit of it
 the rounding of the grouped convolutions (float64: within 1e-8 after 20 steps,
 ``tests/engine/test_packed_fit.py``).
 
+The members' stopping rules run as one (:class:`~dip.stopping_packed.PackedWindowedVarianceStopper`:
+one kernel sequence per step and, on accelerators, one host read every 25 steps for all
+members, each member's rule equal to its single fit's), and the generator state of each
+member's returned step is kept with one ``torch.where`` per packed tensor for all members on
+accelerators (:class:`~dip.engine.held_state.PackedHeldState`). A member's result gets its own
+single rule and state, so its checkpoint is a single fit's.
+
 A member that stops (its rule fires, or it diverges past ``max_recoveries``) leaves the pack
 at once: its result is taken and the remaining members are packed again, so it costs nothing
 from then on. A member that fails a step is restored alone, with its own lower learning rate
