@@ -69,6 +69,11 @@ class HeldState:
         self._any |= flag
 
     @property
+    def has_value(self) -> bool:
+        """Whether a state is held (one host read on the branch-free path, no copies)."""
+        return self._value is not None if self._buf is None else bool(self._any)
+
+    @property
     def value(self) -> Tensors | None:
         """The held state (a dict the caller may keep; None when no step was held); on the
         branch-free path one host read and copies of the buffers."""

@@ -243,7 +243,7 @@ class _FitRun:
         image, returned_step, returned_state = track.returned(stop_reason, steps_run, image_plain,
                                                               lambda: clone_state(self.generator))
         held = track.holds(stop_reason)
-        returned_physics = (self.best_physics if held and track.best_state is not None
+        returned_physics = (self.best_physics if held and track.held.has_value
                             else operator_state.state_of(self.physics))
         member = track.member_state(steps_run, self.rng, returned_state, returned_step, self.recovery)
         member.physics_state = operator_state.state_of(self.physics)

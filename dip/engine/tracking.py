@@ -21,6 +21,7 @@ from dip.engine.config import FitConfig
 from dip.engine.held_state import HeldState
 from dip.engine.state import MemberState
 from dip.stopping import branch_free
+from dip.stopping import from_config as stopper_from_config
 
 # The averaged output's memory grows with the run: at step t its weight is at most
 # (t - 1) / (t + AVERAGE_WARMUP - 1), so early, grey outputs leave the average quickly.
@@ -69,10 +70,7 @@ class Tracker:
         self.history: dict[str, list[float]] = {"psnr_step": [], "psnr": [], "psnr_avg": []}
         self.out_avg: torch.Tensor | None = None
         self.last_psnr: float | None = None
-        self.stopper = None
-        if config.stop == "auto":
-            from dip.stopping import from_config as stopper_from_config
-            self.stopper = stopper_from_config(config)
+        self.stopper = stopper_from_config(config) if config.stop == "auto" else None
         self.held = HeldState(branch_free(device))
 
     @property
@@ -149,7 +147,8 @@ class Tracker:
         stopper = self.stopper
         if self.holds(stop_reason):  # the image at the variance minimum: the best guess so far
             image = stopper.best_output.detach().float().clone()
-            return image, int(stopper.returned_step), (self.best_state if self.best_state is not None else state())
+            best = self.best_state
+            return image, int(stopper.returned_step), (best if best is not None else state())
         averaged = self.out_avg is not None and steps_run >= AVERAGE_MIN_STEPS
         return (self.out_avg.clone() if averaged else image_plain), steps_run, state()
 
