@@ -4,7 +4,9 @@
 information; at the end of the run the table of ms, GFLOP/s and ratios to the baselines of the
 same size (``original``: the original's step as shipped, ``original+malloc``: with the
 allocator setting) is printed. ``packed_results`` (benchmarks/test_bench_packed.py) maps
-(size, precision, threads, K, configuration) to ms per step and the ratio to K separate steps.
+(size, precision, threads, K, configuration) to ms per step and the ratio to K separate steps;
+``stopper_results`` (benchmarks/test_bench_stopping_packed.py) maps (K, policy) to the ms of K
+single stopping rules, of one vectorised rule, and their ratio.
 Benchmarks marked ``cuda`` are skipped without a CUDA device.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from tests import markers
 _RESULTS: dict = {}
 _CUDA_RESULTS: dict = {}
 _PACKED_RESULTS: dict = {}
+_STOPPER_RESULTS: dict = {}
 _BASELINES = ("original", "original+malloc")
 
 
@@ -34,6 +37,19 @@ def cuda_results() -> dict:
 def packed_results() -> dict:
     """(size, precision, threads, K, configuration) -> {"ms", "ms_per_member", "x_separate", ...}."""
     return _PACKED_RESULTS
+
+
+@pytest.fixture(scope="session")
+def stopper_results() -> dict:
+    """(K, policy) -> {"singles_ms", "packed_ms", "x_singles", ...}."""
+    return _STOPPER_RESULTS
+
+
+def _stopper_summary_lines(results: dict) -> list[str]:
+    lines = [f"{'K':>4}  {'policy':<12}{'singles ms':>11}{'packed ms':>10}{'x singles':>10}"]
+    for (k, policy), r in sorted(results.items()):
+        lines.append(f"{k:>4}  {policy:<12}{r['singles_ms']:>11.3f}{r['packed_ms']:>10.3f}{r['x_singles']:>10.2f}")
+    return lines
 
 
 def _packed_summary_lines(results: dict) -> list[str]:
@@ -90,6 +106,12 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section(f"K fits per step, CPU {cpu} (x separate: K separate steps' ms / "
                                  "this ms, same run)")
         for line in _packed_summary_lines(_PACKED_RESULTS):
+            terminalreporter.write_line(line)
+    if _STOPPER_RESULTS:
+        r = next(iter(_STOPPER_RESULTS.values()))
+        terminalreporter.section(f"stopping rules of K members per update, CPU {r['cpu']}, {r['threads']} thread(s) "
+                                 "(x singles: K single rules' ms / one vectorised rule's ms, same run)")
+        for line in _stopper_summary_lines(_STOPPER_RESULTS):
             terminalreporter.write_line(line)
     if not _RESULTS:
         return

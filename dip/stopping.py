@@ -30,12 +30,20 @@ an amortised O(n / 10) per step), so rounding cannot drift over a long fit.  Mem
 buffer holds ``W`` copies of the output in its own dtype (W = 100 at 3×256² float32: 79 MB),
 plus three float64 images' worth of sums and scratch.  No tensor is allocated per update.
 
-Everything stays on the output's device.  The minimum, its step and its output are tracked with
-``torch.where`` (no data-dependent branch), so an update issues no host synchronisation; the
-host reads the tracked step only every ``sync_every`` updates to decide whether to stop (default:
-every update for CPU outputs, where reading is free, and every 25 updates on accelerators).  With
-``sync_every = k`` the stop may be reported up to ``k - 1`` observed steps after the exact step;
-what is returned (the output at the minimum) is the same.
+Everything stays on the output's device.  The minimum and its step are tracked with
+``torch.where`` / ``masked_fill`` (no data-dependent branch), and on accelerators so is the held
+output (:func:`branch_free`: True there; on CPU, where reading a value is free, the output is
+copied only at the steps that hold it; ``branch_free=True`` or ``DIP_BRANCH_FREE=1`` forces the
+accelerators' path, and the tests check that both give the same results).  So an update issues
+no host synchronisation on accelerators; the host reads the tracked step only every
+``sync_every`` updates to decide whether to stop (default: every update for CPU outputs, and
+every 25 updates on accelerators).  With ``sync_every = k`` the stop may be reported up to
+``k - 1`` observed steps after the exact step; what is returned (the output at the minimum) is
+the same.  Whoever keeps something of the returned step (the fit keeps the generator's state)
+asks ``held_now(step)``, a device flag, rather than ``returned_step`` (which reads the device:
+``best_step``, ``returned_step``, ``best_output`` and ``best_variance`` are for the end of a
+fit or a checkpoint).  K rules over outputs of one shape (the members of a packed fit) run as
+one: :class:`dip.stopping_packed.PackedWindowedVarianceStopper`.
 
 Measured here (2-core x86 CPU shared with other jobs, one thread, float32 3×256² outputs,
 W = 100; ``benchmarks/test_bench_eval.py``): one update costs 0.43–0.51 ms (min) / 0.6–0.7 ms
@@ -74,7 +82,35 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["WindowedVarianceStopper", "windowed_variance", "from_config"]
+__all__ = ["WindowedVarianceStopper", "branch_free", "windowed_variance", "from_config"]
+
+BRANCH_FREE_ENV = "DIP_BRANCH_FREE"
+
+
+def branch_free(device: torch.device | str, forced: bool | None = None) -> bool:
+    """Whether a stopping rule on ``device`` keeps its minimum, its held image and the
+    generator state of the returned step without data-dependent branches (``torch.where``
+    into preallocated buffers: no host read per update).  True on accelerators, where a host
+    read waits for the queued work; False on CPU, where reading a value costs nothing and
+    copying only when needed is cheaper.  ``forced`` (True/False), else the environment
+    variable ``DIP_BRANCH_FREE`` (1/0/auto), overrides the device: tests force the
+    accelerators' path on a CPU-only machine."""
+    if forced is not None:
+        if not isinstance(forced, bool):
+            raise TypeError(f"branch_free must be a bool or None, got {type(forced).__name__} ({forced!r})")
+        return forced
+    from dip.runtime import forced_choice
+    env = forced_choice(BRANCH_FREE_ENV)
+    if env is not None:
+        return env
+    return torch.device(device).type != "cpu"
+
+
+def stop_reason(window: int, best_var: float, best: int, step: int, patience: int) -> str:
+    """The text of a rule that fired at ``step`` (its minimum ``best_var`` at step ``best``)."""
+    return (f"windowed output variance (window {window}) reached its minimum {best_var:.4g} at step "
+            f"{best} and no new minimum in the {step - best} steps since (patience {patience}); "
+            f"stopped at step {step}")
 
 
 def windowed_variance(outputs: torch.Tensor) -> float:
@@ -121,6 +157,9 @@ class WindowedVarianceStopper:
             this many observed updates; None = 1 for CPU outputs, 25 otherwise.
         recompute_every: recompute the running sums exactly from the ring buffer every this many
             updates (bounds floating-point drift); None = ``10 * window``.
+        branch_free: hold the image of a new minimum with ``torch.where`` (no host read) rather
+            than copying it when a host read says so; None = decided by :func:`branch_free`
+            from the outputs' device (True on accelerators).  Both give the same results.
 
     Usage (one call per step of the fit)::
 
@@ -137,7 +176,8 @@ class WindowedVarianceStopper:
 
     def __init__(self, window: int = 100, patience: int = 1000, *, every: int = 1,
                  return_delay: int = 0, return_mean: bool = False,
-                 sync_every: int | None = None, recompute_every: int | None = None):
+                 sync_every: int | None = None, recompute_every: int | None = None,
+                 branch_free: bool | None = None):
         self.window = _positive_int("window", window, 2)
         self.patience = _positive_int("patience", patience, 1)
         self.return_delay = _positive_int("return_delay", return_delay, 0)
@@ -152,6 +192,9 @@ class WindowedVarianceStopper:
         self.sync_every = None if sync_every is None else _positive_int("sync_every", sync_every)
         self.recompute_every = (10 * self.window if recompute_every is None
                                 else _positive_int("recompute_every", recompute_every))
+        if branch_free is not None and not isinstance(branch_free, bool):
+            raise TypeError(f"branch_free must be a bool or None, got {type(branch_free).__name__}")
+        self.branch_free = branch_free
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -167,6 +210,9 @@ class WindowedVarianceStopper:
         self._capture_dev: torch.Tensor | None = None  # () int64, best_step + return_delay
         self._held_dev: torch.Tensor | None = None     # () int64, step of the held image
         self._best_out: torch.Tensor | None = None     # returned-output shaped copy
+        self._take: torch.Tensor | None = None         # () bool: the last update held its image
+        self._take_step: int | None = None             # the step of that update
+        self._branch_free = False
         self._shape: tuple[int, ...] | None = None
         self._count = 0                                   # observed updates
         self._last_step: int | None = None
@@ -190,6 +236,7 @@ class WindowedVarianceStopper:
         self._capture_dev = torch.full((), -1, dtype=torch.int64, device=dev)
         self._held_dev = torch.full((), -1, dtype=torch.int64, device=dev)
         self._best_out = torch.zeros_like(returned.detach())
+        self._branch_free = branch_free(dev, self.branch_free)
 
     @property
     def _sync_every(self) -> int:
@@ -283,10 +330,11 @@ class WindowedVarianceStopper:
         # hold the image of a new minimum at once, and again at minimum + return_delay
         take = improved | (self._capture_dev == step)
         self._held_dev.masked_fill_(take, step)
-        if self._buf.device.type == "cpu":
+        self._take, self._take_step = take, step
+        if not self._branch_free:
             if bool(take):  # reading a CPU scalar costs nothing: copy only when needed
                 self._best_out.copy_(self._window_mean() if self.return_mean else r)
-        else:  # branch-free on accelerators: no host synchronisation per update
+        else:  # branch-free (accelerators): no host synchronisation per update
             src = self._window_mean() if self.return_mean else r.to(self._best_out.dtype)
             torch.where(take, src, self._best_out, out=self._best_out)
 
@@ -313,15 +361,20 @@ class WindowedVarianceStopper:
         for row in self._buf[:min(self._count, self.window)]:
             self._sum.add_(self._scratch.copy_(row))
 
+    def held_now(self, step: int) -> torch.Tensor | None:
+        """Whether the update of ``step`` made ``step`` the returned step (its ``returned``
+        image is now ``best_output``): a () bool tensor on the outputs' device, read without a
+        host synchronisation by whoever keeps something of that step (``torch.where``), or None
+        when that update did not compute one (``step`` not observed, window not yet full,
+        rule already stopped): then ``step`` did not become the returned step."""
+        return self._take if self._take_step == step and step == self._last_step else None
+
     def _check(self, step: int) -> bool:
         best = int(self._best_step_dev)  # the one host sync
         self._best_step_host = best if best >= 0 else None
         if best >= 0 and step - best >= self.patience:
             self._stopped = True
-            self._reason = (f"windowed output variance (window {self.window}) reached its "
-                            f"minimum {float(self._best_var):.4g} at step {best} and no new "
-                            f"minimum in the {step - best} steps since (patience "
-                            f"{self.patience}); stopped at step {step}")
+            self._reason = stop_reason(self.window, float(self._best_var), best, step, self.patience)
             return True
         return False
 
@@ -460,6 +513,7 @@ class WindowedVarianceStopper:
             self._buf = mv(state["buffer"])
             self._shape = tuple(int(s) for s in state["shape"].tolist())
             dev = self._buf.device
+            self._branch_free = branch_free(dev, self.branch_free)
             self._best_var = mv(state["best_var"])
             self._best_step_dev = mv(state["best_step"])
             self._capture_dev = mv(state["capture_step"])

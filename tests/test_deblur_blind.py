@@ -99,7 +99,9 @@ def test_recovery_restores_the_operator_with_the_generator():
     assert torch.equal(op.kernel, before)
 
 
-def test_auto_stopping_returns_the_kernel_of_the_returned_step():
+@pytest.mark.parametrize("branch_free", ["0", "1"])
+def test_auto_stopping_returns_the_kernel_of_the_returned_step(monkeypatch, branch_free):
+    monkeypatch.setenv("DIP_BRANCH_FREE", branch_free)  # "1": the accelerators' path, forced on CPU
     _, y, _ = _scene(size=16)
     res = dip.deblur(y, kernel_size=5, net_options=SMALL, steps=60, stop="auto", stop_window=5, stop_patience=5,
                      physics_warmup_steps=0, physics_lr=1e-3)

@@ -131,7 +131,8 @@ def cpu_choices() -> dict[str, Any]:
         choices["precision_auto_bf16_tasks"] = sorted(runtime.BF16_PROVEN_TASKS)
     except ValueError as exc:  # a bad DIP_* switch
         choices["error"] = str(exc)
-    choices["forced"] = {k: os.environ[k] for k in ("DIP_CHANNELS_LAST", "DIP_BF16_NATIVE", "DIP_CPU_ISA")
+    choices["forced"] = {k: os.environ[k] for k in ("DIP_CHANNELS_LAST", "DIP_BF16_NATIVE", "DIP_CPU_ISA",
+                                                      "DIP_BRANCH_FREE")
                          if os.environ.get(k)}
     return choices
 

@@ -13,6 +13,8 @@ One module per job:
 ``recovery``         :class:`Recovery`: snapshot at good checks, detect a failed step, restore
 ``rendering``        :func:`render`: G(z) in training mode without side effects
 ``result``           :class:`FitResult`, :class:`StepEvent`
+``held_state``       the generator state at the stopping rule's returned step, kept by a device
+                     flag (branch-free on accelerators), for one fit or a packed one
 ``tracking``         :class:`Tracker`: one image's average, PSNR history, stopping rule, result
 ``loop``             :func:`fit`: the orchestration
 ``packed_state``     a member's share of a packed generator's and optimiser's tensors

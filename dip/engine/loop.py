@@ -34,6 +34,7 @@ from torch import nn
 from dip.engine import operator_state
 from dip.engine.config import FitConfig
 from dip.engine.geometry import center_crop_box, generator_geometry, image_box
+from dip.engine.held_state import HeldState
 from dip.engine.losses import data_loss, tv_loss
 from dip.engine.recovery import Recovery, clone_state
 from dip.engine.rendering import render
@@ -42,6 +43,7 @@ from dip.engine.state import FitState
 from dip.engine.step import FastStep, load_optimizer_state, make_adam, working_dtype
 from dip.engine.tracking import Tracker
 from dip.runtime import choose_precision, use_channels_last
+from dip.stopping import branch_free
 
 log = logging.getLogger("dip.fit")
 
@@ -118,7 +120,8 @@ class _FitRun:
         self._place(y, z)
         self.fast = self._build_step()
         self.track = Tracker(config, self.gt, self.device)
-        self.best_physics: dict[str, torch.Tensor] | None = None  # the operator's, with the tracker's best_state
+        # the operator's state at the returned step (beside the tracker's best_state), if it is fitted
+        self.held_physics = HeldState(branch_free(self.device)) if operator_state.trainable(physics) else None
         self.first_step = 1
         self.prior_seconds = 0.0
         self.recovery: Recovery | None = None
@@ -188,7 +191,8 @@ class _FitRun:
         if member.rng_state is not None:
             self.rng.set_state(member.rng_state.cpu() if self.device.type == "cpu" else member.rng_state)
         self.track.load(member, self.dtype)
-        self.best_physics = member.returned_physics_state
+        if self.held_physics is not None:
+            self.held_physics.load(member.returned_physics_state)
         self.recovery = Recovery(self.generator, lambda: self.fast.optimizer, self.z, config, member.snapshot,
                                  member.backtracks, member.recoveries, physics=self.physics)
         self.prior_seconds = state.seconds
@@ -220,16 +224,18 @@ class _FitRun:
         if self.box is not None:  # the restored image: the operator's input less its margin (a view)
             top, left, h, w = self.box
             out = out[:, :, top:top + h, left:left + w]
-        if self.track.observe(step, out, self._returned_state):
+        stop = self.track.observe(step, out, self.generator.state_dict)
+        if self.held_physics is not None:
+            self.held_physics.offer(self.track.held_now(step), self.physics.state_dict)
+        if stop:
             return "auto", self.track.stopper.reason, None
         track = self.track
         return None, "", StepEvent(step, self.config.steps, loss, out, track.out_avg, track.last_psnr)
 
-    def _returned_state(self) -> dict[str, torch.Tensor]:
-        """The generator's state, kept by the tracker at the step whose image is returned (the
-        operator's state is kept beside it)."""
-        self.best_physics = operator_state.state_of(self.physics)
-        return clone_state(self.generator)
+    @property
+    def best_physics(self) -> dict[str, torch.Tensor] | None:
+        """The operator's state at the returned step (copies), None for a fixed operator."""
+        return None if self.held_physics is None else self.held_physics.value
 
     # ------------------------------------------------------------------ result
     def result(self, stop_reason: str, steps_run: int, detail: str) -> FitResult:
@@ -239,7 +245,7 @@ class _FitRun:
         image, returned_step, returned_state = track.returned(stop_reason, steps_run, image_plain,
                                                               lambda: clone_state(self.generator))
         held = track.holds(stop_reason)
-        returned_physics = (self.best_physics if held and track.best_state is not None
+        returned_physics = (self.best_physics if held and track.held.has_value
                             else operator_state.state_of(self.physics))
         member = track.member_state(steps_run, self.rng, returned_state, returned_step, self.recovery)
         member.physics_state = operator_state.state_of(self.physics)

@@ -9,6 +9,13 @@ stopping rule, recovery and learning rate: member k follows the single fit of it
 the rounding of the grouped convolutions (float64: within 1e-8 after 20 steps,
 ``tests/engine/test_packed_fit.py``).
 
+The members' stopping rules run as one (:class:`~dip.stopping_packed.PackedWindowedVarianceStopper`:
+one kernel sequence per step and, on accelerators, one host read every 25 steps for all
+members, each member's rule equal to its single fit's), and the generator state of each
+member's returned step is kept with one ``torch.where`` per packed tensor for all members on
+accelerators (:class:`~dip.engine.held_state.PackedHeldState`). A member's result gets its own
+single rule and state, so its checkpoint is a single fit's.
+
 A member that stops (its rule fires, or it diverges past ``max_recoveries``) leaves the pack
 at once: its result is taken and the remaining members are packed again, so it costs nothing
 from then on. A member that fails a step is restored alone, with its own lower learning rate
@@ -19,7 +26,6 @@ operators with trainable parameters (blind deblurring).
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -31,6 +37,7 @@ from torch import nn
 
 from dip.engine.config import FitConfig
 from dip.engine.geometry import center_crop_box, generator_geometry, image_box
+from dip.engine.held_state import PackedHeldState
 from dip.engine.loop import _check_checkpoint_every, _check_observation, _device, place_ground_truth
 from dip.engine.losses import data_loss, tv_loss
 from dip.engine.packed_member import Member, MemberRecovery
@@ -42,6 +49,8 @@ from dip.engine.state import FitState
 from dip.engine.step import FastStep, load_optimizer_state, make_adam, working_dtype
 from dip.models.packed import PackedGenerator, pack, unpack
 from dip.runtime import choose_precision, use_channels_last
+from dip.stopping import branch_free
+from dip.stopping_packed import PackedWindowedVarianceStopper
 
 log = logging.getLogger("dip.fit")
 
@@ -115,8 +124,10 @@ class PackedRun:
             for k, y in enumerate(ys)]
         self.first_step, self.prior_seconds = 1, 0.0
         self.want_events = True  # build the callbacks' event every step (fit_packed: only with callbacks)
+        self.stoppers: PackedWindowedVarianceStopper | None = None  # the active members' rules
         if resume is None:
             self.active = list(self.members)
+            self._start_rules()
             self._build(pack(list(generators)), None)
             for m in self.active:
                 m.recovery = MemberRecovery(self, m)
@@ -145,6 +156,7 @@ class PackedRun:
         self.active = running
         if not running:
             return
+        self._start_rules()
         step = steps.pop()
         self.first_step = step + 1
         if self.first_step > self.config.steps + 1:
@@ -162,6 +174,19 @@ class PackedRun:
             if optimizer_state is not None:
                 m.lr_scale = float(optimizer_state["param_groups"][0]["lr"]) / self.config.lr
             m.recovery = MemberRecovery(self, m, member.snapshot, member.backtracks, member.recoveries)
+
+    def _start_rules(self) -> None:
+        """The active members' stopping rules and held states, packed (from their trackers')."""
+        tracks = [m.track for m in self.active]
+        self.held = PackedHeldState(len(tracks), branch_free(self.device))
+        self.held.load([t.best_state for t in tracks])
+        if self.config.stop == "auto":
+            single = tracks[0].stopper
+            self.stoppers = PackedWindowedVarianceStopper(
+                len(tracks), window=single.window, patience=single.patience, every=single.every,
+                return_delay=single.return_delay, return_mean=single.return_mean, sync_every=single.sync_every,
+                recompute_every=single.recompute_every, branch_free=single.branch_free)
+            self.stoppers.load_state_dicts([t.stopper.state_dict() for t in tracks], self.device)
 
     def _finished_result(self, m: Member, state: FitState, generator: nn.Module, reason: str,
                          detail: str) -> FitResult:
@@ -217,6 +242,9 @@ class PackedRun:
         generators = [unpack(self.packed, k) for k in keep]
         self.active = [self.active[k] for k in keep]
         if self.active:
+            self.held.subset(keep)
+            if self.stoppers is not None:
+                self.stoppers.subset(keep)
             log.info("%d member(s) still fitting; the pack now has %d", len(keep), len(keep))
             self._build(pack(generators), packed_optimizer_state(states, self.config.lr))
 
@@ -233,8 +261,9 @@ class PackedRun:
                     new.copy_(torch.lerp(prior, new, m.lr_scale))
         losses = self.member_losses.tolist()  # the step's one host sync: no non-finite loss may spread
         finishing: list[tuple[Member, str, str]] = []
-        going_on: list[tuple[Member, torch.Tensor]] = []
-        for k, (m, value, image) in enumerate(zip(list(self.active), losses, self._blocks(out), strict=True)):
+        images = self._member_images(out)  # (K, 1, C, H, W), row k member k's restored image
+        observed = [False] * len(self.active)
+        for k, (m, value) in enumerate(zip(list(self.active), losses, strict=True)):
             m.track.losses[step - 1] = self.member_losses[k]
             failure = m.recovery.check(step, value)
             if failure is not None:
@@ -247,16 +276,44 @@ class PackedRun:
                     continue
                 if not math.isfinite(value):
                     continue  # this step's output is not an image: keep it out of the member's record
-            if self.box is not None:
-                top, left, h, w = self.box
-                image = image[:, :, top:top + h, left:left + w]
-            if m.track.observe(step, image, functools.partial(member_state, self.packed, k)):
-                finishing.append((m, "auto", m.track.stopper.reason))
-            else:
-                going_on.append((m, image))
+            m.track.record(step, images[k])
+            observed[k] = True
+        fired = self._stopping(step, images, observed)
+        finishing += [(m, "auto", self.stoppers.reason(k)) for k, m in enumerate(self.active) if fired[k]]
+        going_on = [(m, images[k]) for k, m in enumerate(self.active) if observed[k] and not fired[k]]
         event = self._event(step, going_on) if going_on and self.want_events else None
         self._finish(finishing, step)
         return event
+
+    def _member_images(self, out: torch.Tensor) -> torch.Tensor:
+        """The packed output (1, K*C, H', W') as the members' restored images (K, 1, C, H, W)
+        (a view: the operator's input less its margin)."""
+        images = out.unflatten(1, (len(self.active), self.channels)).transpose(0, 1)
+        if self.box is not None:
+            top, left, h, w = self.box
+            images = images[..., top:top + h, left:left + w]
+        return images
+
+    def _stopping(self, step: int, images: torch.Tensor, observed: list[bool]) -> list[bool]:
+        """Feed the members' rules (vectorised, no host read on accelerators but every
+        ``sync_every`` steps) and keep the states of their returned steps; True for the
+        observed members whose rule fired at this step."""
+        if self.stoppers is None or not any(observed):
+            return [False] * len(observed)
+        stoppers, tracks = self.stoppers, [m.track for m in self.active]
+        returned = None
+        if not stoppers.return_mean and any(t.out_avg is not None for t in tracks):
+            returned = torch.stack([t.out_avg if t.out_avg is not None else images[k] for k, t in enumerate(tracks)])
+        fired = stoppers.update(step, images, returned=returned, observed=observed)
+        self.held.offer(stoppers.held_now(step), self.packed)
+        return [f and o for f, o in zip(fired, observed, strict=True)]
+
+    def _hand_over(self, m: Member, k: int) -> None:
+        """Give member ``m`` (at position ``k``) its own stopping rule and held state, as a
+        single fit holds them (for its result)."""
+        if self.stoppers is not None:
+            m.track.stopper = self.stoppers.member(k)
+        m.track.held.load(self.held.member(k))
 
     def _member_params(self, k: int, clone: bool = False) -> list[torch.Tensor]:
         size = self.packed.members
@@ -285,6 +342,7 @@ class PackedRun:
 
     def _member_result(self, m: Member, k: int, reason: str, steps_run: int, detail: str,
                        image_plain: torch.Tensor) -> FitResult:
+        self._hand_over(m, k)
         image, returned_step, returned_state = m.track.returned(reason, steps_run, image_plain,
                                                                 lambda: member_state(self.packed, k))
         member = m.track.member_state(steps_run, m.rng, returned_state, returned_step, m.recovery)

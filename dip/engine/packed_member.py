@@ -2,8 +2,10 @@
 
 A member has its own observation and operator (the same ones for every member of an
 ensemble, different ones for a batch of images), ground truth, reg-noise generator seeded like
-a single fit with its seed, :class:`~dip.engine.tracking.Tracker` (average, PSNR history,
-stopping rule), recovery record and learning-rate scale. A member that diverges is restored
+a single fit with its seed, :class:`~dip.engine.tracking.Tracker` (average, PSNR history;
+its stopping rule and held state run in the pack's vectorised ones,
+:mod:`dip.stopping_packed`, and come back to the tracker with the member's result), recovery
+record and learning-rate scale. A member that diverges is restored
 alone: its slices of the packed parameters and Adam moments are loaded from its last good
 check, and its own learning rate is lowered (:class:`MemberRecovery`).
 """

@@ -1,8 +1,15 @@
 """What one fitted image keeps along its fit: the averaged output, the PSNR history against a
 ground truth, the automatic stopping rule and the image (and generator state) it returns.
 
-A single fit (:mod:`dip.engine.loop`) has one :class:`Tracker`; a packed fit
-(:mod:`dip.engine.packed_loop`) one per member, fed the member's slice of the packed output.
+A single fit (:mod:`dip.engine.loop`) has one :class:`Tracker` and feeds it with
+:meth:`Tracker.observe`. A packed fit (:mod:`dip.engine.packed_loop`) has one per member for
+the average and the PSNR history (:meth:`Tracker.record`); the members' stopping rules run
+vectorised in the pack (:mod:`dip.stopping_packed`), and a member's tracker receives its rule
+and held state when the member's result is taken.
+
+Observing a step issues no host read on accelerators: the rule's minimum is read every
+``sync_every`` steps, and whether this step became the returned step is a device flag
+(``held_now``) that the generator state is kept by (:mod:`dip.engine.held_state`).
 """
 from __future__ import annotations
 
@@ -11,7 +18,10 @@ from collections.abc import Callable
 import torch
 
 from dip.engine.config import FitConfig
+from dip.engine.held_state import HeldState
 from dip.engine.state import MemberState
+from dip.stopping import branch_free
+from dip.stopping import from_config as stopper_from_config
 
 # The averaged output's memory grows with the run: at step t its weight is at most
 # (t - 1) / (t + AVERAGE_WARMUP - 1), so early, grey outputs leave the average quickly.
@@ -24,6 +34,8 @@ AVERAGE_WARMUP = 8
 # at 300, +1.69 at 500.
 AVERAGE_MIN_STEPS = 100
 
+# the generator's state: its current tensors (detached views, not copies) where the tracker
+# keeps the state of the returned step; copies where a state is returned as it is now
 StateFn = Callable[[], dict[str, torch.Tensor]]
 
 
@@ -48,7 +60,8 @@ class Tracker:
     Attributes: ``losses`` ((steps,) float32, the data loss of every step), ``history``
     (``psnr_step``/``psnr``/``psnr_avg`` lists), ``out_avg`` (the averaged output (1, C, H, W)
     or None), ``last_psnr``, ``stopper`` (``dip.stopping`` rule or None), ``best_state`` (the
-    generator state at the stopping rule's returned step, or None).
+    generator state at the stopping rule's returned step, or None), ``held`` (the
+    :class:`~dip.engine.held_state.HeldState` that keeps it, branch-free on accelerators).
     """
 
     def __init__(self, config: FitConfig, gt: torch.Tensor | None, device: torch.device) -> None:
@@ -57,11 +70,13 @@ class Tracker:
         self.history: dict[str, list[float]] = {"psnr_step": [], "psnr": [], "psnr_avg": []}
         self.out_avg: torch.Tensor | None = None
         self.last_psnr: float | None = None
-        self.stopper = None
-        if config.stop == "auto":
-            from dip.stopping import from_config as stopper_from_config
-            self.stopper = stopper_from_config(config)
-        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stopper = stopper_from_config(config) if config.stop == "auto" else None
+        self.held = HeldState(branch_free(device))
+
+    @property
+    def best_state(self) -> dict[str, torch.Tensor] | None:
+        """The generator state at the rule's returned step (copies), or None."""
+        return self.held.value
 
     def load(self, member: MemberState, dtype: torch.dtype) -> None:
         """Continue from a resumed member's state (average, stopping rule, losses, history)."""
@@ -69,24 +84,33 @@ class Tracker:
             self.out_avg = member.image_avg.to(device=self.losses.device, dtype=dtype).clone()
         if self.stopper is not None and member.stopper_state is not None:
             self.stopper.load_state_dict(member.stopper_state)
-            self.best_state = member.returned_state
+            self.held.load(member.returned_state)
         old_losses = member.history.get("loss", [])[:self.config.steps]
         self.losses[:len(old_losses)] = torch.tensor(old_losses, dtype=self.losses.dtype)
         for key in ("psnr_step", "psnr", "psnr_avg"):
             self.history[key] = list(member.history.get(key, []))
 
-    def observe(self, step: int, out: torch.Tensor, state: StateFn) -> bool:
+    def observe(self, step: int, out: torch.Tensor, live: StateFn) -> bool:
         """Average ``out`` (the step's restored image (1, C, H, W)), record its PSNR on PSNR
-        steps and feed the stopping rule; ``state()`` gives the generator's state to keep when
-        this step becomes the returned one. Returns whether the rule says stop."""
-        self._average(step, out)
-        self._record_psnr(step, out)
+        steps and feed the stopping rule; ``live()`` gives the generator's current tensors,
+        kept (copied) when this step becomes the returned one. Returns whether the rule says
+        stop. No host read on accelerators (see the module doc)."""
+        self.record(step, out)
         if self.stopper is None:
             return False
         should_stop = self.stopper.update(step, out, returned=self.out_avg if self.out_avg is not None else out)
-        if self.stopper.returned_step == step:
-            self.best_state = state()
+        self.held.offer(self.stopper.held_now(step), live)
         return should_stop
+
+    def held_now(self, step: int) -> torch.Tensor | None:
+        """The rule's device flag: did ``step`` become the returned step (None: no)."""
+        return None if self.stopper is None else self.stopper.held_now(step)
+
+    def record(self, step: int, out: torch.Tensor) -> None:
+        """Average ``out`` and record its PSNR on PSNR steps (what ``observe`` does besides
+        the stopping rule)."""
+        self._average(step, out)
+        self._record_psnr(step, out)
 
     def _average(self, step: int, out: torch.Tensor) -> None:
         if self.config.exp_weight is None:
@@ -123,7 +147,8 @@ class Tracker:
         stopper = self.stopper
         if self.holds(stop_reason):  # the image at the variance minimum: the best guess so far
             image = stopper.best_output.detach().float().clone()
-            return image, int(stopper.returned_step), (self.best_state if self.best_state is not None else state())
+            best = self.best_state
+            return image, int(stopper.returned_step), (best if best is not None else state())
         averaged = self.out_avg is not None and steps_run >= AVERAGE_MIN_STEPS
         return (self.out_avg.clone() if averaged else image_plain), steps_run, state()
 

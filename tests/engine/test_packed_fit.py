@@ -218,3 +218,74 @@ def test_an_operator_with_trainable_parameters_is_refused():
     gens, zs = _members(2)
     with pytest.raises(ValueError, match="trainable parameters"):
         fit_packed(_observation(), BlindBlur(3, padding="reflect").double(), gens, zs, CONFIG)
+
+
+AUTO = CONFIG.updated(steps=40, stop="auto", stop_window=5, stop_patience=3)
+
+
+def _stop_at(step):
+    class StopAt:
+        def __init__(self):
+            self.step = 0
+
+        def __call__(self, event):
+            self.step = event.step
+
+        def is_set(self):
+            return self.step >= step
+    return StopAt()
+
+
+@pytest.mark.parametrize("branch_free", ["0", "1"])
+def test_stopping_members_keep_the_generator_of_their_returned_step(monkeypatch, branch_free):
+    # "1": the accelerators' branch-free path (no host read per step), forced on this CPU
+    monkeypatch.setenv("DIP_BRANCH_FREE", branch_free)
+    gens, zs = _members(2)
+    y = _observation()
+    packed = fit_packed(y, Identity(), _copies(gens), zs, AUTO)
+    for k, member in enumerate(packed.members):
+        single = _single(_copies(gens)[k], zs[k], y, AUTO.updated(seed=k))
+        assert member.stop_reason == single.stop_reason == "auto"
+        assert member.returned_step == single.returned_step < member.steps_run
+        mine, theirs = member.state.member.returned_state, single.state.member.returned_state
+        assert mine.keys() == theirs.keys()
+        assert _max_diff([mine[n] for n in mine], [theirs[n] for n in mine]) <= 1e-8
+        assert member.stopper_state.keys() == single.stopper_state.keys()
+        assert torch.equal(member.stopper_state["history_step"], single.stopper_state["history_step"])
+
+
+def test_the_branch_free_path_gives_the_cpu_paths_results(monkeypatch):
+    gens, zs = _members(2)
+    y = _observation()
+    runs = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("DIP_BRANCH_FREE", flag)
+        runs.append((fit_packed(y, Identity(), _copies(gens), zs, AUTO),
+                     _single(_copies(gens)[1], zs[1], y, AUTO.updated(seed=1))))
+    (pack_cpu, single_cpu), (pack_free, single_free) = runs
+    for a, b in [*zip(pack_cpu.members, pack_free.members, strict=True), (single_cpu, single_free)]:
+        assert a.returned_step == b.returned_step and a.steps_run == b.steps_run
+        assert torch.equal(a.image, b.image)
+        sa, sb = a.state.member.returned_state, b.state.member.returned_state
+        assert all(torch.equal(sa[n], sb[n]) for n in sa)
+
+
+def test_a_pack_interrupted_before_its_members_stop_resumes_exactly():
+    gens, zs = _members(2)
+    y = _observation()
+    straight = fit_packed(y, Identity(), _copies(gens), zs, AUTO)
+    stop = _stop_at(9)  # past the first full window, before any member stops
+    part = fit_packed(y, Identity(), _copies(gens), zs, AUTO, callbacks=[stop], stop_event=stop)
+    assert {m.stop_reason for m in part.members} == {"interrupted"}
+    rest = fit_packed(y, Identity(), [m.generator for m in part.members], zs, AUTO, resume=part.resume_state())
+    for a, b in zip(rest.members, straight.members, strict=True):
+        assert a.stop_reason == b.stop_reason == "auto"
+        assert a.steps_run == b.steps_run and a.returned_step == b.returned_step
+        assert torch.equal(a.image, b.image)
+        sa, sb = a.state.member.returned_state, b.state.member.returned_state
+        assert all(torch.equal(sa[n], sb[n]) for n in sa)
+    # a member of the interrupted pack goes on alone as its own single fit would
+    alone = fit(y, Identity(), part.members[1].generator, zs[1], part.members[1].config,
+                resume=part.members[1].resume_state())
+    assert alone.steps_run == straight.members[1].steps_run
+    assert alone.returned_step == straight.members[1].returned_step
