@@ -33,7 +33,7 @@ from torch import nn
 
 from dip.engine import operator_state
 from dip.engine.config import FitConfig
-from dip.engine.geometry import center_crop_box, generator_geometry, image_box
+from dip.engine.geometry import fit_layout
 from dip.engine.held_state import HeldState
 from dip.engine.losses import data_loss, tv_loss
 from dip.engine.recovery import Recovery, clone_state
@@ -85,6 +85,16 @@ def _check_checkpoint_every(checkpoint_every: int | None) -> None:
         raise ValueError(f"checkpoint_every must be an integer >= 1 or None, got {checkpoint_every!r}")
 
 
+def resolve_auto_precision(config: FitConfig, device: torch.device) -> FitConfig:
+    """``config`` with ``precision="auto"`` replaced by what this device runs (logged with why), so
+    that the result's config records the precision that ran; other precisions unchanged."""
+    if config.precision != "auto":
+        return config
+    precision, why = choose_precision("auto", device)
+    log.info("precision %s (%s)", precision, why)
+    return config.updated(precision=precision)
+
+
 def _device(config: FitConfig) -> torch.device:
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -99,24 +109,16 @@ class _FitRun:
     def __init__(self, y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tensor,
                  config: FitConfig, gt: torch.Tensor | None) -> None:
         self.device = _device(config)
-        if config.precision == "auto":  # the result's config records the precision that ran
-            precision, why = choose_precision("auto", self.device)
-            log.info("precision %s (%s)", precision, why)
-            config = config.updated(precision=precision)
+        config = resolve_auto_precision(config, self.device)
         self.config, self.physics, self.generator = config, physics, generator
         self.dtype = working_dtype(generator, config.precision)
         y = _check_observation(y)
-        x_hw = physics.x_size(tuple(y.shape[-2:]))  # type: ignore[operator]  # an operator's method
-        out_hw, z_hw = generator_geometry(generator, x_hw)
-        if tuple(z.shape[-2:]) != tuple(z_hw):
-            raise ValueError(f"z must have spatial size {z_hw} for an image of {x_hw} with this generator, "
-                             f"got {tuple(z.shape[-2:])}; build it with dip.fit.generator_geometry")
-        self.crop = center_crop_box(out_hw, x_hw)  # the operator's input inside the generator's output
-        # the restored image inside the operator's input (all of it, but for a "valid" blur's margin)
-        box = image_box(physics, (int(y.shape[-2]), int(y.shape[-1])))
-        self.box = None if box == (0, 0, *x_hw) else box
-        self.image_crop = (self.crop[0] + box[0], self.crop[1] + box[1], box[2], box[3])
-        self.gt = place_ground_truth(gt, box[2:], self.device, self.dtype)
+        layout = fit_layout(physics, generator, (int(y.shape[-2]), int(y.shape[-1])))
+        layout.check_code(z)
+        # the operator's input inside the generator's output; the restored image inside the
+        # operator's input (all of it, but for a "valid" blur's margin) and inside the output
+        self.crop, self.box, self.image_crop = layout.crop, layout.box, layout.image_crop
+        self.gt = place_ground_truth(gt, layout.image_hw, self.device, self.dtype)
         self._place(y, z)
         self.fast = self._build_step()
         self.track = Tracker(config, self.gt, self.device)

@@ -36,9 +36,15 @@ import torch
 from torch import nn
 
 from dip.engine.config import FitConfig
-from dip.engine.geometry import center_crop_box, generator_geometry, image_box
+from dip.engine.geometry import fit_layout
 from dip.engine.held_state import PackedHeldState
-from dip.engine.loop import _check_checkpoint_every, _check_observation, _device, place_ground_truth
+from dip.engine.loop import (
+    _check_checkpoint_every,
+    _check_observation,
+    _device,
+    place_ground_truth,
+    resolve_auto_precision,
+)
 from dip.engine.losses import data_loss, tv_loss
 from dip.engine.packed_member import Member, MemberRecovery
 from dip.engine.packed_result import PackedFitResult
@@ -48,7 +54,7 @@ from dip.engine.result import FitResult, StepEvent
 from dip.engine.state import FitState
 from dip.engine.step import FastStep, load_optimizer_state, make_adam, working_dtype
 from dip.models.packed import PackedGenerator, pack, unpack
-from dip.runtime import choose_precision, use_channels_last
+from dip.runtime import use_channels_last
 from dip.stopping import branch_free
 from dip.stopping_packed import PackedWindowedVarianceStopper
 
@@ -93,33 +99,22 @@ class PackedRun:
                  zs: Sequence[torch.Tensor], config: FitConfig, seeds: list[int],
                  gts: list[torch.Tensor | None], resume: Mapping[str, Any] | None = None) -> None:
         self.device = _device(config)
-        if config.precision == "auto":
-            precision, why = choose_precision("auto", self.device)
-            log.info("precision %s (%s)", precision, why)
-            config = config.updated(precision=precision)
-        self.config = config
+        self.config = config = resolve_auto_precision(config, self.device)
         ys = [_check_observation(y) for y in ys]
-        y_hw = tuple(ys[0].shape[-2:])
         if any(tuple(y.shape) != tuple(ys[0].shape) for y in ys):
             raise ValueError(f"the members' observations differ in shape ({[tuple(y.shape) for y in ys]}): "
                              "pack only images of one size")
-        x_hw = physics[0].x_size(y_hw)  # type: ignore[operator]  # an operator's method
-        out_hw, z_hw = generator_geometry(generators[0], x_hw)
+        layout = fit_layout(physics[0], generators[0], (int(ys[0].shape[-2]), int(ys[0].shape[-1])))
         for k, z in enumerate(zs):
-            if tuple(z.shape[-2:]) != tuple(z_hw):
-                raise ValueError(f"zs[{k}] must have spatial size {z_hw} for an image of {x_hw}, got "
-                                 f"{tuple(z.shape[-2:])}; build it with dip.fit.generator_geometry")
-        self.crop = center_crop_box(out_hw, x_hw)
-        box = image_box(physics[0], y_hw)  # type: ignore[arg-type]
-        self.box = None if box == (0, 0, *x_hw) else box
-        self.image_crop = (self.crop[0] + box[0], self.crop[1] + box[1], box[2], box[3])
+            layout.check_code(z, f"zs[{k}]")
+        self.crop, self.box, self.image_crop = layout.crop, layout.box, layout.image_crop
         self.dtype = working_dtype(generators[0], config.precision)
         self.channels = int(generators[0].config["out_channels"])  # type: ignore[index]
         self.channels_last = config.channels_last and use_channels_last(generators[0], config.precision, self.device)
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.members = [
             Member(k, config.updated(seed=int(seeds[k])), y.to(device=self.device, dtype=self.dtype),
-                   physics[k].to(self.device), place_ground_truth(gts[k], box[2:], self.device, self.dtype),
+                   physics[k].to(self.device), place_ground_truth(gts[k], layout.image_hw, self.device, self.dtype),
                    zs[k].to(device=self.device, dtype=self.dtype).contiguous(), self.device)
             for k, y in enumerate(ys)]
         self.first_step, self.prior_seconds = 1, 0.0

@@ -175,6 +175,8 @@ def test_mismatched_member_counts_are_refused():
         fit_packed(_observation(), Identity(), gens, zs[:1], CONFIG)
     with pytest.raises(ValueError, match="3 entries for 2 generators"):
         fit_packed([_observation()] * 3, Identity(), gens, zs, CONFIG)
+    with pytest.raises(ValueError, match=r"zs\[1\] must have spatial size"):
+        fit_packed(_observation(), Identity(), gens, [zs[0], zs[1][..., :-1]], CONFIG)
 
 
 def test_an_ensemble_is_the_mean_of_its_members_and_no_worse_than_their_mean_error():
