@@ -135,6 +135,26 @@ def test_lbfgs_after_adam_warmup_lowers_the_loss():
     assert res.history["loss"][-1] < res.history["loss"][0]
 
 
+class _DivergesAt(Identity):
+    """The identity whose ``fail_at``-th call (one per step) gives NaN: a divergence on cue."""
+
+    def __init__(self, fail_at: int):
+        super().__init__()
+        self.fail_at, self.calls = fail_at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x * float("nan") if self.calls == self.fail_at else x
+
+
+def test_a_recovery_during_the_adam_warm_up_lowers_the_lbfgs_rate():
+    y, net, z = setup()
+    config = FitConfig(steps=6, optimizer="lbfgs", lbfgs_warmup_steps=3, lr=0.5, reg_noise_std=0.0)
+    res = fit(y, _DivergesAt(2), net, z, config)
+    assert res.recoveries == 1
+    assert res.state.optimizer_state["param_groups"][0]["lr"] == 0.5 * config.recovery_lr_factor
+
+
 def test_masked_fit_ignores_unknown_pixels():
     y, net, z = setup()
     mask = torch.ones(1, 1, 24, 20)

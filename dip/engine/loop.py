@@ -168,8 +168,12 @@ class _FitRun:
                         crop=self.crop, optimizer=make_adam(groups, lr), regularizer=regularizer)
 
     def _switch_to_lbfgs(self) -> None:
-        """One function evaluation per step, history carried across steps (see the module doc)."""
-        self.fast.optimizer = torch.optim.LBFGS(self.params, lr=self.config.lr, max_iter=1, tolerance_grad=-1,
+        """One function evaluation per step, history carried across steps (see the module doc).
+        The rate is ``config.lr`` lowered once per recovery so far, so that a recovery during the
+        Adam warm-up keeps its reduction (on resume the checkpoint's LBFGS state sets the rate)."""
+        recoveries = self.recovery.recoveries if self.recovery is not None else 0
+        lr = self.config.lr * self.config.recovery_lr_factor ** recoveries
+        self.fast.optimizer = torch.optim.LBFGS(self.params, lr=lr, max_iter=1, tolerance_grad=-1,
                                                 tolerance_change=-1, history_size=100)
 
     def restore(self, resume: Mapping[str, Any] | FitState | None) -> None:
