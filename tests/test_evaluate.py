@@ -152,6 +152,10 @@ def test_run_reports_bad_arguments(capsys):
     eval_command.add_arguments(parser)
     assert eval_command.run(parser.parse_args(["--size", "4"])) == 2
     assert "--size must be at least 8" in capsys.readouterr().err
+    for steps, needle in (("0", "must be at least 1"), ("100000000", "must be at most 10,000,000")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--steps", steps])
+        assert needle in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown case"):
         ev.evaluate(["denoise7"], [("x", torch.zeros(3, 8, 8))])
 

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from dip import evaluate
+from dip.cli.argtypes import steps_count
 
 log = logging.getLogger("dip.evaluate")
 
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"built-in images to use (default all): {', '.join(evaluate.BUILTIN_IMAGES)}")
     parser.add_argument("--size", type=int, default=128,
                         help="crop size in pixels (built-in images; larger --images are centre-cropped)")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--steps", type=steps_count, default=None,
                         help="steps of the fixed run and cap of the auto run (default: each recipe's)")
     parser.add_argument("--seeds", type=_int_list, default=[0], metavar="S0,S1,...",
                         help="comma-separated seeds (degradation and fit), default 0")
@@ -59,8 +60,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.size is not None and args.size < 8:
             raise ValueError(f"--size must be at least 8 pixels, got {args.size}")
-        if args.steps is not None and args.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {args.steps}")
         if args.images is not None:
             images = evaluate.load_images(args.images, args.size)
         else:
