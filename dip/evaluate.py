@@ -82,8 +82,8 @@ from dip.files import atomic_write
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TASKS", "BUILTIN_IMAGES", "CSV_FIELDS", "BLIND_FIELDS", "Case", "builtin_images", "load_images",
-           "make_case", "baseline", "run_case", "evaluate", "format_table", "write_csv", "write_curves",
+__all__ = ["TASKS", "BUILTIN_IMAGES", "CSV_FIELDS", "BLIND_FIELDS", "DEBLUR_FIELDS", "Case", "builtin_images",
+           "load_images", "make_case", "baseline", "run_case", "evaluate", "format_table", "write_csv", "write_curves",
            "CURVES_FORMAT"]
 
 #: case kind -> (recipe name, task, parameter)
@@ -578,16 +578,21 @@ CSV_FIELDS = ("case", "image", "seed", "recipe", "size", "metric",
               "input_psnr", "input_ssim", "baseline_psnr", "baseline_ssim",
               "fixed_psnr", "fixed_ssim", "auto_psnr", "auto_ssim", "peak_psnr", "peak_step",
               "fixed_steps", "fixed_seconds", "auto_steps", "auto_return_step", "auto_seconds",
-              "stop_reason", "kernel_l1", "rl_guess_psnr")
+              "stop_reason", "kernel_l1", "rl_guess_psnr",
+              "wiener_psnr", "wiener_balance", "rl_psnr", "rl_iterations")
 
 #: the columns of blind deblurring cases (``dip.evaluate_deblur.blind_columns``): empty in the
 #: CSV, null in the curves file, where they do not apply
 BLIND_FIELDS = ("kernel_l1", "rl_guess_psnr")
+#: the columns of deblurring cases (``dip.evaluate_deblur.baseline_columns``: each tuned
+#: classical baseline's PSNR and chosen parameter): empty in the CSV for other cases
+DEBLUR_FIELDS = ("wiener_psnr", "wiener_balance", "rl_psnr", "rl_iterations")
 
 
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """One line per row with ``CSV_FIELDS`` (the PSNR curve is left out); a column a row
-    lacks (``BLIND_FIELDS`` of a case that is not blind deblurring) is empty."""
+    lacks (``BLIND_FIELDS`` of a case that is not blind deblurring, ``DEBLUR_FIELDS`` of a case
+    that is not deblurring) is empty."""
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -270,6 +270,9 @@ def test_blind_cases_write_kernel_l1_and_rl_guess_psnr_to_the_csv_and_curves(tmp
     row = next(r for r in rows if r["case"] == "deblur-blind-gauss")
     assert float(blind["rl_guess_psnr"]) == pytest.approx(row["rl_guess_psnr"])  # RL with the wrong-width Gaussian
     assert float(read["deblur-blind-motion9"]["kernel_l1"]) > 0 and read["deblur-blind-motion9"]["rl_guess_psnr"] == ""
+    known = next(r for r in rows if r["case"] == "deblur-gauss")  # both tuned baselines and their parameters
+    for key in ("wiener_psnr", "wiener_balance", "rl_psnr", "rl_iterations"):
+        assert float(read["deblur-gauss"][key]) == pytest.approx(known[key])
     runs = {r["case"]: r for r in ev.curves_document(rows)["runs"]}
     assert runs["deblur-gauss"]["kernel_l1"] is None and runs["deblur-blind-motion9"]["rl_guess_psnr"] is None
     assert runs["deblur-blind-gauss"]["kernel_l1"] == pytest.approx(float(blind["kernel_l1"]), abs=1e-4)
