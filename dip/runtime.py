@@ -31,7 +31,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
-import os
 import platform
 from typing import Any
 
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 
 from dip.engine.config import PRECISIONS as CONFIG_PRECISIONS
+from dip.switches import forced_choice
 
 log = logging.getLogger(__name__)
 
@@ -182,21 +182,6 @@ def set_threads(n: int | None) -> int:
         raise ValueError(f"threads must be >= 1, got {n}")
     torch.set_num_threads(n)
     return torch.get_num_threads()
-
-
-def forced_choice(variable: str) -> bool | None:
-    """The forced value of a hardware-dependent choice: environment ``variable`` set to
-    ``1``/``true``/``yes``/``on`` → True, ``0``/``false``/``no``/``off`` → False, unset, empty or
-    ``auto`` → None (decide from the hardware). Raises ValueError for any other value."""
-    raw = os.environ.get(variable, "").strip().lower()
-    if raw in ("", "auto"):
-        return None
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{variable} must be 0, 1 or auto, got {raw!r}; unset it to let dip decide "
-                     "from the hardware")
 
 
 def check_precision(precision: str) -> str:

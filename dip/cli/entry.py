@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dip.cli import demo, fit_command, hooks, info, resume_command
 from dip.cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, err
 from dip.cli.parser import build_parser
+from dip.switches import bad_switches
 
 
 def _first_command(argv: Sequence[str]) -> str | None:
@@ -106,6 +107,11 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format=log_prefix(args.command) + "%(message)s")
     if debug:
         logging.getLogger("dip").setLevel(logging.DEBUG)
+    if args.command != "info":  # dip info reports a bad switch beside the choice it forces
+        bad = bad_switches()
+        if bad:
+            err(bad[0])
+            return EXIT_USAGE
     return guarded(lambda: _dispatch(args), debug)
 
 

@@ -245,3 +245,14 @@ def test_resume_reuses_the_fits_thread_count(files, capsys):
         assert ckpt.load(files / "fit.ckpt")["options"]["threads"] == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("switch", ["DIP_BF16_NATIVE", "DIP_CHANNELS_LAST", "DIP_BRANCH_FREE"])
+def test_a_bad_switch_value_is_a_one_line_usage_error(tmp_path, image_maker, capsys, monkeypatch, switch):
+    image_maker(tmp_path / "in.png", 12, 12)
+    monkeypatch.setenv(switch, "maybe")
+    assert cli.main(["denoise", str(tmp_path / "in.png"), "-o", str(tmp_path / "o.png"), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{switch} must be 0, 1 or auto, got 'maybe'" in err and err.count("\n") == 1
+    assert not (tmp_path / "o.png").exists()
+    assert cli.main(["info"]) == 0  # dip info still answers (and --full says which switch is bad)
