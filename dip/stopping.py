@@ -138,6 +138,17 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_update_types(step: Any, output: Any, name: str) -> None:
+    """TypeError unless ``step`` is an int and ``output`` (called ``name``) a floating-point
+    tensor: the checks of every stopping rule's ``update``."""
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"step must be an int, got {type(step).__name__} ({step!r})")
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(output).__name__}")
+    if not output.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {output.dtype}")
+
+
 class WindowedVarianceStopper:
     """ES-WMV stopping rule: stop when the windowed output variance stops reaching new minima.
 
@@ -196,6 +207,14 @@ class WindowedVarianceStopper:
             raise TypeError(f"branch_free must be a bool or None, got {type(branch_free).__name__}")
         self.branch_free = branch_free
         self.reset()
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The constructor's keyword arguments that make a rule like this one (a fresh one, or
+        ``dip.stopping_packed.PackedWindowedVarianceStopper(K, **settings)`` for K members)."""
+        return dict(window=self.window, patience=self.patience, every=self.every, return_delay=self.return_delay,
+                    return_mean=self.return_mean, sync_every=self.sync_every,
+                    recompute_every=self.recompute_every, branch_free=self.branch_free)
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
@@ -265,12 +284,7 @@ class WindowedVarianceStopper:
             True once ``step - best_step >= patience`` (checked every ``sync_every`` observed
             updates); stays True for later calls.
         """
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
-            raise TypeError(f"step must be an int, got {type(step).__name__} ({step!r})")
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"output must be a torch.Tensor, got {type(output).__name__}")
-        if not output.is_floating_point():
-            raise TypeError(f"output must be a floating-point tensor, got dtype {output.dtype}")
+        check_update_types(step, output, "output")
         if returned is None:
             returned = output
         elif not isinstance(returned, torch.Tensor):

@@ -53,7 +53,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dip.stopping import WindowedVarianceStopper, branch_free, stop_reason
+from dip.stopping import WindowedVarianceStopper, branch_free, check_update_types, stop_reason
 
 __all__ = ["PackedWindowedVarianceStopper"]
 
@@ -217,12 +217,7 @@ class PackedWindowedVarianceStopper:
 
     def _check_inputs(self, step: int, outputs: torch.Tensor,
                       returned: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
-            raise TypeError(f"step must be an int, got {type(step).__name__} ({step!r})")
-        if not isinstance(outputs, torch.Tensor):
-            raise TypeError(f"outputs must be a torch.Tensor, got {type(outputs).__name__}")
-        if not outputs.is_floating_point():
-            raise TypeError(f"outputs must be a floating-point tensor, got dtype {outputs.dtype}")
+        check_update_types(step, outputs, "outputs")
         if outputs.dim() < 1 or outputs.shape[0] != self.members:
             raise ValueError(f"outputs must have shape (K, ...) with K = {self.members} members, "
                              f"got {tuple(outputs.shape)}")

@@ -176,11 +176,7 @@ class PackedRun:
         self.held = PackedHeldState(len(tracks), branch_free(self.device))
         self.held.load([t.best_state for t in tracks])
         if self.config.stop == "auto":
-            single = tracks[0].stopper
-            self.stoppers = PackedWindowedVarianceStopper(
-                len(tracks), window=single.window, patience=single.patience, every=single.every,
-                return_delay=single.return_delay, return_mean=single.return_mean, sync_every=single.sync_every,
-                recompute_every=single.recompute_every, branch_free=single.branch_free)
+            self.stoppers = PackedWindowedVarianceStopper(len(tracks), **tracks[0].stopper.settings)
             self.stoppers.load_state_dicts([t.stopper.state_dict() for t in tracks], self.device)
 
     def _finished_result(self, m: Member, state: FitState, generator: nn.Module, reason: str,

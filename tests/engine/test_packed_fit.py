@@ -127,18 +127,7 @@ def test_an_interrupted_pack_resumes_exactly():
     y = _observation(torch.float32)
     config = CONFIG.updated(steps=10)
     straight = fit_packed(y, Identity(), _copies(gens), zs, config)
-
-    class StopAt:
-        def __init__(self):
-            self.step = 0
-
-        def __call__(self, event):
-            self.step = event.step
-
-        def is_set(self):
-            return self.step >= 4
-
-    stop = StopAt()
+    stop = _stop_at(4)
     part = fit_packed(y, Identity(), _copies(gens), zs, config, callbacks=[stop], stop_event=stop)
     assert {m.stop_reason for m in part.members} == {"interrupted"} and part.steps_run == 4
     rest = fit_packed(y, Identity(), [m.generator for m in part.members], zs, config,
