@@ -133,3 +133,12 @@ def test_batch_deblur_blind(tmp_path, blurred, capsys):
                                                   "--kernel-warmup", "1"])
     assert argv[argv.index("--kernel-size") + 1] == "5x7"
     assert argv[argv.index("--kernel-lr") + 1] == "1e-4" and argv[argv.index("--kernel-warmup") + 1] == "1"
+
+
+def test_the_command_line_kernel_size_bounds_are_the_operators():
+    """kernel_options mirrors the operator's bounds so that parsing imports no torch."""
+    from dip.cli import kernel_options
+    from dip.physics import blind_blur, blur_kernels
+
+    assert (kernel_options.BLIND_MIN_SIZE, kernel_options.BLIND_MAX_SIZE) == (blind_blur.MIN_SIZE,
+                                                                              blur_kernels.MAX_SIZE)
