@@ -382,13 +382,16 @@ class PackedWindowedVarianceStopper:
     def member(self, k: int) -> WindowedVarianceStopper:
         """A single rule holding member ``k``'s state (copies), on the rules' device."""
         rule = WindowedVarianceStopper(**self._settings)  # type: ignore[arg-type]
-        rule.load_state_dict(self.member_state_dict(k))
+        rule.load_state_dict(self.member_state_dict(k, copy=False))  # the load copies
         return rule
 
     # ------------------------------------------------------------ checkpoints
-    def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
+    def member_state_dict(self, k: int, copy: bool = True) -> dict[str, torch.Tensor]:
         """Member ``k``'s state in the single rule's format
-        (:meth:`dip.stopping.WindowedVarianceStopper.state_dict`: loadable by it); copies."""
+        (:meth:`dip.stopping.WindowedVarianceStopper.state_dict`: loadable by it); copies, or
+        with ``copy=False`` views of the pack's tensors where it can (its ring buffer row: W
+        images), valid until the next update."""
+        own = torch.Tensor.clone if copy else torch.Tensor.detach
         count = self._count[k]
         meta = {"window": self.window, "patience": self.patience, "every": self.every,
                 "return_delay": self.return_delay, "return_mean": int(self.return_mean), "count": count,
@@ -396,15 +399,15 @@ class PackedWindowedVarianceStopper:
         sd: dict[str, torch.Tensor] = {key: torch.tensor(v, dtype=torch.int64) for key, v in meta.items()}
         sd["history_step"] = torch.tensor(self._hist_steps[k], dtype=torch.int64)
         rows = self._hist_rows[k]
-        sd["history_var"] = (torch.stack(self._hist)[rows, k].clone() if rows
+        sd["history_var"] = (torch.stack(self._hist)[rows, k] if rows
                              else torch.zeros(0, dtype=torch.float64))
         if self._buf is not None and count > 0:
-            sd["buffer"] = self._buf[k].clone()
+            sd["buffer"] = own(self._buf[k])
             sd["shape"] = torch.tensor(self._shape, dtype=torch.int64)
             for key, t in (("best_var", self._best_var), ("best_step", self._best_step_dev),
                            ("capture_step", self._capture_dev), ("held_step", self._held_dev),
                            ("best_output", self._best_out), ("last_var", self._var)):
-                sd[key] = t[k].clone()
+                sd[key] = own(t[k])
         sd["reason"] = torch.tensor(list(self._reason[k].encode("utf-8")), dtype=torch.uint8)
         return sd
 

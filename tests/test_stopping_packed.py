@@ -165,6 +165,26 @@ def test_state_dicts_are_single_rules_state_dicts():
         again.load_state_dicts([s.state_dict() for s in singles[:2]])
 
 
+def test_member_rules_and_states_do_not_follow_the_pack():
+    """A member's own rule (what a member leaving the pack, or a checkpoint, takes) and its
+    copied state keep the state they were taken with while the pack goes on."""
+    outs = sequences(2, 60, seed=5)
+    kw = dict(window=6, patience=40)
+    singles, packed = run_both(kw, outs[:30])
+    rule, saved = packed.member(1), packed.member_state_dict(1)
+    for t in range(30, 40):
+        packed.update(t, outs[t])
+    assert_same(singles[1], _as_packed(rule, kw), 0)
+    assert torch.equal(saved["buffer"], singles[1].state_dict()["buffer"])
+
+
+def _as_packed(rule, kw):
+    """A pack of one member holding ``rule``'s state."""
+    one = PackedWindowedVarianceStopper(1, **kw)
+    one.load_state_dicts([rule.state_dict()])
+    return one
+
+
 def test_bad_inputs_raise_clear_errors():
     p = PackedWindowedVarianceStopper(2, window=3, patience=3)
     with pytest.raises(ValueError, match="K = 2 members"):
