@@ -112,6 +112,8 @@ def _table() -> dict[str, Recipe]:
                "flash / no-flash: the flash image is the input, the no-flash image the target"),
     ]
     recipes += [_deblur(), _deblur_blind()]
+    for r in recipes:  # every task asks for auto: dip.runtime.choose_precision decides per task and machine
+        r.fit = r.fit.updated(precision="auto")
     return {r.name: r for r in recipes}
 
 

@@ -1,6 +1,9 @@
 """Test-wide settings and fixtures.
 
 * One thread (two OpenMP threads on two busy cores can run 100x slower).
+* ``DIP_BF16_NATIVE=0`` unless set: every fit of ``--precision auto`` (the recipes' default)
+  runs fp32 on every CPU, so the suite computes the same on an AMX machine as on an AVX2 one;
+  the tests of auto's choice force the switch both ways.
 * Markers (declared in pyproject.toml): ``cuda`` tests are skipped where no CUDA device is
   available; ``slow`` tests (more than a few seconds each) run by default and in CI, and
   ``-m "not slow"`` leaves them out.
@@ -10,6 +13,7 @@
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("DIP_BF16_NATIVE", "0")
 
 from pathlib import Path  # noqa: E402
 

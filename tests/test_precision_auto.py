@@ -76,3 +76,29 @@ def test_the_command_reports_the_choice_and_why(tmp_path, image_maker, mask_make
                  "--report", str(report)]) == 0
     payload = json.loads(report.read_text())
     assert payload["precision"] == expected and payload["precision_reason"].startswith("auto: ")
+
+
+def test_every_recipe_asks_for_auto():
+    from dip import recipes
+
+    assert {recipes.get(name).fit.precision for name in recipes.names()} == {"auto"}
+
+
+@pytest.mark.parametrize("native, task, expected", [("1", "denoise", "bf16"), ("0", "denoise", "fp32"),
+                                                    ("1", "sr", "fp32")])
+def test_the_commands_and_the_api_default_to_auto(tmp_path, image_maker, monkeypatch, native, task, expected):
+    """No --precision: the task's own choice on this (forced) hardware, in the report and in the
+    result of the Python API alike."""
+    import dip
+    from dip.cli import main
+
+    monkeypatch.setenv("DIP_BF16_NATIVE", native)
+    src, out, report = tmp_path / "in.png", tmp_path / "out.png", tmp_path / "run.json"
+    image_maker(src, 12, 12)
+    extra = ["--factor", "2"] if task == "sr" else []
+    assert main([task, str(src), *extra, "-o", str(out), "--steps", "2", "-q", "--report", str(report)]) == 0
+    payload = json.loads(report.read_text())
+    assert payload["precision"] == expected and payload["precision_reason"].startswith("auto: ")
+    if task == "denoise":
+        result = dip.denoise(torch.rand(3, 12, 12), steps=2)
+        assert result.config.precision == expected

@@ -81,6 +81,7 @@ def test_set_threads():
 
 
 def test_bf16_is_native_follows_cpu_features(monkeypatch):
+    monkeypatch.delenv("DIP_BF16_NATIVE", raising=False)  # tests/conftest.py forces it off
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert runtime.bf16_is_native("cpu") is False

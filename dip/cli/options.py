@@ -97,7 +97,9 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
     fit.add_argument("--stop", choices=("auto", "steps"),
                      help="'auto': stop when the output stops improving (windowed variance); "
                           "'steps': run all steps")
-    fit.add_argument("--precision", choices=PRECISIONS, help="arithmetic of the network (default fp32)")
+    fit.add_argument("--precision", choices=PRECISIONS,
+                     help="arithmetic of the network (default auto: bf16 where the hardware does bf16 "
+                          "natively and bf16 is proven for the task, else fp32; dip info --full says which)")
     fit.add_argument("--compile", action="store_true", help="compile the step with torch.compile")
     fit.add_argument("--ensemble", type=positive_int, metavar="K",
                      help="fit K networks (seeds SEED to SEED+K-1) at once in one packed network, each stopping "
