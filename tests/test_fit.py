@@ -187,9 +187,10 @@ def test_bad_fit_options_are_clear_errors(field, value, match):
         FitConfig(**{field: value})
 
 
-def test_a_resumed_fit_equals_an_uninterrupted_one():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: what auto runs denoising in where it is native
+def test_a_resumed_fit_equals_an_uninterrupted_one(precision):
     y, _, z = setup()
-    cfg = dict(exp_weight=0.9, backtrack=True, check_every=2, reg_noise_std=0.05)
+    cfg = dict(exp_weight=0.9, backtrack=True, check_every=2, reg_noise_std=0.05, precision=precision)
     full = fit(y, Identity(), small_skip(), z.clone(), FitConfig(steps=6, **cfg))
     first = fit(y, Identity(), small_skip(), z.clone(), FitConfig(steps=3, **cfg))
     rest = fit(y, Identity(), first.generator, first.z.clone(), FitConfig(steps=6, **cfg),
