@@ -211,9 +211,8 @@ def choose_precision(requested: str, device: torch.device | str = "cpu",
         return "fp32", f"auto: this {kind} has no native bf16 arithmetic"
     if task is not None and task not in BF16_PROVEN_TASKS:
         return "fp32", f"auto: bf16 is not proven as good as fp32 for {task}"
-    if task is None:
-        return "bf16", f"auto: bf16 is native on this {kind}"
-    return "bf16", f"auto: bf16 is native on this {kind} and proven as good as fp32 for {task}"
+    proven = "" if task is None else f" and proven as good as fp32 for {task}"
+    return "bf16", f"auto: bf16 is native on this {kind}{proven}"
 
 
 def bf16_is_native(device: torch.device | str = "cpu") -> bool:

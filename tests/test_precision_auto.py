@@ -62,20 +62,24 @@ def test_a_fit_records_the_precision_auto_chose(monkeypatch, native, expected):
                                                     ("1", "restore", "fp32")])
 def test_the_command_reports_the_choice_and_why(tmp_path, image_maker, mask_maker, monkeypatch,
                                                 native, task, expected):
-    from dip.cli import main
-
     monkeypatch.setenv("DIP_BF16_NATIVE", native)
     monkeypatch.setattr(runtime, "BF16_PROVEN_TASKS", frozenset({"denoise"}))
-    src, out, report = tmp_path / "in.png", tmp_path / "out.png", tmp_path / "run.json"
-    image_maker(src, 12, 12)
     extra = []
     if task == "restore":
         mask_maker(tmp_path / "m.png", 12, 12)
         extra = ["--mask", str(tmp_path / "m.png")]
-    assert main([task, str(src), *extra, "-o", str(out), "--steps", "2", "-q", "--precision", "auto",
-                 "--report", str(report)]) == 0
-    payload = json.loads(report.read_text())
+    payload = _report_of_command(tmp_path, image_maker, task, [*extra, "--precision", "auto"])
     assert payload["precision"] == expected and payload["precision_reason"].startswith("auto: ")
+
+
+def _report_of_command(tmp_path, image_maker, task: str, options: list[str]) -> dict:
+    """The --report of ``dip TASK`` on a 12x12 image for 2 steps with ``options``."""
+    from dip.cli import main
+
+    src, out, report = tmp_path / "in.png", tmp_path / "out.png", tmp_path / "run.json"
+    image_maker(src, 12, 12)
+    assert main([task, str(src), *options, "-o", str(out), "--steps", "2", "-q", "--report", str(report)]) == 0
+    return json.loads(report.read_text())
 
 
 def test_every_recipe_asks_for_auto():
@@ -90,14 +94,9 @@ def test_the_commands_and_the_api_default_to_auto(tmp_path, image_maker, monkeyp
     """No --precision: the task's own choice on this (forced) hardware, in the report and in the
     result of the Python API alike."""
     import dip
-    from dip.cli import main
 
     monkeypatch.setenv("DIP_BF16_NATIVE", native)
-    src, out, report = tmp_path / "in.png", tmp_path / "out.png", tmp_path / "run.json"
-    image_maker(src, 12, 12)
-    extra = ["--factor", "2"] if task == "sr" else []
-    assert main([task, str(src), *extra, "-o", str(out), "--steps", "2", "-q", "--report", str(report)]) == 0
-    payload = json.loads(report.read_text())
+    payload = _report_of_command(tmp_path, image_maker, task, ["--factor", "2"] if task == "sr" else [])
     assert payload["precision"] == expected and payload["precision_reason"].startswith("auto: ")
     if task == "denoise":
         result = dip.denoise(torch.rand(3, 12, 12), steps=2)

@@ -170,12 +170,12 @@ def _lines(data: dict[str, Any]) -> list:
     if "precision_auto" in cpu:
         proven = cpu["precision_auto_bf16_tasks"]
         if cpu["precision_auto"] == "bf16":  # native bf16: the tasks decide
-            auto = (f"precision auto (the default): bf16 for {', '.join(proven)}, fp32 for the other tasks" if proven
-                    else "precision auto (the default): fp32 (bf16 is native here but not yet proven as good as fp32 "
+            auto = (f"bf16 for {', '.join(proven)}, fp32 for the other tasks" if proven
+                    else "fp32 (bf16 is native here but not yet proven as good as fp32 "
                          "for any task; --precision bf16 asks for it)")
         else:
-            auto = f"precision auto (the default): fp32 ({cpu['precision_auto_reason'].removeprefix('auto: ')})"
-        lines.append(auto)
+            auto = f"fp32 ({cpu['precision_auto_reason'].removeprefix('auto: ')})"
+        lines.append(f"precision auto (the default): {auto}")
     lines += _package_lines(data)
     return lines
 
