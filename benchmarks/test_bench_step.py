@@ -22,6 +22,9 @@ forward, loss, backward, optimiser, with reg noise 1/30, lr 0.01, 32-channel inp
      measured): the machine's convolution floor, every convolution of the generator alone,
      forward + backward, on inputs of its shapes (:class:`ConvFloor`); the summary's ``eff``
      column is each configuration's GFLOP/s over the floor of its precision and layout.
+(e)  ``command``: ``dip denoise`` with its defaults (precision auto), the whole command: the
+     wall time of a 25-step run minus a 5-step run, over 20 (:class:`CommandStep`); its floor
+     is that of the precision auto picks. ``DIP_BENCH_COMMAND=0`` leaves it out.
 
 Every configuration runs in its own child process (:class:`ChildStep`): glibc's mmap threshold
 cannot be set back once raised (setting it switches glibc's dynamic threshold off for the
@@ -46,6 +49,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +69,8 @@ SIZES = tuple(int(s) for s in os.environ.get("DIP_BENCH_SIZES", "128,256,512").s
 # value per channel in training, so its deepest map must be at least 2x2
 ORIGINAL_MIN_SIZE = 64
 THREADS = int(os.environ.get("DIP_BENCH_THREADS", "2"))
+#: also time the ``dip denoise`` command with its defaults (:class:`CommandStep`); 0 skips it
+COMMAND = os.environ.get("DIP_BENCH_COMMAND", "1") != "0"
 ROUNDS = {128: 8, 256: 6, 512: 3}
 if os.environ.get("DIP_BENCH_ROUNDS"):
     ROUNDS = {size: int(os.environ["DIP_BENCH_ROUNDS"]) for size in SIZES}
@@ -167,6 +173,9 @@ FLOOR_OF = {"original": "floor-fp32-nchw", "original+malloc": "floor-fp32-nchw",
 
 def floor_of(config: str) -> str | None:
     """The floor configuration matching ``config``'s precision and layout."""
+    if config == "command":  # the precision auto picks for denoising here, channels_last
+        return "floor-bf16-cl" if runtime.choose_precision("auto", "cpu", "denoise")[0] == "bf16" \
+            else floor_of("fast-fp32")
     if config == "fast-fp32":
         cl = runtime.use_channels_last(recipe_generator(), "fp32", "cpu")
         return "floor-fp32-cl" if cl else "floor-fp32-nchw"
@@ -240,6 +249,46 @@ class ChildStep:
         return peak
 
 
+class CommandStep:
+    """``dip denoise`` as a user runs it, with its defaults (precision auto, automatic stopping,
+    averaging, the command's whole loop): one call runs the command for ``LONG_STEPS`` and for
+    ``SHORT_STEPS`` steps, each in its own process, and returns the difference of their wall
+    times over the difference of their steps (s per step), so that start-up, model building
+    and writing the output cancel. The input is a noisy ``size``² crop of a built-in photograph.
+    """
+
+    SHORT_STEPS, LONG_STEPS = 5, 25
+
+    def __init__(self, size: int) -> None:
+        import tempfile
+
+        from dip import evaluate, images
+
+        self.dir = tempfile.TemporaryDirectory(prefix="dip-bench-command-")
+        name, clean = evaluate.builtin_images(size, ["astronaut"])[0]
+        noisy = (clean + 25 / 255 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+        self.input = Path(self.dir.name) / f"{name}-noisy.png"
+        images.write_image(self.input, noisy)
+        self.env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
+        self.precision = runtime.choose_precision("auto", "cpu", "denoise")[0]
+
+    def _run(self, steps: int) -> float:
+        out = Path(self.dir.name) / f"out-{steps}.png"
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "dip", "denoise", str(self.input), "-o", str(out),
+                        "--steps", str(steps), "--threads", str(THREADS), "-q", "--force"],
+                       check=True, env=self.env)
+        return time.perf_counter() - t
+
+    def __call__(self) -> float:
+        long_s = self._run(self.LONG_STEPS)
+        return (long_s - self._run(self.SHORT_STEPS)) / (self.LONG_STEPS - self.SHORT_STEPS)
+
+    def close(self) -> None:
+        """Remove the input and outputs; no peak memory (each run is its own process)."""
+        self.dir.cleanup()
+
+
 def _mem_available_gib() -> float:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -252,7 +301,8 @@ def _record(step_results, benchmark, config, size, times, peak_mib, extra=None) 
     ms = sorted(times)[len(times) // 2] * 1e3
     row = {"ms": ms, "gflop": step_gflop("original" if config.startswith("original") else "fast",
                                          size), "floor": floor_of(config),
-           "threads": THREADS, "peak_mib": peak_mib, "native_ops": dip.ops.has_native(),
+           "threads": THREADS, "native_ops": dip.ops.has_native(),
+           **({"peak_mib": peak_mib} if peak_mib is not None else {}),
            "times_ms": [round(t * 1e3, 1) for t in times], **(extra or {})}
     step_results[(config, size)] = row
     benchmark.extra_info[config] = row
@@ -279,6 +329,9 @@ def test_step(benchmark, step_results, size):
     try:
         for config in configs:
             steps[config] = ChildStep(config, size, configure=config != "original")
+        if COMMAND:
+            configs.append("command")
+            steps["command"] = CommandStep(size)
         times = {config: [] for config in configs}
 
         def one_round():
