@@ -459,6 +459,44 @@ class WindowedVarianceStopper:
             return steps, np.zeros(0, dtype=np.float64)
         return steps, torch.stack(self._hist_vars).cpu().numpy()
 
+    # ------------------------------------------------------------- rollback
+    def mark(self, updates: int) -> dict[str, Any]:
+        """The rule as it is now, for :meth:`rollback` after at most ``updates`` more updates
+        (a fit that judges its steps after the fact, ``dip.engine.deferred``).  Device copies
+        only (no host read): the running sums, the minimum's tensors, the held image, and just
+        the ``min(updates, window)`` ring-buffer rows those updates can overwrite."""
+        mark: dict[str, Any] = {
+            "updates": _positive_int("updates", updates), "count": self._count, "last_step": self._last_step,
+            "best_step_host": self._best_step_host, "stopped": self._stopped, "reason": self._reason,
+            "history": len(self._hist_steps), "var": self._var, "take": self._take, "take_step": self._take_step}
+        if self._buf is not None:
+            slots = torch.arange(self._count, self._count + min(updates, self.window), device=self._buf.device)
+            slots %= self.window
+            mark["slots"], mark["rows"] = slots, self._buf.index_select(0, slots)
+            for name in self._MARKED:
+                mark[name] = getattr(self, name).clone()
+        return mark
+
+    # the device tensors that an update changes in place (the ring buffer apart)
+    _MARKED = ("_sqnorm", "_sum", "_best_var", "_best_step_dev", "_capture_dev", "_held_dev", "_best_out")
+
+    def rollback(self, mark: dict[str, Any]) -> None:
+        """Return to the state of ``mark`` (from :meth:`mark`), forgetting the updates since; the
+        mark stays valid for another rollback.  ValueError after more updates than it covers."""
+        if self._count - mark["count"] > mark["updates"]:
+            raise ValueError(f"{self._count - mark['count']} updates since the mark, which covers "
+                             f"{mark['updates']}")
+        if "slots" not in mark:  # nothing was observed at the mark
+            self.reset()
+            return
+        self._buf.index_copy_(0, mark["slots"], mark["rows"])
+        for name in self._MARKED:
+            getattr(self, name).copy_(mark[name])
+        self._count, self._last_step, self._stopped = mark["count"], mark["last_step"], mark["stopped"]
+        self._best_step_host, self._reason, self._var = mark["best_step_host"], mark["reason"], mark["var"]
+        self._take, self._take_step = mark["take"], mark["take_step"]
+        del self._hist_steps[mark["history"]:], self._hist_vars[mark["history"]:]
+
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything needed to resume, as a flat dict of tensors (safetensors-compatible;

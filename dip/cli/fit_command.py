@@ -93,6 +93,8 @@ def _fit_overrides(args) -> dict[str, Any]:
         if "compile" not in {f.name for f in dataclasses.fields(FitConfig)}:
             raise UsageError("--compile is not supported by this version of dip", "run without --compile")
         overrides["compile"] = True
+    if getattr(args, "cuda_graph", None) is False:
+        overrides["cuda_graph"] = False
     return overrides
 
 

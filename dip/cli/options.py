@@ -101,6 +101,8 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
                      help="arithmetic of the network (default auto: bf16 where the hardware does bf16 "
                           "natively and bf16 is proven for the task, else fp32; dip info --full says which)")
     fit.add_argument("--compile", action="store_true", help="compile the step with torch.compile")
+    fit.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false", default=None,
+                     help="on CUDA, run every step eagerly instead of replaying it as a CUDA graph")
     fit.add_argument("--ensemble", type=positive_int, metavar="K",
                      help="fit K networks (seeds SEED to SEED+K-1) at once in one packed network, each stopping "
                           "on its own, and write the mean of their images: less noise (denoising: see the "

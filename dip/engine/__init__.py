@@ -16,6 +16,8 @@ One module per job:
 ``held_state``       the generator state at the stopping rule's returned step, kept by a device
                      flag (branch-free on accelerators), for one fit or a packed one
 ``tracking``         :class:`Tracker`: one image's average, PSNR history, stopping rule, result
+``captured_step``    :class:`CapturedStep`: the step as a CUDA graph, replayed; :func:`capture_plan`
+``deferred``         :class:`DeferredCheck`: a captured fit's losses judged a window at a time
 ``loop``             :func:`fit`: the orchestration
 ``packed_state``     a member's share of a packed generator's and optimiser's tensors
 ``packed_member``    one member of a packed fit and its recovery on its own slices

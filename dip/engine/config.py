@@ -27,7 +27,12 @@ class FitConfig:
     the average in ``image_avg``); ``psnr_every`` is how often (in steps) metrics that
     need a host sync are computed; ``stop="auto"`` enables windowed-variance early stopping with
     ``stop_window``/``stop_patience`` steps; ``compile`` runs the generator through
-    ``torch.compile`` (pays off only for long fits: compiling takes tens of seconds).
+    ``torch.compile`` (pays off only for long fits: compiling takes tens of seconds);
+    ``cuda_graph`` lets a fit on a CUDA device capture its step once as a CUDA graph and replay
+    it (``dip.engine.captured_step``; Adam only, not with ``compile``, a fitted input code or a
+    fitted operator: those fits, and ``cuda_graph=False``, run eagerly, and the log says why);
+    a captured fit reads its losses to the host every ``check_every`` steps (at most every 25,
+    ``dip.engine.deferred``) instead of every step. It changes nothing on the CPU.
 
     Divergence recovery: a non-finite loss (checked every step), or with ``backtrack`` a fit
     PSNR that fell by more than ``backtrack_threshold_db`` since the last check (every
@@ -65,6 +70,7 @@ class FitConfig:
     channels_last: bool = True
     device: str = "cpu"
     compile: bool = False
+    cuda_graph: bool = True
 
     def __post_init__(self):
         self.validate()
@@ -95,6 +101,8 @@ class FitConfig:
         if isinstance(self.physics_warmup_steps, bool) or not isinstance(self.physics_warmup_steps, int) \
                 or self.physics_warmup_steps < 0:
             bad("physics_warmup_steps", self.physics_warmup_steps, "an integer >= 0")
+        if not isinstance(self.cuda_graph, bool):
+            bad("cuda_graph", self.cuda_graph, "True or False")
         if self.tv_weight < 0:
             bad("tv_weight", self.tv_weight, "a number >= 0")
         if self.optimize not in OPTIMIZE:

@@ -87,6 +87,24 @@ class HeldState:
         """Hold ``value`` (e.g. a resumed fit's returned state), replacing what is held."""
         self._value, self._buf, self._any, self._live = value, None, None, None
 
+    def mark(self) -> dict:
+        """What is held now, for :meth:`rollback` (copies of the buffers on the branch-free
+        path, no host read)."""
+        if self._buf is None or self._any is None:
+            return {"value": self._value}  # a held dict is replaced, never changed in place
+        return {"buf": {k: v.clone() for k, v in self._buf.items()}, "any": self._any.clone()}
+
+    def rollback(self, mark: dict) -> None:
+        """Hold again what was held at ``mark`` (the mark stays valid for another rollback)."""
+        if "buf" not in mark:
+            self.load(mark["value"])
+            return
+        if self._buf is None or self._any is None:
+            raise ValueError("the held state was reloaded since the mark")
+        for k, v in mark["buf"].items():
+            self._buf[k].copy_(v)
+        self._any.copy_(mark["any"])
+
 
 class PackedHeldState:
     """The members' states at their returned steps, for a packed generator of K members.

@@ -18,6 +18,11 @@ Differences from the original, on purpose:
   See :mod:`dip.engine.recovery`.
 - LBFGS runs one function evaluation per step (``max_iter=1`` per call, state carried
   across calls) after the original's 100 Adam steps at lr 1e-3.
+
+On a CUDA device an Adam fit replays its step as a CUDA graph (:mod:`dip.engine.captured_step`,
+where :func:`~dip.engine.captured_step.capture_plan` allows it; the log says which way a fit
+runs and why) and judges its losses a window of steps at a time (:mod:`dip.engine.deferred`,
+``_FitRun._settle``) instead of reading every step's loss; on the CPU every step is eager.
 """
 from __future__ import annotations
 
@@ -32,7 +37,9 @@ import torch
 from torch import nn
 
 from dip.engine import operator_state
+from dip.engine.captured_step import CapturedStep, capture_plan, is_fused
 from dip.engine.config import FitConfig
+from dip.engine.deferred import DeferredCheck
 from dip.engine.geometry import fit_layout
 from dip.engine.held_state import HeldState
 from dip.engine.losses import data_loss, tv_loss
@@ -127,6 +134,10 @@ class _FitRun:
         self.first_step = 1
         self.prior_seconds = 0.0
         self.recovery: Recovery | None = None
+        # the captured step and the checks it defers (restore() decides; None: every step eager)
+        self.captured: CapturedStep | None = None
+        self.deferred: DeferredCheck | None = None
+        self.mark: dict | None = None  # the record at the last judged step (rolled back to on a failure)
         self.start = time.perf_counter()
 
     # ------------------------------------------------------------------ set-up
@@ -177,11 +188,32 @@ class _FitRun:
                                                 tolerance_change=-1, history_size=100)
 
     def restore(self, resume: Mapping[str, Any] | FitState | None) -> None:
-        """Continue from ``resume`` (a ``FitState`` or its dict), or start afresh when None."""
+        """Continue from ``resume`` (a ``FitState`` or its dict), or start afresh when None; then
+        decide whether the steps are captured as a CUDA graph (:meth:`_plan_capture`)."""
         if resume is None:
             self.recovery = Recovery(self.generator, lambda: self.fast.optimizer, self.z, self.config,
                                      physics=self.physics)
+        else:
+            self._resume(resume)
+        self._plan_capture()
+
+    def _plan_capture(self) -> None:
+        """The captured step where :func:`capture_plan` allows it, logged with its reason on
+        CUDA (on the CPU nothing is logged and every step stays eager)."""
+        config = self.config
+        ok, reason = capture_plan(config, self.device, operator_trainable=bool(operator_state.trainable(self.physics)),
+                                  fused=is_fused(self.fast.optimizer), steps_left=config.steps - self.first_step + 1)
+        if not ok:
+            if self.device.type == "cuda":
+                log.info("CUDA graph not used: %s; every step runs eagerly", reason)
             return
+        self.deferred = DeferredCheck(config.check_every, judged=self.first_step - 1)
+        log.info("CUDA graph: %s; the losses are checked every %d steps (at most) instead of every step",
+                 reason, self.deferred.longest)
+        self.captured = CapturedStep(self.fast)
+        self.mark = self.track.mark(self.deferred.longest)
+
+    def _resume(self, resume: Mapping[str, Any] | FitState) -> None:
         state = FitState.from_dict(resume)
         member = state.member
         config = self.config
@@ -207,6 +239,12 @@ class _FitRun:
     def step(self, step: int) -> tuple[str | None, str, StepEvent | None]:
         """Take step ``step``. Returns (stop reason or None, detail, the event for callbacks —
         None when the step's output is not an image)."""
+        if self.captured is not None:
+            return self._captured_step(step)
+        return self._eager_step(step)
+
+    def _eager_step(self, step: int) -> tuple[str | None, str, StepEvent | None]:
+        """One step judged at once (one host read of its loss)."""
         if self.lbfgs_from is not None and step == self.lbfgs_from + 1:
             self._switch_to_lbfgs()
             self.recovery.take(self.recovery.snapshot.psnr)  # earlier Adam snapshots do not fit LBFGS
@@ -227,9 +265,7 @@ class _FitRun:
                 return "diverged", detail, None
             if not math.isfinite(loss_value):
                 return None, "", None  # this step's output is not an image: keep it out of averages
-        if self.box is not None:  # the restored image: the operator's input less its margin (a view)
-            top, left, h, w = self.box
-            out = out[:, :, top:top + h, left:left + w]
+        out = self._image(out)
         stop = self.track.observe(step, out, self.generator.state_dict)
         if self.held_physics is not None:
             self.held_physics.offer(self.track.held_now(step), self.physics.state_dict)
@@ -237,6 +273,82 @@ class _FitRun:
             return "auto", self.track.stopper.reason, None
         track = self.track
         return None, "", StepEvent(step, self.config.steps, loss, out, track.out_avg, track.last_psnr)
+
+    def _image(self, out: torch.Tensor) -> torch.Tensor:
+        """The restored image in the step's output: the operator's input less its margin (a view)."""
+        if self.box is None:
+            return out
+        top, left, h, w = self.box
+        return out[:, :, top:top + h, left:left + w]
+
+    def _captured_step(self, step: int) -> tuple[str | None, str, StepEvent | None]:
+        """One step of the captured path: the graph's step (or a warm-up step), its loss kept on
+        the device, the output observed at once, and the window judged when it is due, when the
+        stopping rule fires and at the last step (``_settle``)."""
+        captured, deferred = self.captured, self.deferred
+        assert captured is not None and deferred is not None
+        if captured.needs_capture and not captured.capture():
+            self.rng = self.fast.rngs[0]  # the failed capture left fresh generators (same state)
+            settled = self._settle(step - 1)
+            self.captured = self.deferred = None  # eager from here on, every step judged at once
+            if settled is not None and settled[0] is not None:
+                return settled
+            return self._eager_step(step)
+        loss, out = captured()
+        self.track.losses[step - 1] = loss
+        out = self._image(out)
+        stop = self.track.observe(step, out, self.generator.state_dict)
+        if stop or deferred.due(step) or step == self.config.steps:
+            settled = self._settle(step)
+            if settled is not None:
+                return settled
+        if stop:
+            return "auto", self.track.stopper.reason, None
+        track = self.track
+        return None, "", StepEvent(step, self.config.steps, loss, out, track.out_avg, track.last_psnr)
+
+    def settle(self, step: int) -> tuple[str | None, str, None] | None:
+        """Judge the steps not yet judged, up to ``step`` (the last step taken), before the fit
+        is handed out (a checkpoint, an interruption). None when the fit goes on from ``step``
+        as it is (its steps were good, or a backtrack was recovered, or every step is judged at
+        once); else what :meth:`step` returns for a failed step (its output is not an image)."""
+        return None if self.deferred is None else self._settle(step)
+
+    def _settle(self, step: int) -> tuple[str | None, str, None] | None:
+        """Judge the window that ends at ``step`` (one host read, ``DeferredCheck.judge``).
+
+        Good: the record is marked here (the next rollback point). A failure at step f (the
+        first of the window; the steps after it ran from the failed state and are not judged)
+        is recovered as the eager fit recovers it at f: the same snapshot (the last good check
+        step, never inside the window) is loaded and the learning rate lowered; the graph is
+        captured anew after a warm-up. A non-finite loss also rolls the record (average, PSNR
+        history, stopping rule, held state) back to the window's start: the outputs from f on
+        are not images, and the window's good steps before f go with them (at most
+        ``longest - 1``). A backtracking failure (finite loss, fit PSNR fell; only at a check
+        step, the window's end) keeps the window's outputs, as the eager fit does, and returns
+        None: the step's event goes out as the eager fit's does."""
+        assert self.deferred is not None and self.recovery is not None
+        failure = self.deferred.judge(step, self.track.losses, self.recovery)  # the window's one host read
+        if failure is None:
+            self.mark = self.track.mark(self.deferred.longest)
+            return None
+        recovery = self.recovery
+        recovery.restore(failure.step, failure.why)
+        if self.captured is not None:
+            self.captured.invalidate()
+        if failure.finite:
+            self.mark = self.track.mark(self.deferred.longest)
+        else:
+            assert self.mark is not None
+            self.track.rollback(self.mark)
+            log.info("step %d's loss was read at step %d: the outputs of steps %d-%d are dropped from the "
+                     "average and the stopping rule", failure.step, step, self.deferred.window_start, step)
+        if recovery.exhausted:
+            detail = (f"stopped at step {step}: {failure.why} at step {failure.step}, the {recovery.recoveries}th "
+                      f"failure (max_recoveries {self.config.max_recoveries}); kept the last good state")
+            log.warning("%s", detail)
+            return "diverged", detail, None
+        return None if failure.finite else (None, "", None)
 
     @property
     def best_physics(self) -> dict[str, torch.Tensor] | None:
@@ -284,12 +396,15 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
         config: ``FitConfig``.
         gt: optional ground truth (C, H, W) or (1, C, H, W) for PSNR every ``psnr_every`` steps.
         callbacks: callables taking a ``StepEvent``; a callback's ``every`` attribute (int,
-            default 1) sets how often it is called.
+            default 1) sets how often it is called. On the captured CUDA path the event's
+            tensors are the graph's buffers (copy what must outlive the step) and its step is
+            not yet judged: a later check may find its loss non-finite (see ``_FitRun._settle``).
         resume: ``FitResult.resume_state()`` of an earlier fit (a ``FitState`` or its dict, e.g.
             from a checkpoint) to continue it up to ``config.steps``; ``generator`` and ``z``
             must be that fit's. Same seed, CPU, same threads: a resumed fit equals an
             uninterrupted one bit for bit, in either memory layout. The state is copied, never
-            updated in place.
+            updated in place. A captured CUDA fit's state is taken at a judged step; resumed, it
+            warms up and captures anew and draws the same reg noise from its ``rng_state``.
         stop_event: anything with ``is_set() -> bool`` (e.g. ``threading.Event``), polled after
             every step; once set the fit ends with ``stop_reason == "interrupted"`` and a result
             that ``resume_state()`` continues exactly.
@@ -315,11 +430,20 @@ def fit(y: torch.Tensor, physics: nn.Module, generator: nn.Module, z: torch.Tens
         for cb, every in zip(callbacks, cb_every, strict=True):
             if step % every == 0 or step == config.steps:
                 cb(event)
-        if stop_event is not None and stop_event.is_set() and step < config.steps:
+        interrupted = stop_event is not None and stop_event.is_set() and step < config.steps
+        checkpoint = (on_checkpoint is not None and checkpoint_every is not None and step % checkpoint_every == 0
+                      and step < config.steps)
+        if interrupted or checkpoint:
+            settled = run.settle(step)  # a captured fit judges its pending steps before it is handed out
+            if settled is not None:
+                stop_reason, detail, _ = settled
+                if stop_reason is not None:
+                    break
+                continue
+        if interrupted:
             stop_reason, detail = "interrupted", f"interrupted after step {step} of {config.steps}"
             break
-        if (on_checkpoint is not None and checkpoint_every is not None and step % checkpoint_every == 0
-                and step < config.steps):
+        if checkpoint:
             on_checkpoint(run.result("running", step, f"checkpoint at step {step} of {config.steps}"))
     if stop_reason is None:
         stop_reason, detail = "steps", f"ran all {step} steps"

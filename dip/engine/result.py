@@ -16,7 +16,9 @@ class StepEvent:
     """What a callback sees. ``loss`` is a 0-dim tensor (call ``.item()`` only when needed: it
     syncs); ``output`` is the cropped current output (1, C, H, W), detached, fp32; ``output_avg``
     the averaged output or None; ``psnr`` the latest PSNR against the ground truth (or None);
-    ``steps`` the planned number of steps."""
+    ``steps`` the planned number of steps. A fit replayed as a CUDA graph
+    (``dip.engine.captured_step``) hands out its graph's buffers as ``loss`` and ``output``:
+    they hold this step's values until the next step (clone them to keep them)."""
 
     step: int
     steps: int

@@ -102,6 +102,27 @@ class Tracker:
         self.held.offer(self.stopper.held_now(step), live)
         return should_stop
 
+    def mark(self, updates: int) -> dict:
+        """The record as it is now (average, PSNR history, stopping rule, held state), for
+        :meth:`rollback` after at most ``updates`` more observed steps; device copies, no host
+        read. The loss record is not part of it: every step's loss stays recorded."""
+        return {"out_avg": None if self.out_avg is None else self.out_avg.clone(),
+                "history": {key: len(value) for key, value in self.history.items()}, "last_psnr": self.last_psnr,
+                "stopper": None if self.stopper is None else self.stopper.mark(updates), "held": self.held.mark()}
+
+    def rollback(self, mark: dict) -> None:
+        """Forget the steps observed since ``mark`` (from :meth:`mark`; it stays valid)."""
+        if mark["out_avg"] is None or self.out_avg is None:
+            self.out_avg = None if mark["out_avg"] is None else mark["out_avg"].clone()
+        else:
+            self.out_avg.copy_(mark["out_avg"])
+        for key, length in mark["history"].items():
+            del self.history[key][length:]
+        self.last_psnr = mark["last_psnr"]
+        if self.stopper is not None:
+            self.stopper.rollback(mark["stopper"])
+        self.held.rollback(mark["held"])
+
     def held_now(self, step: int) -> torch.Tensor | None:
         """The rule's device flag: did ``step`` become the returned step (None: no)."""
         return None if self.stopper is None else self.stopper.held_now(step)
