@@ -22,12 +22,25 @@ from dip.physics import Identity
 def test_auto_follows_the_hardware_and_the_proven_tasks(monkeypatch, native, task, expected):
     monkeypatch.setenv("DIP_BF16_NATIVE", native)
     monkeypatch.setattr(runtime, "BF16_PROVEN_TASKS", frozenset({"denoise", "sr"}))
+    monkeypatch.setattr(runtime, "BF16_FAILED_TASKS", {})
     precision, why = runtime.choose_precision("auto", "cpu", task)
     assert precision == expected and why.startswith("auto: ")
     if native == "1" and task in ("restore", "jpeg"):
         assert task in why and "not proven" in why
     if native == "0":
         assert "no native bf16" in why
+
+
+def test_auto_says_what_the_check_measured_for_a_task_where_bf16_failed(monkeypatch):
+    monkeypatch.setenv("DIP_BF16_NATIVE", "1")
+    monkeypatch.setattr(runtime, "BF16_FAILED_TASKS", {"sr": "bf16 missed fp32's quality for sr (worst 0.40 dB)"})
+    precision, why = runtime.choose_precision("auto", "cpu", "sr")
+    assert precision == "fp32" and why == "auto: bf16 missed fp32's quality for sr (worst 0.40 dB)"
+    assert runtime.choose_precision("bf16", "cpu", "sr") == ("bf16", "asked for")  # asking still works
+
+
+def test_no_task_is_both_proven_and_failed():
+    assert not runtime.BF16_PROVEN_TASKS & set(runtime.BF16_FAILED_TASKS)
 
 
 def test_auto_picks_fp32_for_every_unproven_task(monkeypatch):

@@ -83,8 +83,13 @@ def test_packed_step_equals_separate(case, k, dtype):
     for i, g in enumerate(gens):
         mine = member_tensors(packed, i, grads)
         assert list(mine) == list(pgrads[i])  # names and registration order
+        # absolute errors on the scale of the member's gradient: a convolution's bias before a
+        # train-mode BatchNorm has a gradient of exactly 0, which float32 computes as the rounding
+        # residue (about 1e-6 here) of sums whose terms have the size of the other gradients, and
+        # two summation orders (grouped or plain convolution, per CPU) leave different residues
+        scale = max(1.0, max(float(grad.abs().max()) for grad in pgrads[i].values()))
         for n, grad in pgrads[i].items():
-            torch.testing.assert_close(mine[n], grad, **tol)
+            torch.testing.assert_close(mine[n], grad, rtol=TOL[dtype], atol=TOL[dtype] * scale)
         # train-mode BatchNorm: running statistics (and counts) moved per member
         for n, v in member_tensors(packed, i, state).items():
             torch.testing.assert_close(v, g.state_dict()[n], **tol)
