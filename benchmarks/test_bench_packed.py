@@ -135,8 +135,11 @@ class MemberMatmul1x1(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xh = x.permute(0, 2, 3, 1)  # (N, H, W, K·C_in): a view when x is channels_last
         c_in = x.shape[1] // self.members
-        ws = self.weight.flatten(1).chunk(self.members, dim=0)
-        bs = self.bias.chunk(self.members, dim=0) if self.bias is not None else [None] * self.members
+        # the bf16 step runs without autocast (dip.engine.bf16 copies only nn.Conv/nn.Linear
+        # weights): cast this module's fp32 weights to the input's dtype, as autocast would
+        ws = self.weight.to(x.dtype).flatten(1).chunk(self.members, dim=0)
+        bs = (self.bias.to(x.dtype).chunk(self.members, dim=0) if self.bias is not None
+              else [None] * self.members)
         outs = [F.linear(xh[..., i * c_in:(i + 1) * c_in], ws[i], bs[i])
                 for i in range(self.members)]
         return torch.cat(outs, dim=-1).permute(0, 3, 1, 2)
