@@ -49,6 +49,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,7 +61,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import dip.models
 import dip.ops
 import dip.recipes
-from dip import runtime
+from dip import evaluate, images, runtime
 from dip.models.common import BNAct
 from tests import oracle
 
@@ -260,17 +261,12 @@ class CommandStep:
     SHORT_STEPS, LONG_STEPS = 5, 25
 
     def __init__(self, size: int) -> None:
-        import tempfile
-
-        from dip import evaluate, images
-
         self.dir = tempfile.TemporaryDirectory(prefix="dip-bench-command-")
         name, clean = evaluate.builtin_images(size, ["astronaut"])[0]
         noisy = (clean + 25 / 255 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
         self.input = Path(self.dir.name) / f"{name}-noisy.png"
         images.write_image(self.input, noisy)
         self.env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
-        self.precision = runtime.choose_precision("auto", "cpu", "denoise")[0]
 
     def _run(self, steps: int) -> float:
         out = Path(self.dir.name) / f"out-{steps}.png"

@@ -32,6 +32,8 @@ import ctypes
 import ctypes.util
 import logging
 import platform
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -74,12 +76,12 @@ BF16_PROVEN_TASKS: frozenset[str] = frozenset({"denoise"})
 #: (Zen 5, AVX512-BF16 without AMX), one thread a fit: |ΔPSNR| 0.09, 0.09, 0.40, 0.11, 0.04 dB
 #: (bf16 2.1x faster a fit). Inpainting (text mask), the same settings, four of the images:
 #: +0.29, -0.04, -0.19, -0.66 dB (bf16 2.0x faster a fit).
-BF16_FAILED_TASKS: dict[str, str] = {
+BF16_FAILED_TASKS: Mapping[str, str] = MappingProxyType({
     "sr": "bf16 missed fp32's quality for sr in the check (x4, 128²: mean |ΔPSNR| 0.15 dB, worst 0.40; "
           "the bar is 0.1 / 0.3)",
     "inpaint": "bf16 missed fp32's quality for inpaint in the check (text mask, 128²: mean |ΔPSNR| "
                "0.30 dB, worst 0.66; the bar is 0.1 / 0.3)",
-}
+})
 
 # glibc mallopt parameter numbers (malloc.h)
 M_TRIM_THRESHOLD = -1
