@@ -247,6 +247,23 @@ def test_failed_image_is_recorded_and_the_batch_goes_on(tmp_path, three, capsys)
     assert [(r["status"], r["mode"]) for r in redone.records] == [("done", "fresh")] * 3
 
 
+def test_no_cuda_graph_reaches_every_fresh_fit(tmp_path, three):
+    """--no-cuda-graph of dip batch is passed to each image's fit, whose config then runs eagerly."""
+    from dip.batch import fit_arguments
+    from dip.cli.fit_command import _fit_overrides
+
+    batch = cli.build_parser(hooked="batch")
+    off = fit_arguments(batch.parse_args(["batch", "denoise", str(three), "-o", "out", "--no-cuda-graph"]))
+    on = fit_arguments(batch.parse_args(["batch", "denoise", str(three), "-o", "out"]))
+    assert "--no-cuda-graph" in off and "--no-cuda-graph" not in on
+    single = cli.build_parser().parse_args(["denoise", str(three / "a.png"), "-o", "a.png", *off])
+    assert _fit_overrides(single)["cuda_graph"] is False
+    result = run_batch("denoise", [three], tmp_path / "o", runner=StandInRunner(), fit_args=off, steps=3,
+                       handle_signals=False)
+    assert "--no-cuda-graph" in json.loads((tmp_path / "o" / "a.json").read_text())["argv"]
+    assert result.ok
+
+
 # --------------------------------------------------------------------------------------------
 # local workers: interrupted and rerun
 # --------------------------------------------------------------------------------------------

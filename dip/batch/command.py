@@ -98,6 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option, kwargs in _PASSED:
         fit.add_argument(option, **kwargs)
     fit.add_argument("--compile", action="store_true", help="compile each fit's step with torch.compile")
+    fit.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false", default=None,
+                     help="on CUDA, run every step of each fit eagerly instead of replaying it as a CUDA graph")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar, table or summary")
     parser.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
 
@@ -115,6 +117,8 @@ def fit_arguments(args: argparse.Namespace) -> list[str]:
             out += [option, str(value)]
     if args.compile:
         out.append("--compile")
+    if args.cuda_graph is False:
+        out.append("--no-cuda-graph")
     return out
 
 
