@@ -47,7 +47,8 @@ when larger).  Degradations, seeded from (seed, image name, task):
   square); baselines Wiener and Richardson–Lucy tuned per image (``dip.evaluate_deblur``),
   whose columns ``wiener_psnr``/``rl_psnr`` and chosen parameters join the row; recipe ``deblur``.
 - ``deblur-blind-gauss`` / ``-motion9`` / ``-motion15``: the same observations (same draw), fitted
-  without the kernel (recipe ``deblur-blind``, told the kernel's size only); the row adds the
+  without the kernel (recipe ``deblur-blind`` for the Gaussian, ``deblur-blind-motion`` for the
+  motion blurs; told the kernel's size only); the row adds the
   estimate's error (``kernel_l1``) and, where the case names a guess (a Gaussian of sigma 1.0
   for the sigma 1.6 blur), Richardson–Lucy with that wrong kernel (``rl_guess_psnr``); both are
   CSV columns and keys of the curves file (empty / null where they do not apply).
@@ -99,9 +100,9 @@ TASKS: dict[str, dict] = {
     # blind: the observations of the cases above ("draw"), the kernel's size only given to the fit
     "deblur-blind-gauss": {"recipe": "deblur-blind", "task": "deblur", "kernel": "gaussian:1.6", "noise": 0.01,
                            "draw": "deblur-gauss", "guess": "gaussian:1.0"},
-    "deblur-blind-motion9": {"recipe": "deblur-blind", "task": "deblur", "kernel": "motion:9,30", "noise": 0.01,
+    "deblur-blind-motion9": {"recipe": "deblur-blind-motion", "task": "deblur", "kernel": "motion:9,30", "noise": 0.01,
                              "draw": "deblur-motion9"},
-    "deblur-blind-motion15": {"recipe": "deblur-blind", "task": "deblur", "kernel": "motion:15,120",
+    "deblur-blind-motion15": {"recipe": "deblur-blind-motion", "task": "deblur", "kernel": "motion:15,120",
                               "noise": 0.01, "draw": "deblur-motion15"},
 }
 

@@ -45,6 +45,26 @@ def test_a_small_blind_fit_beats_its_input_and_moves_the_kernel():
     assert float((k - start).abs().sum()) > 1e-3  # the joint fit updated the kernel
 
 
+def test_the_motion_recipe_finds_a_straight_blur_the_round_one_misses():
+    """deblur-blind-motion (flat start, fitted 500 steps) on a 7 px motion blur at 45°: it beats
+    the input, and its kernel is nearer the true one than deblur-blind's (measured: 24.5 dB from
+    23.5, kernel L1 0.90 against 1.13, where deblur-blind ends below the input)."""
+    k = torch.from_numpy(parse_kernel("motion:7,45")).float()
+    kh, kw = k.shape
+    scene = oracle.smooth_image(32 + kh - 1, 32 + kw - 1, 3, 0)
+    y = Blur(k, "valid")(scene[None])[0]
+    y = (y + 0.01 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    gt = scene[None, :, kh // 2:kh // 2 + 32, kw // 2:kw // 2 + 32]
+    fits = {name: dip.deblur(y, kernel_size=(kh, kw), recipe=name, net_options=SMALL, steps=400, gt=gt)
+            for name in ("deblur-blind-motion", "deblur-blind")}
+    motion = fits["deblur-blind-motion"]
+    assert motion.psnr > metrics.psnr(y[None], gt) + 0.5
+    errors = {name: float((res.physics.kernel[0] - k).abs().sum()) for name, res in fits.items()}
+    assert errors["deblur-blind-motion"] < errors["deblur-blind"] - 0.1, errors
+    r = recipes.get("deblur-blind-motion")
+    assert r.physics["init_sigma"] is None and r.fit.physics_steps == 500
+
+
 def test_deblur_takes_exactly_one_of_kernel_and_kernel_size():
     y = torch.rand(1, 12, 12)
     with pytest.raises(ValueError, match="exactly one of kernel= .* got both"):
@@ -57,15 +77,16 @@ def test_deblur_takes_exactly_one_of_kernel_and_kernel_size():
         dip.deblur(y, kernel_size=2, net_options=SMALL, steps=1)
 
 
-@pytest.mark.parametrize("warmup", [4, 8])  # the checkpoint after / before the kernel's warm-up ends
-def test_a_resumed_blind_fit_equals_the_uninterrupted_one(warmup):
+@pytest.mark.parametrize("warmup,fitted", [(4, None), (8, None), (2, 3)])  # checkpoint (step 6) after / before
+def test_a_resumed_blind_fit_equals_the_uninterrupted_one(warmup, fitted):  # the warm-up ends; after the hold
     _, y, _ = _scene(size=24)
     options = dict(net_options=SMALL, physics_options={"kernel_size": 9}, physics_warmup_steps=warmup,
-                   physics_lr=1e-3)
+                   physics_lr=1e-3, physics_steps=fitted)
     recipe = recipes.get("deblur-blind", steps=12, **options)
     full = recipes.run(recipe, y)
     half = recipes.run(recipes.get("deblur-blind", steps=6, **options), y)
-    assert not torch.equal(half.physics.kernel, full.physics.kernel)
+    # the kernel moves after the checkpoint, unless it is held from step 6 on (physics_steps)
+    assert torch.equal(half.physics.kernel, full.physics.kernel) == (fitted is not None)
     state = FitState.from_dict(half.resume_state())
     assert state.member.physics_state is not None and state.member.snapshot.physics_state is not None
     physics = from_config(physics_settings(half.physics))  # as dip.resume rebuilds it
@@ -125,6 +146,22 @@ def test_the_kernel_is_held_during_its_warm_up():
     assert not torch.equal(moved.physics.kernel, start)
     with pytest.raises(ValueError, match="physics_warmup_steps must be an integer >= 0"):
         recipes.get("deblur-blind", physics_warmup_steps=-1)
+
+
+def test_the_kernel_is_held_again_after_its_fitting_steps():
+    """physics_steps: fitted for that many steps after the warm-up, then held while the image fits."""
+    _, y, _ = _scene(size=16)
+    options = dict(net_options=SMALL, physics_options={"kernel_size": 5}, physics_lr=1e-3, physics_warmup_steps=2,
+                   physics_steps=3)
+    fitted = recipes.run(recipes.get("deblur-blind", steps=5, **options), y)  # steps 3-5 fit the kernel
+    four = recipes.run(recipes.get("deblur-blind", steps=4, **options), y)
+    assert not torch.equal(four.physics.kernel, fitted.physics.kernel)
+    later = recipes.run(recipes.get("deblur-blind", steps=8, **options), y)
+    assert torch.equal(later.physics.kernel, fitted.physics.kernel)  # held from step 6 on
+    assert not torch.equal(later.image, fitted.image)  # the image goes on fitting
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="physics_steps must be None or an integer >= 1"):
+            recipes.get("deblur-blind", physics_steps=bad)
 
 
 class _DivergesOnce(BlindBlur):

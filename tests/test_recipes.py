@@ -13,7 +13,7 @@ def n_params(net):
 def test_all_paper_recipes_exist():
     assert set(recipes.names()) == {"denoise", "denoise-50", "jpeg", "sr2", "sr4", "sr8", "inpaint-text",
                                     "inpaint-hole", "inpaint-region", "restore-50", "restore-98", "flash",
-                                    "deblur", "deblur-blind"}
+                                    "deblur", "deblur-blind", "deblur-blind-motion"}
 
 
 def test_denoise_recipe_is_the_standard_skip_network_and_the_papers_schedule():

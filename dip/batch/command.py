@@ -31,6 +31,8 @@ _PASSED = (
                                                      "(NAME.png.kernel.png)"}),
     ("--kernel-lr", {"metavar": "RATE", "help": "deblur, blind: Adam learning rate of the kernel generator"}),
     ("--kernel-warmup", {"metavar": "STEPS", "help": "deblur, blind: steps the kernel is held at its start"}),
+    ("--kernel-steps", {"metavar": "STEPS", "help": "deblur, blind: steps the kernel is fitted after its warm-up "
+                                                    "('all': to the end)"}),
     ("--padding", {"choices": ("valid", "reflect", "replicate"), "help": "deblur: boundary model"}),
     ("--lr", {"help": "Adam learning rate"}),
     ("--reg-noise", {"metavar": "STD", "help": "std of the noise added to the input code every step"}),

@@ -5,8 +5,9 @@
   support of the estimated kernel, each side from ``BLIND_MIN_SIZE`` to ``BLIND_MAX_SIZE`` and
   at most half the image's side along it;
 - ``--kernel-out FILE``: where a blind fit writes its estimate;
-- ``--kernel-lr RATE``, ``--kernel-warmup STEPS``: the kernel generator's Adam learning rate
-  and the steps it is held for first (``FitConfig.physics_lr`` / ``physics_warmup_steps``).
+- ``--kernel-lr RATE``, ``--kernel-warmup STEPS``, ``--kernel-steps STEPS``: the kernel
+  generator's Adam learning rate, the steps it is held for first and the steps it is fitted
+  for after that (``FitConfig.physics_lr`` / ``physics_warmup_steps`` / ``physics_steps``).
 
 Every value arrives as text (``dip batch`` passes them on unparsed) and a bad one is a
 one-line ``UsageError`` naming the option, the value and the fix (exit 2).
@@ -29,7 +30,8 @@ _SIZE = re.compile(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?")
 
 
 def add_kernel_options(p) -> None:
-    """--kernel, --kernel-size, --kernel-out, --kernel-lr and --kernel-warmup on ``dip deblur``'s parser."""
+    """--kernel, --kernel-size, --kernel-out, --kernel-lr, --kernel-warmup and --kernel-steps on
+    ``dip deblur``'s parser."""
     p.add_argument("--kernel", metavar="SPEC",
                    help="the known blur: gaussian:SIGMA, box:SIZE, motion:LENGTH,ANGLE (degrees), or a .npy array / "
                         "image file of the point-spread function (normalised to sum 1)")
@@ -37,17 +39,21 @@ def add_kernel_options(p) -> None:
                    help="blind deblurring (instead of --kernel): the unknown blur is estimated with the image, on a "
                         "K x K support or one of Kh rows and Kw columns (e.g. 9x15); each side a whole number from "
                         f"{BLIND_MIN_SIZE} to half the image's side, a little larger than the blur; recipe "
-                        "deblur-blind")
+                        "deblur-blind (a round blur: defocus), or --recipe deblur-blind-motion for camera shake "
+                        "(give the shake's bounding box)")
     p.add_argument("--kernel-out", metavar="FILE",
                    help="with --kernel-size: where the estimated kernel goes, .png (16-bit grey, its largest value "
                         "white) or .npy (the values, summing to 1); default OUT.kernel.png beside the output; "
                         "--report also lists it")
     p.add_argument("--kernel-lr", metavar="RATE",
                    help="with --kernel-size: Adam learning rate of the kernel generator (default: the recipe's, "
-                        "1e-5 for deblur-blind)")
+                        "1e-5 for deblur-blind, 1e-4 for deblur-blind-motion)")
     p.add_argument("--kernel-warmup", metavar="STEPS",
                    help="with --kernel-size: steps the kernel is held at its start while the image first fits "
-                        "(default: the recipe's, 500 for deblur-blind; 0: fitted from the first step)")
+                        "(default: the recipe's, 500 for deblur-blind, 100 for deblur-blind-motion; 0: fitted from the first step)")
+    p.add_argument("--kernel-steps", metavar="STEPS",
+                   help="with --kernel-size: steps the kernel is fitted for after its warm-up, then held while the "
+                        "image goes on fitting (default: the recipe's, 'all' for deblur-blind, 500 for deblur-blind-motion; 'all': to the end)")
 
 
 def blind(args) -> bool:
@@ -57,7 +63,7 @@ def blind(args) -> bool:
 
 def check_kernel_options(args) -> None:
     """Exactly one of --kernel and --kernel-size, a valid --kernel-size, and --kernel-out,
-    --kernel-lr, --kernel-warmup only with --kernel-size (one-line UsageErrors; dip batch checks
+    --kernel-lr, --kernel-warmup, --kernel-steps only with --kernel-size (one-line UsageErrors; dip batch checks
     here too)."""
     given = [flag for flag, value in (("--kernel", getattr(args, "kernel", None)),
                                       ("--kernel-size", getattr(args, "kernel_size", None))) if value is not None]
@@ -66,7 +72,8 @@ def check_kernel_options(args) -> None:
                          f"the unknown blur's size), got {' and '.join(given) if given else 'neither'}")
     if getattr(args, "kernel_out", None) is not None and not blind(args):
         raise UsageError("--kernel-out: only a blind fit (--kernel-size K) estimates a kernel to write")
-    for flag, dest in (("--kernel-lr", "kernel_lr"), ("--kernel-warmup", "kernel_warmup")):
+    for flag, dest in (("--kernel-lr", "kernel_lr"), ("--kernel-warmup", "kernel_warmup"),
+                       ("--kernel-steps", "kernel_steps")):
         if getattr(args, dest, None) is not None and not blind(args):
             raise UsageError(f"{flag} {getattr(args, dest)}: only a blind fit (--kernel-size K) fits a kernel; "
                              f"drop {flag}, or give --kernel-size instead of --kernel")
@@ -111,9 +118,8 @@ def kernel_size_setting(args) -> int | list[int]:
 
 
 def kernel_fit_overrides(args) -> dict[str, Any]:
-    """The FitConfig fields --kernel-lr and --kernel-warmup set (``physics_lr``,
-    ``physics_warmup_steps``), checked; ``steps``: the fit's step count, which the warm-up must
-    stay under."""
+    """The FitConfig fields --kernel-lr, --kernel-warmup and --kernel-steps set (``physics_lr``,
+    ``physics_warmup_steps``, ``physics_steps``: None for 'all'), checked."""
     overrides: dict[str, Any] = {}
     rate = getattr(args, "kernel_lr", None)
     if rate is not None:
@@ -135,6 +141,17 @@ def kernel_fit_overrides(args) -> dict[str, Any]:
             raise UsageError(f"--kernel-warmup {warmup}: not a whole number of steps from 0 to {MAX_STEPS}; "
                              "give how many steps the kernel is held first, e.g. --kernel-warmup 500")
         overrides["physics_warmup_steps"] = steps
+    fitted = getattr(args, "kernel_steps", None)
+    if fitted is not None:
+        text = str(fitted).strip()
+        try:
+            count = None if text.lower() == "all" else int(text)
+        except ValueError:
+            count = -1
+        if count is not None and not 1 <= count <= MAX_STEPS:
+            raise UsageError(f"--kernel-steps {fitted}: not a whole number of steps from 1 to {MAX_STEPS} or 'all'; "
+                             "give how many steps the kernel is fitted after its warm-up, e.g. --kernel-steps 500")
+        overrides["physics_steps"] = count
     return overrides
 
 

@@ -101,10 +101,12 @@ def build_report(job, args, result, psnr_input: float | None) -> dict[str, Any]:
         report["pack"] = dict(job.pack)
     estimate = fitted_kernel(result)
     if estimate is not None:
-        # size: [rows, columns]; lr and warmup_steps: the kernel generator's (--kernel-lr, --kernel-warmup)
+        # size: [rows, columns]; lr, warmup_steps and fit_steps (null: to the end): the kernel
+        # generator's (--kernel-lr, --kernel-warmup, --kernel-steps)
         report["kernel"] = {"size": [int(s) for s in estimate.shape], "file": str(getattr(job, "kernel_out", None)),
                             "lr": fit.lr if fit.physics_lr is None else fit.physics_lr,
                             "warmup_steps": int(fit.physics_warmup_steps),
+                            "fit_steps": None if fit.physics_steps is None else int(fit.physics_steps),
                             "rows": [[float(f"{v:.6g}") for v in row] for row in estimate.tolist()]}
     hist = result.history
     if hist.get("psnr_step"):

@@ -44,7 +44,10 @@ class FitConfig:
     ``physics_lr``: Adam's learning rate of the operator's trainable parameters, when it has
     any (a blind blur's kernel generator, ``dip.physics.BlindBlur``); None: ``lr``. They are
     held (learning rate 0) for the first ``physics_warmup_steps`` steps, while the generator
-    fits the observation through the operator's initial state."""
+    fits the observation through the operator's initial state, and, with ``physics_steps``,
+    held again after that many steps of fitting (None: fitted to the end): the generator then
+    goes on fitting through the operator as it is, which keeps a blind blur's kernel from
+    drifting towards a sharper one while the image takes on fine detail."""
 
     steps: int = 3000
     lr: float = 0.01
@@ -58,6 +61,7 @@ class FitConfig:
     tv_weight: float = 0.0
     physics_lr: float | None = None
     physics_warmup_steps: int = 0
+    physics_steps: int | None = None
     optimize: str = "net"
     optimizer: str = "adam"
     lbfgs_warmup_steps: int = 100
@@ -101,6 +105,9 @@ class FitConfig:
         if isinstance(self.physics_warmup_steps, bool) or not isinstance(self.physics_warmup_steps, int) \
                 or self.physics_warmup_steps < 0:
             bad("physics_warmup_steps", self.physics_warmup_steps, "an integer >= 0")
+        if self.physics_steps is not None and (isinstance(self.physics_steps, bool)
+                                               or not isinstance(self.physics_steps, int) or self.physics_steps < 1):
+            bad("physics_steps", self.physics_steps, "None or an integer >= 1")
         if not isinstance(self.cuda_graph, bool):
             bad("cuda_graph", self.cuda_graph, "True or False")
         if self.tv_weight < 0:

@@ -252,6 +252,9 @@ class _FitRun:
             # keeping the rate reduction of any recovery during the warm-up (its count is in checkpoints)
             operator_state.release(self.fast.optimizer, self.config.lr, self.config.physics_lr,
                                    self.recovery.recoveries, self.config.recovery_lr_factor)
+        if self.config.physics_steps is not None and step == self.config.physics_warmup_steps \
+                + self.config.physics_steps + 1:  # the operator has been fitted for its steps: held again
+            operator_state.hold(self.fast.optimizer)
         loss, out = self.fast()
         self.track.losses[step - 1] = loss
         loss_value = float(loss)  # one host sync per step: a non-finite loss must not spread

@@ -47,6 +47,13 @@ def release(optimizer: torch.optim.Optimizer, lr: float, physics_lr: float | Non
         optimizer.param_groups[1]["lr"] = rate
 
 
+def hold(optimizer: torch.optim.Optimizer) -> None:
+    """Stop fitting the operator (``FitConfig.physics_steps`` done): its group's rate becomes 0
+    (Adam then leaves its parameters as they are). An optimiser with one group is left as it is."""
+    if len(optimizer.param_groups) == 2:
+        optimizer.param_groups[1]["lr"] = 0.0
+
+
 def state_of(physics: nn.Module) -> Tensors | None:
     """Detached copies of the operator's state_dict when it has trainable parameters, else None."""
     if not trainable(physics):

@@ -12,7 +12,8 @@ output of a small trainable generator, fitted jointly with the image generator:
   kernel generator), its last layer scaled by ``init_scale`` so that the kernel starts near
   the prior;
 - ``prior``: the log of a normalised isotropic Gaussian of ``init_sigma`` pixels on the
-  kernel's support (a fixed buffer), the kernel's start.
+  kernel's support, or of the flat kernel (``init_sigma=None``) (a fixed buffer), the kernel's
+  start.
 
 The softmax keeps every estimate on the simplex: non-negative, summing to 1. The trainable
 state is the net's parameters (``parameters()``); the fit optimises them with the image
@@ -22,6 +23,7 @@ float32. ``A_adjoint`` is the adjoint of the blur by the current kernel.
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -52,6 +54,11 @@ def gaussian_log_prior(kernel_hw: Size2, sigma: float) -> torch.Tensor:
     return torch.log_softmax(logits.reshape(-1), 0).reshape(kernel_hw).float()
 
 
+def flat_log_prior(kernel_hw: Size2) -> torch.Tensor:
+    """log of the flat kernel on a (Kh, Kw) support, every value -log(Kh * Kw), float32."""
+    return torch.full(tuple(kernel_hw), -math.log(kernel_hw[0] * kernel_hw[1]), dtype=torch.float32)
+
+
 class BlindBlur(nn.Module):
     """A blur with a trainable kernel (see the module docstring).
 
@@ -60,7 +67,9 @@ class BlindBlur(nn.Module):
         padding: boundary model as ``Blur``'s: ``"valid"`` (default), ``"reflect"``,
             ``"replicate"``, ``"zero"`` or ``"circular"``.
         code_size, hidden: sizes of the kernel generator's code and hidden layer.
-        init_sigma: width (pixels) of the Gaussian the kernel starts from.
+        init_sigma: width (pixels) of the Gaussian the kernel starts from; None: the flat kernel
+            (every pixel of the support 1 / (Kh * Kw)), the start that reaches a long motion
+            blur as easily as a round one.
         init_scale: scale of the last layer's initial weights and bias (0: the kernel is
             exactly the prior at the start).
         seed: seed of the code and of the generator's initial weights (the global random
@@ -77,22 +86,25 @@ class BlindBlur(nn.Module):
         prior: torch.Tensor  # (Kh, Kw) float32
 
     def __init__(self, kernel_size, padding: str = "valid", *, code_size: int = 200, hidden: int = 1000,
-                 init_sigma: float = 1.0, init_scale: float = 0.1, seed: int = 0, method: str = "auto"):
+                 init_sigma: float | None = 1.0, init_scale: float = 0.1, seed: int = 0, method: str = "auto"):
         super().__init__()
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-        if not (isinstance(init_sigma, (int, float)) and init_sigma > 0):
-            raise ValueError(f"init_sigma must be a positive number of pixels, got {init_sigma!r}")
+        if init_sigma is not None and not (isinstance(init_sigma, (int, float)) and not isinstance(init_sigma, bool)
+                                           and init_sigma > 0 and math.isfinite(init_sigma)):
+            raise ValueError(f"init_sigma must be a positive number of pixels (or None: a flat start), "
+                             f"got {init_sigma!r}")
         self.size = _check_size(kernel_size)
         self.padding, self.method = padding, method
-        self.settings = {"code_size": int(code_size), "hidden": int(hidden), "init_sigma": float(init_sigma),
+        self.settings = {"code_size": int(code_size), "hidden": int(hidden), "init_sigma": None if init_sigma is None else float(init_sigma),
                          "init_scale": float(init_scale), "seed": int(seed)}
         self.fft = use_fft(self.size, method)
         rng = torch.Generator().manual_seed(int(seed))
         self.register_buffer("code", torch.rand(int(code_size), generator=rng))
-        self.register_buffer("prior", gaussian_log_prior(self.size, float(init_sigma)))
+        self.register_buffer("prior", flat_log_prior(self.size) if init_sigma is None
+                             else gaussian_log_prior(self.size, float(init_sigma)))
         first = nn.Linear(int(code_size), int(hidden))
         last = nn.Linear(int(hidden), self.size[0] * self.size[1])
         with torch.no_grad():

@@ -42,10 +42,11 @@ def test_kernel_out_npy_holds_the_values(blurred, tmp_path):
 def test_a_rectangular_kernel_and_its_rate_and_warm_up_go_into_the_report(blurred, tmp_path):
     out, report, k = tmp_path / "out.png", tmp_path / "r.json", tmp_path / "k.npy"
     assert cli.main(["deblur", str(blurred), "--kernel-size", "3x5", "--kernel-lr", "1e-3", "--kernel-warmup", "1",
-                     "--kernel-out", str(k), "-o", str(out), "--steps", "2", "--report", str(report), "-q"]) == 0
+                     "--kernel-steps", "1", "--kernel-out", str(k), "-o", str(out), "--steps", "2", "--report",
+                     str(report), "-q"]) == 0
     kernel = json.loads(report.read_text())["kernel"]
     assert kernel["size"] == [3, 5] and np.array(kernel["rows"]).shape == (3, 5)  # rows, columns
-    assert kernel["lr"] == 1e-3 and kernel["warmup_steps"] == 1
+    assert kernel["lr"] == 1e-3 and kernel["warmup_steps"] == 1 and kernel["fit_steps"] == 1
     assert np.load(k).shape == (3, 5)
 
 
@@ -54,7 +55,7 @@ def test_the_report_states_the_recipes_kernel_rate_and_warm_up(blurred, tmp_path
     assert cli.main(["deblur", str(blurred), "--kernel-size", "3", "-o", str(out), "--steps", "1",
                      "--report", str(report), "-q"]) == 0
     kernel = json.loads(report.read_text())["kernel"]
-    assert kernel["lr"] == 1e-5 and kernel["warmup_steps"] == 500  # recipe deblur-blind's
+    assert kernel["lr"] == 1e-5 and kernel["warmup_steps"] == 500 and kernel["fit_steps"] is None  # the recipe's
     assert "warning" not in capsys.readouterr().err  # the recipe's own warm-up is not warned about
 
 
@@ -99,6 +100,9 @@ BAD = [
     (["--kernel-size", "3", "--kernel-warmup", "-1"], "--kernel-warmup -1: not a whole number of steps"),
     (["--kernel", "box:3", "--kernel-lr", "1e-4"], "--kernel-lr 1e-4: only a blind fit"),
     (["--kernel", "box:3", "--kernel-warmup", "10"], "--kernel-warmup 10: only a blind fit"),
+    (["--kernel-size", "3", "--kernel-steps", "0"], "--kernel-steps 0: not a whole number of steps from 1"),
+    (["--kernel-size", "3", "--kernel-steps", "some"], "--kernel-steps some: not a whole number of steps"),
+    (["--kernel", "box:3", "--kernel-steps", "all"], "--kernel-steps all: only a blind fit"),
     ([], "give exactly one of --kernel SPEC"),
     (["--kernel", "box:3", "--kernel-size", "3"], "got --kernel and --kernel-size"),
     (["--kernel", "box:3", "--kernel-out", "k.png"], "--kernel-out: only a blind fit"),
@@ -130,8 +134,8 @@ def test_batch_deblur_blind(tmp_path, blurred, capsys):
     assert code == 2 and "only the deblur task" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     argv = batch_argv(blurred, tmp_path / "out", ["--kernel-size", "5x7", "--kernel-lr", "1e-4",
-                                                  "--kernel-warmup", "1"])
-    assert argv[argv.index("--kernel-size") + 1] == "5x7"
+                                                  "--kernel-warmup", "1", "--kernel-steps", "all"])
+    assert argv[argv.index("--kernel-size") + 1] == "5x7" and argv[argv.index("--kernel-steps") + 1] == "all"
     assert argv[argv.index("--kernel-lr") + 1] == "1e-4" and argv[argv.index("--kernel-warmup") + 1] == "1"
 
 

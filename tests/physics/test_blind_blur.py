@@ -28,6 +28,16 @@ def test_it_starts_at_its_centred_gaussian_and_blurs_as_blur_does():
     assert op.crop_box((12, 13)) == Blur(op.kernel, "valid").crop_box((12, 13))
 
 
+def test_a_flat_start_is_the_uniform_kernel_and_survives_a_checkpoint():
+    op = BlindBlur((3, 5), init_scale=0.0, init_sigma=None)
+    assert torch.allclose(op.kernel, torch.full((1, 3, 5), 1 / 15), atol=1e-7)
+    back = from_config(physics_settings(op))
+    assert back.settings["init_sigma"] is None and torch.equal(back.kernel, op.kernel)
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="init_sigma must be a positive number"):
+            BlindBlur(5, init_sigma=bad)
+
+
 @pytest.mark.parametrize("padding,size", [("valid", 5), ("valid", 10), ("reflect", 4)])
 def test_the_adjoint_is_exact_for_the_current_kernel(padding, size):
     op = BlindBlur(size, padding, init_scale=1.0)
