@@ -50,10 +50,12 @@ def add_kernel_options(p) -> None:
                         "1e-5 for deblur-blind, 1e-4 for deblur-blind-motion)")
     p.add_argument("--kernel-warmup", metavar="STEPS",
                    help="with --kernel-size: steps the kernel is held at its start while the image first fits "
-                        "(default: the recipe's, 500 for deblur-blind, 100 for deblur-blind-motion; 0: fitted from the first step)")
+                        "(default: the recipe's, 500 for deblur-blind, 100 for deblur-blind-motion; 0: fitted "
+                        "from the first step)")
     p.add_argument("--kernel-steps", metavar="STEPS",
                    help="with --kernel-size: steps the kernel is fitted for after its warm-up, then held while the "
-                        "image goes on fitting (default: the recipe's, 'all' for deblur-blind, 500 for deblur-blind-motion; 'all': to the end)")
+                        "image goes on fitting (default: the recipe's, 'all' for deblur-blind, 500 for "
+                        "deblur-blind-motion; 'all': to the end)")
 
 
 def blind(args) -> bool:

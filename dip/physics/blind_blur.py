@@ -98,13 +98,14 @@ class BlindBlur(nn.Module):
                              f"got {init_sigma!r}")
         self.size = _check_size(kernel_size)
         self.padding, self.method = padding, method
-        self.settings = {"code_size": int(code_size), "hidden": int(hidden), "init_sigma": None if init_sigma is None else float(init_sigma),
+        sigma = None if init_sigma is None else float(init_sigma)
+        self.settings = {"code_size": int(code_size), "hidden": int(hidden), "init_sigma": sigma,
                          "init_scale": float(init_scale), "seed": int(seed)}
         self.fft = use_fft(self.size, method)
         rng = torch.Generator().manual_seed(int(seed))
         self.register_buffer("code", torch.rand(int(code_size), generator=rng))
-        self.register_buffer("prior", flat_log_prior(self.size) if init_sigma is None
-                             else gaussian_log_prior(self.size, float(init_sigma)))
+        self.register_buffer("prior", flat_log_prior(self.size) if sigma is None
+                             else gaussian_log_prior(self.size, sigma))
         first = nn.Linear(int(code_size), int(hidden))
         last = nn.Linear(int(hidden), self.size[0] * self.size[1])
         with torch.no_grad():
