@@ -3,8 +3,9 @@ with the true kernel and with a wrong-width Gaussian guess, and the blurred inpu
 
 Run:  DIP_BENCH_BLIND=1 OMP_NUM_THREADS=1 python -m pytest benchmarks/test_bench_deblur_blind.py --benchmark-only -s
 
-``dip eval``'s blind cases (``deblur-blind-gauss``, ``-motion9``, ``-motion15``: recipe
-``deblur-blind``, told the kernel's size only) and the non-blind cases on the same observations
+``dip eval``'s blind cases (``deblur-blind-gauss``, ``-motion9``, ``-motion15``: recipes
+``deblur-blind`` for the Gaussian, ``deblur-blind-motion`` for the motion blurs, told the
+kernel's size only) and the non-blind cases on the same observations
 (the five built-in crops; Gaussian sigma 1.6, motion 9 px at 30° and 15 px at 120°; 1 % white
 noise). Richardson–Lucy's iteration count is tuned per image on the ground truth, with the true
 kernel and, for the Gaussian blur, with a Gaussian of sigma 1.0 (``rl_guess``). 30 fits: hours
