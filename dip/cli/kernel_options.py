@@ -135,26 +135,29 @@ def kernel_fit_overrides(args) -> dict[str, Any]:
         overrides["physics_lr"] = value
     warmup = getattr(args, "kernel_warmup", None)
     if warmup is not None:
-        try:
-            steps = int(str(warmup).strip())
-        except ValueError:
-            steps = -1
-        if not 0 <= steps <= MAX_STEPS:
+        steps = _step_count(warmup, 0)
+        if steps is None:
             raise UsageError(f"--kernel-warmup {warmup}: not a whole number of steps from 0 to {MAX_STEPS}; "
                              "give how many steps the kernel is held first, e.g. --kernel-warmup 500")
         overrides["physics_warmup_steps"] = steps
     fitted = getattr(args, "kernel_steps", None)
     if fitted is not None:
-        text = str(fitted).strip()
-        try:
-            count = None if text.lower() == "all" else int(text)
-        except ValueError:
-            count = -1
-        if count is not None and not 1 <= count <= MAX_STEPS:
+        to_the_end = str(fitted).strip().lower() == "all"
+        count = None if to_the_end else _step_count(fitted, 1)
+        if count is None and not to_the_end:
             raise UsageError(f"--kernel-steps {fitted}: not a whole number of steps from 1 to {MAX_STEPS} or 'all'; "
                              "give how many steps the kernel is fitted after its warm-up, e.g. --kernel-steps 500")
         overrides["physics_steps"] = count
     return overrides
+
+
+def _step_count(text, minimum: int) -> int | None:
+    """``text`` as a whole number of steps from ``minimum`` to MAX_STEPS, else None."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        return None
+    return value if minimum <= value <= MAX_STEPS else None
 
 
 def warmup_warning(args, steps: int) -> str | None:
