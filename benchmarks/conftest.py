@@ -4,7 +4,8 @@
 information; at the end of the run the table of ms, GFLOP/s and ratios to the baselines of the
 same size (``original``: the original's step as shipped, ``original+malloc``: with the
 allocator setting) is printed. ``packed_results`` (benchmarks/test_bench_packed.py) maps
-(size, precision, threads, K, configuration) to ms per step and the ratio to K separate steps;
+(size, precision, threads, K, configuration) to ms per step, the ratio to K separate steps and
+images per hour;
 ``stopper_results`` (benchmarks/test_bench_stopping_packed.py) maps (K, policy) to the ms of K
 single stopping rules, of one vectorised rule, and their ratio.
 Benchmarks marked ``cuda`` are skipped without a CUDA device.
@@ -54,10 +55,10 @@ def _stopper_summary_lines(results: dict) -> list[str]:
 
 def _packed_summary_lines(results: dict) -> list[str]:
     lines = [f"{'size':>5}{'prec':>6}{'thr':>4}{'K':>4}  {'config':<13}{'ms/step':>9}"
-             f"{'ms/member':>10}{'x separate':>11}"]
+             f"{'ms/member':>10}{'x separate':>11}{'images/h':>10}"]
     for (size, prec, thr, k, config), r in sorted(results.items()):
         lines.append(f"{size:>5}{prec:>6}{thr:>4}{k:>4}  {config:<13}{r['ms']:>9.1f}"
-                     f"{r['ms_per_member']:>10.1f}{r['x_separate']:>11.2f}")
+                     f"{r['ms_per_member']:>10.1f}{r['x_separate']:>11.2f}{r['images_per_hour']:>10.2f}")
     return lines
 
 

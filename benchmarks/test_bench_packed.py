@@ -58,7 +58,15 @@ alternative: its convolution with batched weights runs as the same grouped convo
 Environment: ``DIP_BENCH_SIZES`` (default 128), ``DIP_BENCH_PACK`` (K values, default 1,2,4),
 ``DIP_BENCH_PRECISIONS`` (default fp32,bf16; bf16 only where the CPU has bf16 arithmetic
 unless ``DIP_BENCH_EMULATED_BF16=1``), ``DIP_BENCH_THREADS`` (comma list, default 1,2),
-``DIP_BENCH_ROUNDS`` (default 5).
+``DIP_BENCH_ROUNDS`` (default 5), ``DIP_BENCH_IMAGE_STEPS`` (default 3000, the denoise recipe's
+step budget: the summary's images per hour are K images every that many steps, i.e.
+3600 s x K / (steps x s per step); an auto-stopped fit that ends earlier restores more).
+
+Images per hour (item 5b), one run, bf16 and 2 threads, packs of 1 to 16 at 64², 128² and 256²:
+
+    DIP_BENCH_SIZES=64,128,256 DIP_BENCH_PACK=1,2,4,8,16 DIP_BENCH_PRECISIONS=bf16 \\
+        DIP_BENCH_THREADS=2 DIP_BENCH_CONFIGS=packed DIP_BENCH_ROUNDS=3 PYTHONPATH=. \\
+        python -m pytest benchmarks/test_bench_packed.py -q -s
 """
 from __future__ import annotations
 
@@ -88,6 +96,7 @@ PRECISIONS = os.environ.get("DIP_BENCH_PRECISIONS", "fp32,bf16").split(",")
 ROUNDS = int(os.environ.get("DIP_BENCH_ROUNDS", "5"))
 CONFIGS = os.environ.get("DIP_BENCH_CONFIGS", "packed,packed-loop,packed-hybrid,packed-mm").split(",")
 LOOP_MIN = int(os.environ.get("DIP_BENCH_LOOP_MIN", "64"))
+IMAGE_STEPS = int(os.environ.get("DIP_BENCH_IMAGE_STEPS", "3000"))
 LR = 0.01
 REG_NOISE = 1.0 / 30
 INPUT_DEPTH = 32
@@ -242,6 +251,7 @@ def test_packed_step(benchmark, packed_results, size, precision, threads, k):
     for c in configs:
         ms = sorted(times[c])[len(times[c]) // 2] * 1e3
         row = {"ms": ms, "ms_per_member": ms / k, "x_separate": base * 1e3 / ms,
+               "images_per_hour": 3600.0 * k / (IMAGE_STEPS * ms / 1e3), "image_steps": IMAGE_STEPS,
                "channels_last": runtime.use_channels_last(_member(0), precision),
                "cpu": torch.backends.cpu.get_cpu_capability(),
                "times_ms": [round(t * 1e3, 1) for t in times[c]]}
