@@ -58,8 +58,8 @@ alternative: its convolution with batched weights runs as the same grouped convo
 Environment: ``DIP_BENCH_SIZES`` (default 128), ``DIP_BENCH_PACK`` (K values, default 1,2,4),
 ``DIP_BENCH_PRECISIONS`` (default fp32,bf16; bf16 only where the CPU has bf16 arithmetic
 unless ``DIP_BENCH_EMULATED_BF16=1``), ``DIP_BENCH_THREADS`` (comma list, default 1,2),
-``DIP_BENCH_ROUNDS`` (default 5), ``DIP_BENCH_IMAGE_STEPS`` (default 3000, the denoise recipe's
-step budget: the summary's images per hour are K images every that many steps, i.e.
+``DIP_BENCH_ROUNDS`` (default 5), ``DIP_BENCH_IMAGE_STEPS`` (default the denoise recipe's step
+budget, 3000: the summary's images per hour are K images every that many steps, i.e.
 3600 s x K / (steps x s per step); an auto-stopped fit that ends earlier restores more).
 
 Images per hour (item 5b), one run, bf16 and 2 threads, packs of 1 to 16 at 64², 128² and 256²:
@@ -96,7 +96,7 @@ PRECISIONS = os.environ.get("DIP_BENCH_PRECISIONS", "fp32,bf16").split(",")
 ROUNDS = int(os.environ.get("DIP_BENCH_ROUNDS", "5"))
 CONFIGS = os.environ.get("DIP_BENCH_CONFIGS", "packed,packed-loop,packed-hybrid,packed-mm").split(",")
 LOOP_MIN = int(os.environ.get("DIP_BENCH_LOOP_MIN", "64"))
-IMAGE_STEPS = int(os.environ.get("DIP_BENCH_IMAGE_STEPS", "3000"))
+IMAGE_STEPS = int(os.environ.get("DIP_BENCH_IMAGE_STEPS", dip.recipes.get("denoise").fit.steps))
 LR = 0.01
 REG_NOISE = 1.0 / 30
 INPUT_DEPTH = 32
