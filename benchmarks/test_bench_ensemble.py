@@ -39,6 +39,7 @@ Settings (environment):
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -95,11 +96,11 @@ def _dihedral_members(case, recipe_name: str, members: int) -> list:
         raise ValueError(f"a square has {len(DIHEDRAL)} symmetries, got ensemble K = {members}")
     recipe = recipes.get(recipe_name, precision=PRECISION)
     config = recipe.fit.updated(precision=runtime.choose_precision(PRECISION, "cpu", recipe.task)[0])
-    built = [recipes.build(recipes.get(recipe_name, precision=PRECISION, seed=config.seed + k),
+    # member k as recipes.run(ensemble=K) builds it (seed + k), on the turned observation
+    built = [recipes.build(dataclasses.replace(recipe, fit=config.updated(seed=config.seed + k)),
                            _turn(case.observation, k)) for k in range(members)]
     packed = fit_packed([b[0] for b in built], [b[1] for b in built], [b[2] for b in built],
-                        [b[3] for b in built], config, seeds=[config.seed + k for k in range(members)],
-                        gt=[_turn(case.gt, k) for k in range(members)])
+                        [b[3] for b in built], config, gt=[_turn(case.gt, k) for k in range(members)])
     for k, member in enumerate(packed.members):
         member.image = _turn(member.image, k, inverse=True)
     return packed.members
