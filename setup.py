@@ -13,6 +13,7 @@ import glob
 import os
 import re
 import subprocess
+import sys
 import warnings
 
 from setuptools import setup
@@ -40,6 +41,22 @@ def _nvcc_version(cuda_home: str) -> str | None:
         return None
     match = re.search(r"release (\d+\.\d+)", out)
     return match.group(1) if match else None
+
+
+def _openmp(torch_module) -> tuple[list[str], list[str]]:
+    """Compile and link flags that make ``at::parallel_for`` in the CPU kernels parallel.
+
+    ATen's parallel_for is a header template: compiled without OpenMP it runs its whole range
+    on the calling thread, whatever ``torch.get_num_threads()`` says. The kernels are compiled
+    with -fopenmp and linked against the OpenMP runtime torch itself loads (the libgomp in
+    torch/lib, by path, so that its soname is recorded and no second runtime with its own
+    thread count is loaded); the system's libgomp where torch ships none. Linux only: elsewhere
+    the kernels stay single-threaded."""
+    if not sys.platform.startswith("linux"):
+        return [], []
+    torch_lib = os.path.join(os.path.dirname(torch_module.__file__), "lib")
+    bundled = sorted(glob.glob(os.path.join(torch_lib, "libgomp*.so*")))
+    return ["-fopenmp"], ([bundled[0]] if bundled else ["-fopenmp"])
 
 
 def _use_cuda(torch_module, cuda_home: str | None) -> tuple[bool, str]:
@@ -101,7 +118,9 @@ def _extensions_and_cmdclass():
     # -march flags: the CPU kernels' AVX2 and AVX-512 copies carry per-function target
     # attributes and are chosen at run time (csrc/common/simd.h)
     cxx_flags = ["-O3", "-g0", "-fno-trapping-math"] if os.name != "nt" else ["/O2"]
-    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")])
+    openmp_compile, openmp_link = _openmp(torch)
+    cxx_flags += openmp_compile
+    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=openmp_link)
     if with_cuda:
         defines += [("DIP_WITH_CUDA", None), ("DIP_CUDA_VERSION", f'"{torch.version.cuda}"')]
         ext = CUDAExtension(

@@ -45,6 +45,13 @@ std::map<std::string, std::string> build_info() {
     info["cpu_isa"] = "invalid";
     info["cpu_isa_error"] = err.what_without_backtrace();
   }
+  // whether at::parallel_for in the CPU kernels runs on torch's intra-op threads (built with
+  // OpenMP) or on the calling thread alone
+#ifdef _OPENMP
+  info["cpu_threads"] = "openmp";
+#else
+  info["cpu_threads"] = "single";
+#endif
 #ifdef DIP_WITH_CUDA
   info["cuda"] = DIP_CUDA_VERSION;
 #else

@@ -122,8 +122,10 @@ def cpu_choices() -> dict[str, Any]:
     from dip import ops, runtime
 
     probe = torch.nn.Conv2d(1, 1, 1)
+    info = ops.build_info() if ops.has_native() else {}
     choices: dict[str, Any] = {"capability": torch.backends.cpu.get_cpu_capability(),
-                               "kernel_isa": ops.build_info().get("cpu_isa") if ops.has_native() else None}
+                               "kernel_isa": info.get("cpu_isa"),
+                               "kernel_threads": info.get("cpu_threads")}
     try:
         choices["bf16_native"] = runtime.bf16_is_native("cpu")
         choices["channels_last_fp32"] = runtime.use_channels_last(probe, "fp32", "cpu")
@@ -163,7 +165,8 @@ def _lines(data: dict[str, Any]) -> list:
         lines.append(f"recipes: unavailable ({data['recipes_error']})")
     cpu = data["cpu"]
     forced = ", ".join(f"{k}={v}" for k, v in cpu["forced"].items())
-    lines.append(f"cpu: torch {cpu['capability']}, kernels {cpu['kernel_isa'] or '-'}, bf16 "
+    threads = {"openmp": "", "single": " on one thread"}.get(cpu.get("kernel_threads") or "", "")
+    lines.append(f"cpu: torch {cpu['capability']}, kernels {cpu['kernel_isa'] or '-'}{threads}, bf16 "
                  f"{'native' if cpu.get('bf16_native') else 'emulated'}, fp32 layout "
                  f"{'channels_last' if cpu.get('channels_last_fp32') else 'NCHW'}"
                  + (f" (forced: {forced})" if forced else "") + (f"; {cpu['error']}" if "error" in cpu else ""))
