@@ -12,6 +12,7 @@
 // tests and measurements: silently running another one would make them lie).
 #pragma once
 
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
@@ -181,6 +182,12 @@ struct Vec {
 template <typename T, typename Isa>
 using vec_t = typename Vec<T, Isa>::type;
 
+// A vector of N values of T (the bit patterns behind load_as / store_as).
+template <typename T, int N>
+struct Lanes {
+  typedef T type __attribute__((vector_size(N * sizeof(T))));
+};
+
 template <typename Isa, typename T>
 DIP_INLINE vec_t<T, Isa> load(const T* p) {
   vec_t<T, Isa> v;
@@ -191,6 +198,48 @@ DIP_INLINE vec_t<T, Isa> load(const T* p) {
 template <typename T, typename V>
 DIP_INLINE void store(T* p, const V& v) {
   std::memcpy(p, &v, sizeof(v));
+}
+
+// A vector of Acc (float or double) from Acc values, or float from bfloat16 ones (widened
+// exactly: the bfloat16 bits are a float's upper half).
+template <typename Isa, typename Acc, typename T>
+DIP_INLINE vec_t<Acc, Isa> load_as(const T* p) {
+  if constexpr (std::is_same_v<T, Acc>) {
+    return load<Isa>(p);
+  } else {
+    static_assert(std::is_same_v<T, c10::BFloat16> && std::is_same_v<Acc, float>,
+                  "load_as: Acc values, or float from bfloat16");
+    constexpr int W = Vec<float, Isa>::width;
+    using half_t = typename Lanes<uint16_t, W>::type;
+    using word_t = typename Lanes<uint32_t, W>::type;
+    half_t h;
+    std::memcpy(&h, p, sizeof(h));
+    const word_t u = __builtin_convertvector(h, word_t) << 16;
+    vec_t<float, Isa> f;
+    std::memcpy(&f, &u, sizeof(f));
+    return f;
+  }
+}
+
+// Stores a vector of Acc to Acc values, or a float vector to bfloat16 values rounded as
+// c10::BFloat16(float) rounds: to nearest, ties to even; NaN to 0x7FC0.
+template <typename Isa, typename T, typename V>
+DIP_INLINE void store_as(T* p, const V& v) {
+  if constexpr (!std::is_same_v<T, c10::BFloat16>) {
+    store(p, v);
+  } else {
+    constexpr int W = Vec<float, Isa>::width;
+    static_assert(sizeof(V) == W * 4, "store_as: a float vector to bfloat16");
+    using half_t = typename Lanes<uint16_t, W>::type;
+    using word_t = typename Lanes<uint32_t, W>::type;
+    word_t u;
+    std::memcpy(&u, &v, sizeof(u));
+    word_t r = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
+    const word_t nan = reinterpret_cast<word_t>(v != v);  // all ones where v is NaN
+    r = (r & ~nan) | (nan & 0x7FC0u);
+    const half_t h = __builtin_convertvector(r, half_t);
+    std::memcpy(p, &h, sizeof(h));
+  }
 }
 
 // Non-temporal store of a vector to p (16-byte aligned): written to memory without first

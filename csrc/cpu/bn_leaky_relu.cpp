@@ -6,8 +6,10 @@
 // first value, widened to double every block), one pass writing y = leaky(x * scale + shift).
 // Backward: one reading pass for sum(dz) and sum(dz * (x - mean)), with dz = leaky'(z) * dy
 // recomputed from x, and one pass writing dx (NCHW: channel by channel, as the forward).
-// NCHW and channels_last are handled natively; the loops are compiled for the baseline ISA,
-// AVX2+FMA and AVX-512, chosen at run time (simd.h).
+// NCHW and channels_last are handled natively (channels_last: vectors across the channels of
+// a few pixels, whose constants and sums stay in registers over a tile of pixels; see ClStats;
+// bfloat16 widened and rounded by vector bit operations); the loops are compiled for the
+// baseline ISA, AVX2+FMA and AVX-512, chosen at run time (simd.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -19,6 +21,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cmath>
+#include <numeric>
 #include <vector>
 
 #include "../common/checks.h"
@@ -209,121 +212,303 @@ struct PlaneGrad {
   }
 };
 
-// ---- channels_last: `rows` consecutive pixel rows of C channels; per-channel constants in
-// arrays.
+// ---- channels_last: M pixels of C channels seen as `rows` super-rows of G pixels, L = G * C
+// lanes each (ClShape: L is a multiple of 64 bytes of acc_t, so of every copy's vector width W),
+// lane j holding channel j % C; per-channel constants and sums come expanded to L lanes. The
+// loops walk the rows in memory order, whole vectors across each row (no channel tails, and a
+// vector spans several pixels when C is small); the pixels after the last whole super-row are
+// done apart, in the drivers below.
 
+// q0[j] += sum_r (x[r][j] - shift[j]), q1[j] += sum_r (x[r][j] - shift[j])^2 over `rows` rows.
 template <typename scalar_t, typename acc_t>
-struct RowStats {
+struct ClStats {
   template <typename Isa>
-  static DIP_INLINE void run(const scalar_t* __restrict x, int64_t rows, int64_t C,
+  static DIP_INLINE void run(const scalar_t* __restrict x, int64_t rows, int64_t L,
                              const acc_t* __restrict shift, acc_t* __restrict q0,
                              acc_t* __restrict q1) {
-    for (int64_t m = 0; m < rows; ++m) {
-      const scalar_t* __restrict xr = x + m * C;
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t d = static_cast<acc_t>(xr[c]) - shift[c];
-        q0[c] += d;
-        q1[c] += d * d;
+    for (int64_t r = 0; r < rows; ++r) {
+      const scalar_t* __restrict xr = x + r * L;
+#if defined(__GNUC__)
+      using V = simd::vec_t<acc_t, Isa>;
+      constexpr int W = simd::Vec<acc_t, Isa>::width;
+      for (int64_t j = 0; j < L; j += W) {
+        const V d = simd::load_as<Isa, acc_t>(xr + j) - simd::load<Isa>(shift + j);
+        simd::store(q0 + j, simd::load<Isa>(q0 + j) + d);
+        simd::store(q1 + j, simd::load<Isa>(q1 + j) + d * d);
       }
+#else
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t d = static_cast<acc_t>(xr[j]) - shift[j];
+        q0[j] += d;
+        q1[j] += d * d;
+      }
+#endif
     }
   }
 };
 
+// y = leaky(x * scale + offset)
 template <typename scalar_t, typename acc_t>
-struct RowForward {
+struct ClForward {
   template <typename Isa>
   static DIP_INLINE void run(scalar_t* __restrict y, const scalar_t* __restrict x, int64_t rows,
-                             int64_t C, const acc_t* __restrict scale,
+                             int64_t L, const acc_t* __restrict scale,
                              const acc_t* __restrict offset, acc_t slope) {
-    for (int64_t m = 0; m < rows; ++m) {
-      scalar_t* __restrict yr = y + m * C;
-      const scalar_t* __restrict xr = x + m * C;
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t z = static_cast<acc_t>(xr[c]) * scale[c] + offset[c];
-        yr[c] = static_cast<scalar_t>(z > acc_t(0) ? z : z * slope);
+#if defined(__GNUC__)
+    using V = simd::vec_t<acc_t, Isa>;
+    constexpr int W = simd::Vec<acc_t, Isa>::width;
+    const V sl = simd::broadcast<Isa, acc_t>(slope), zero = {};
+    for (int64_t i = 0; i < rows * L; i += L)
+      for (int64_t j = 0; j < L; j += W) {
+        const V z = simd::load_as<Isa, acc_t>(x + i + j) * simd::load<Isa>(scale + j) +
+                    simd::load<Isa>(offset + j);
+        simd::store_as<Isa>(y + i + j, z > zero ? z : z * sl);
       }
-    }
+#else
+    for (int64_t i = 0; i < rows * L; i += L)
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t z = static_cast<acc_t>(x[i + j]) * scale[j] + offset[j];
+        y[i + j] = static_cast<scalar_t>(z > acc_t(0) ? z : z * slope);
+      }
+#endif
   }
 };
 
+// q0[j] += sum_r dz, q1[j] += sum_r dz * (x - mean), dz = leaky'(x * scale + offset) * g.
 template <typename scalar_t, typename acc_t>
-struct RowGradSums {
+struct ClGradSums {
   template <typename Isa>
   static DIP_INLINE void run(const scalar_t* __restrict x, const scalar_t* __restrict g,
-                             int64_t rows, int64_t C, const acc_t* __restrict scale,
+                             int64_t rows, int64_t L, const acc_t* __restrict scale,
                              const acc_t* __restrict offset, const acc_t* __restrict mean,
                              acc_t slope, acc_t* __restrict q0, acc_t* __restrict q1) {
-    for (int64_t m = 0; m < rows; ++m) {
-      const scalar_t* __restrict xr = x + m * C;
-      const scalar_t* __restrict gr = g + m * C;
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t v = static_cast<acc_t>(xr[c]);
-        const acc_t gv = static_cast<acc_t>(gr[c]);
-        const acc_t z = v * scale[c] + offset[c];
-        const acc_t dz = z > acc_t(0) ? gv : gv * slope;
-        q0[c] += dz;
-        q1[c] += dz * (v - mean[c]);
+#if defined(__GNUC__)
+    using V = simd::vec_t<acc_t, Isa>;
+    constexpr int W = simd::Vec<acc_t, Isa>::width;
+    const V sl = simd::broadcast<Isa, acc_t>(slope), zero = {};
+    for (int64_t i = 0; i < rows * L; i += L)
+      for (int64_t j = 0; j < L; j += W) {
+        const V v = simd::load_as<Isa, acc_t>(x + i + j);
+        const V gv = simd::load_as<Isa, acc_t>(g + i + j);
+        const V z = v * simd::load<Isa>(scale + j) + simd::load<Isa>(offset + j);
+        const V dz = z > zero ? gv : gv * sl;
+        simd::store(q0 + j, simd::load<Isa>(q0 + j) + dz);
+        simd::store(q1 + j, simd::load<Isa>(q1 + j) + dz * (v - simd::load<Isa>(mean + j)));
       }
-    }
+#else
+    for (int64_t i = 0; i < rows * L; i += L)
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t v = static_cast<acc_t>(x[i + j]);
+        const acc_t gv = static_cast<acc_t>(g[i + j]);
+        const acc_t dz = v * scale[j] + offset[j] > acc_t(0) ? gv : gv * slope;
+        q0[j] += dz;
+        q1[j] += dz * (v - mean[j]);
+      }
+#endif
   }
 };
 
+// gx = k_dz * dz + k_x * (x - mean) + k_c
 template <typename scalar_t, typename acc_t>
-struct RowGrad {
+struct ClGrad {
   template <typename Isa>
   static DIP_INLINE void run(scalar_t* __restrict gx, const scalar_t* __restrict x,
-                             const scalar_t* __restrict g, int64_t rows, int64_t C,
+                             const scalar_t* __restrict g, int64_t rows, int64_t L,
                              const acc_t* __restrict scale, const acc_t* __restrict offset,
                              const acc_t* __restrict mean, const acc_t* __restrict k_dz,
                              const acc_t* __restrict k_x, const acc_t* __restrict k_c,
                              acc_t slope) {
-    for (int64_t m = 0; m < rows; ++m) {
-      scalar_t* __restrict gr_out = gx + m * C;
-      const scalar_t* __restrict xr = x + m * C;
-      const scalar_t* __restrict gr = g + m * C;
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t v = static_cast<acc_t>(xr[c]);
-        const acc_t gv = static_cast<acc_t>(gr[c]);
-        const acc_t z = v * scale[c] + offset[c];
-        const acc_t dz = z > acc_t(0) ? gv : gv * slope;
-        gr_out[c] = static_cast<scalar_t>(k_dz[c] * dz + k_x[c] * (v - mean[c]) + k_c[c]);
+#if defined(__GNUC__)
+    using V = simd::vec_t<acc_t, Isa>;
+    constexpr int W = simd::Vec<acc_t, Isa>::width;
+    const V sl = simd::broadcast<Isa, acc_t>(slope), zero = {};
+    for (int64_t i = 0; i < rows * L; i += L)
+      for (int64_t j = 0; j < L; j += W) {
+        const V v = simd::load_as<Isa, acc_t>(x + i + j);
+        const V gv = simd::load_as<Isa, acc_t>(g + i + j);
+        const V z = v * simd::load<Isa>(scale + j) + simd::load<Isa>(offset + j);
+        const V dz = z > zero ? gv : gv * sl;
+        const V centred = v - simd::load<Isa>(mean + j);
+        simd::store_as<Isa>(gx + i + j, simd::load<Isa>(k_dz + j) * dz +
+                                            simd::load<Isa>(k_x + j) * centred +
+                                            simd::load<Isa>(k_c + j));
       }
-    }
+#else
+    for (int64_t i = 0; i < rows * L; i += L)
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t v = static_cast<acc_t>(x[i + j]);
+        const acc_t gv = static_cast<acc_t>(g[i + j]);
+        const acc_t dz = v * scale[j] + offset[j] > acc_t(0) ? gv : gv * slope;
+        gx[i + j] = static_cast<scalar_t>(k_dz[j] * dz + k_x[j] * (v - mean[j]) + k_c[j]);
+      }
+#endif
   }
 };
 
-// Per-channel sums over all pixels of a channels_last tensor: rows(m0, m1, q0, q1) adds pixel
-// rows [m0, m1) into the working-precision accumulators q0, q1 (C each); returns double sums.
-template <typename acc_t, typename Rows>
-void channels_last_sums(int64_t M, int64_t C, Rows rows, std::vector<double>& s0,
+// The super-row view of a channels_last tensor of M pixels and C channels (see ClStats).
+struct ClShape {
+  int64_t C;     // channels
+  int64_t G;     // pixels per super-row: 64 bytes of acc_t lanes / gcd(C, those lanes)
+  int64_t L;     // lanes per super-row, G * C
+  int64_t rows;  // whole super-rows, M / G
+  int64_t tile;  // super-rows per tile: about kRows pixels (summed in working precision)
+  int64_t grain; // super-rows per parallel task: about 32768 elements
+};
+
+template <typename acc_t>
+ClShape cl_shape(int64_t M, int64_t C) {
+  constexpr int64_t kLanesPer64 = 64 / static_cast<int64_t>(sizeof(acc_t));
+  const int64_t G = kLanesPer64 / std::gcd(C, kLanesPer64);
+  const int64_t L = G * C;
+  return {C, G, L, M / G, std::max<int64_t>(1, kRows / G), std::max<int64_t>(1, 32768 / L)};
+}
+
+// a (C values) repeated over the L lanes of a super-row: lane j gets a[j % C].
+template <typename T>
+std::vector<T> lanes(const std::vector<T>& a, const ClShape& s) {
+  std::vector<T> out(static_cast<size_t>(s.L));
+  for (int64_t j = 0; j < s.L; ++j) out[static_cast<size_t>(j)] = a[static_cast<size_t>(j % s.C)];
+  return out;
+}
+
+// Per-lane sums over the whole super-rows, folded to per-channel double sums s0, s1 (C each):
+// tile(r0, r1, q0, q1) adds the working-precision sums of super-rows [r0, r1) to q0, q1 (L
+// each, zeroed before). Tiles are widened to double as they finish; threads keep their own
+// partial sums.
+template <typename acc_t, typename Tile>
+void channels_last_sums(const ClShape& s, Tile tile, std::vector<double>& s0,
                         std::vector<double>& s1) {
   const int nthreads = at::get_num_threads();
-  std::vector<double> part0(static_cast<size_t>(nthreads) * C, 0.0);
-  std::vector<double> part1(static_cast<size_t>(nthreads) * C, 0.0);
-  at::parallel_for(0, M, std::max<int64_t>(1, 32768 / C), [&](int64_t m0, int64_t m1) {
-    const int tid = at::get_thread_num();
-    double* d0 = part0.data() + static_cast<size_t>(tid) * C;
-    double* d1 = part1.data() + static_cast<size_t>(tid) * C;
-    std::vector<acc_t> q0(C), q1(C);
-    for (int64_t b0 = m0; b0 < m1; b0 += kRows) {
-      const int64_t b1 = std::min(m1, b0 + kRows);
+  const size_t L = static_cast<size_t>(s.L);
+  std::vector<double> part0(static_cast<size_t>(nthreads) * L, 0.0);
+  std::vector<double> part1(static_cast<size_t>(nthreads) * L, 0.0);
+  at::parallel_for(0, s.rows, s.grain, [&](int64_t r0, int64_t r1) {
+    const size_t tid = static_cast<size_t>(at::get_thread_num());
+    double* d0 = part0.data() + tid * L;
+    double* d1 = part1.data() + tid * L;
+    std::vector<acc_t> q0(L), q1(L);
+    for (int64_t b0 = r0; b0 < r1; b0 += s.tile) {
       std::fill(q0.begin(), q0.end(), acc_t(0));
       std::fill(q1.begin(), q1.end(), acc_t(0));
-      rows(b0, b1, q0.data(), q1.data());
-      for (int64_t c = 0; c < C; ++c) {
-        d0[c] += q0[c];
-        d1[c] += q1[c];
+      tile(b0, std::min(r1, b0 + s.tile), q0.data(), q1.data());
+      for (size_t j = 0; j < L; ++j) {
+        d0[j] += q0[j];
+        d1[j] += q1[j];
       }
     }
   });
-  s0.assign(C, 0.0);
-  s1.assign(C, 0.0);
-  for (int t = 0; t < nthreads; ++t) {
-    for (int64_t c = 0; c < C; ++c) {
-      s0[c] += part0[static_cast<size_t>(t) * C + c];
-      s1[c] += part1[static_cast<size_t>(t) * C + c];
-    }
+  s0.assign(static_cast<size_t>(s.C), 0.0);
+  s1.assign(static_cast<size_t>(s.C), 0.0);
+  for (size_t k = 0; k < static_cast<size_t>(nthreads) * L; ++k) {
+    s0[(k % L) % static_cast<size_t>(s.C)] += part0[k];
+    s1[(k % L) % static_cast<size_t>(s.C)] += part1[k];
   }
+}
+
+// Runs rows(r0, r1) over the whole super-rows, tile by tile, in parallel.
+template <typename Rows>
+void channels_last_rows(const ClShape& s, Rows rows) {
+  at::parallel_for(0, s.rows, s.grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t b0 = r0; b0 < r1; b0 += s.tile) rows(b0, std::min(r1, b0 + s.tile));
+  });
+}
+
+// The channels_last passes over M pixels of C channels (x, y, g, gx: M * C values, pixel
+// after pixel); per-channel constants and sums: C values each.
+
+// Shifted per-channel sums of x (see PlaneStats), in double.
+template <typename scalar_t, typename acc_t>
+void channels_last_stats(const scalar_t* x, int64_t M, int64_t C, const std::vector<acc_t>& shift,
+                         std::vector<double>& s0, std::vector<double>& s1) {
+  const ClShape s = cl_shape<acc_t>(M, C);
+  const std::vector<acc_t> shift_l = lanes(shift, s);
+  channels_last_sums<acc_t>(
+      s,
+      [&](int64_t r0, int64_t r1, acc_t* q0, acc_t* q1) {
+        simd::run<ClStats<scalar_t, acc_t>>(x + r0 * s.L, r1 - r0, s.L,
+                                            static_cast<const acc_t*>(shift_l.data()), q0, q1);
+      },
+      s0, s1);
+  for (int64_t m = s.rows * s.G; m < M; ++m)
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = static_cast<double>(static_cast<acc_t>(x[m * C + c]) - shift[c]);
+      s0[c] += d;
+      s1[c] += d * d;
+    }
+}
+
+// y = leaky(x * scale + offset)
+template <typename scalar_t, typename acc_t>
+void channels_last_forward(scalar_t* y, const scalar_t* x, int64_t M, int64_t C,
+                           const std::vector<acc_t>& scale, const std::vector<acc_t>& offset,
+                           acc_t slope) {
+  const ClShape s = cl_shape<acc_t>(M, C);
+  const std::vector<acc_t> scale_l = lanes(scale, s), offset_l = lanes(offset, s);
+  channels_last_rows(s, [&](int64_t r0, int64_t r1) {
+    simd::run<ClForward<scalar_t, acc_t>>(y + r0 * s.L, x + r0 * s.L, r1 - r0, s.L,
+                                          static_cast<const acc_t*>(scale_l.data()),
+                                          static_cast<const acc_t*>(offset_l.data()), slope);
+  });
+  for (int64_t m = s.rows * s.G; m < M; ++m)
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t z = static_cast<acc_t>(x[m * C + c]) * scale[c] + offset[c];
+      y[m * C + c] = static_cast<scalar_t>(z > acc_t(0) ? z : z * slope);
+    }
+}
+
+// Per-channel sum(dz) and sum(dz * (x - mean)) in double, dz = leaky'(x * scale + offset) * g.
+template <typename scalar_t, typename acc_t>
+void channels_last_grad_sums(const scalar_t* x, const scalar_t* g, int64_t M, int64_t C,
+                             const std::vector<acc_t>& scale, const std::vector<acc_t>& offset,
+                             const std::vector<acc_t>& mean, acc_t slope, std::vector<double>& s0,
+                             std::vector<double>& s1) {
+  const ClShape s = cl_shape<acc_t>(M, C);
+  const std::vector<acc_t> scale_l = lanes(scale, s), offset_l = lanes(offset, s);
+  const std::vector<acc_t> mean_l = lanes(mean, s);
+  channels_last_sums<acc_t>(
+      s,
+      [&](int64_t r0, int64_t r1, acc_t* q0, acc_t* q1) {
+        simd::run<ClGradSums<scalar_t, acc_t>>(
+            x + r0 * s.L, g + r0 * s.L, r1 - r0, s.L, static_cast<const acc_t*>(scale_l.data()),
+            static_cast<const acc_t*>(offset_l.data()), static_cast<const acc_t*>(mean_l.data()),
+            slope, q0, q1);
+      },
+      s0, s1);
+  for (int64_t m = s.rows * s.G; m < M; ++m)
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t v = static_cast<acc_t>(x[m * C + c]);
+      const acc_t gv = static_cast<acc_t>(g[m * C + c]);
+      const acc_t dz = v * scale[c] + offset[c] > acc_t(0) ? gv : gv * slope;
+      s0[c] += static_cast<double>(dz);
+      s1[c] += static_cast<double>(dz * (v - mean[c]));
+    }
+}
+
+// gx = k_dz * dz + k_x * (x - mean) + k_c
+template <typename scalar_t, typename acc_t>
+void channels_last_grad(scalar_t* gx, const scalar_t* x, const scalar_t* g, int64_t M, int64_t C,
+                        const std::vector<acc_t>& scale, const std::vector<acc_t>& offset,
+                        const std::vector<acc_t>& mean, const std::vector<acc_t>& k_dz,
+                        const std::vector<acc_t>& k_x, const std::vector<acc_t>& k_c,
+                        acc_t slope) {
+  const ClShape s = cl_shape<acc_t>(M, C);
+  const std::vector<acc_t> scale_l = lanes(scale, s), offset_l = lanes(offset, s);
+  const std::vector<acc_t> mean_l = lanes(mean, s), k_dz_l = lanes(k_dz, s);
+  const std::vector<acc_t> k_x_l = lanes(k_x, s), k_c_l = lanes(k_c, s);
+  channels_last_rows(s, [&](int64_t r0, int64_t r1) {
+    simd::run<ClGrad<scalar_t, acc_t>>(
+        gx + r0 * s.L, x + r0 * s.L, g + r0 * s.L, r1 - r0, s.L,
+        static_cast<const acc_t*>(scale_l.data()), static_cast<const acc_t*>(offset_l.data()),
+        static_cast<const acc_t*>(mean_l.data()), static_cast<const acc_t*>(k_dz_l.data()),
+        static_cast<const acc_t*>(k_x_l.data()), static_cast<const acc_t*>(k_c_l.data()), slope);
+  });
+  for (int64_t m = s.rows * s.G; m < M; ++m)
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t v = static_cast<acc_t>(x[m * C + c]);
+      const acc_t gv = static_cast<acc_t>(g[m * C + c]);
+      const acc_t dz = v * scale[c] + offset[c] > acc_t(0) ? gv : gv * slope;
+      gx[m * C + c] = static_cast<scalar_t>(k_dz[c] * dz + k_x[c] * (v - mean[c]) + k_c[c]);
+    }
 }
 
 // Outputs of at least this many bytes are written with non-temporal stores (NCHW): far larger
@@ -397,20 +582,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_cpu(const at::Tenso
     std::vector<acc_t> shift(C), scale(C), offset(C);
     for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<acc_t>(xd[c]);
     std::vector<double> s0, s1;
-    channels_last_sums<acc_t>(
-        M, C,
-        [&](int64_t m0, int64_t m1, acc_t* q0, acc_t* q1) {
-          simd::run<RowStats<scalar_t, acc_t>>(xd + m0 * C, m1 - m0, C,
-                                               static_cast<const acc_t*>(shift.data()), q0, q1);
-        },
-        s0, s1);
+    channels_last_stats(xd, M, C, shift, s0, s1);
     for (int64_t c = 0; c < C; ++c)
       finish(c, s0[c], s1[c], static_cast<double>(shift[c]), scale[c], offset[c]);
-    at::parallel_for(0, M, std::max<int64_t>(1, 32768 / C), [&](int64_t m0, int64_t m1) {
-      simd::run<RowForward<scalar_t, acc_t>>(yd + m0 * C, xd + m0 * C, m1 - m0, C,
-                                             static_cast<const acc_t*>(scale.data()),
-                                             static_cast<const acc_t*>(offset.data()), ns);
-    });
+    channels_last_forward(yd, xd, M, C, scale, offset, ns);
   });
   return {y, mean, var};
 }
@@ -488,23 +663,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_backward_cpu(
       return;
     }
     std::vector<double> s0, s1;
-    channels_last_sums<acc_t>(
-        M, C,
-        [&](int64_t m0, int64_t m1, acc_t* q0, acc_t* q1) {
-          simd::run<RowGradSums<scalar_t, acc_t>>(
-              xd + m0 * C, gd + m0 * C, m1 - m0, C, static_cast<const acc_t*>(scale.data()),
-              static_cast<const acc_t*>(offset.data()), static_cast<const acc_t*>(mean_a.data()),
-              ns, q0, q1);
-        },
-        s0, s1);
+    channels_last_grad_sums(xd, gd, M, C, scale, offset, mean_a, ns, s0, s1);
     for (int64_t c = 0; c < C; ++c) finish(c, s0[c], s1[c]);
-    at::parallel_for(0, M, std::max<int64_t>(1, 32768 / C), [&](int64_t m0, int64_t m1) {
-      simd::run<RowGrad<scalar_t, acc_t>>(
-          gxd + m0 * C, xd + m0 * C, gd + m0 * C, m1 - m0, C,
-          static_cast<const acc_t*>(scale.data()), static_cast<const acc_t*>(offset.data()),
-          static_cast<const acc_t*>(mean_a.data()), static_cast<const acc_t*>(k_dz.data()),
-          static_cast<const acc_t*>(k_x.data()), static_cast<const acc_t*>(k_c.data()), ns);
-    });
+    channels_last_grad(gxd, xd, gd, M, C, scale, offset, mean_a, k_dz, k_x, k_c, ns);
   });
   return {gx, gw, gb};
 }
