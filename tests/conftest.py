@@ -9,6 +9,7 @@
   ``-m "not slow"`` leaves them out.
 * Test data: ``image_maker`` and ``mask_maker`` write images and masks (tests/oracle.py);
   ``child_env`` is the environment for a ``python -m dip`` child process.
+* ``called_ops``: the dispatcher ops a block of code calls (to assert that a native op ran).
 """
 import os
 
@@ -55,3 +56,27 @@ def child_env() -> dict:
     env["PYTHONPATH"] = str(DIP_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("DIP_PROGRESS", None)
     return env
+
+
+class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def called_ops():
+    """Context manager factory yielding the set of dispatcher op names called inside it."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def record():
+        mode = _RecordOps()
+        with mode:
+            yield mode.names
+
+    return record

@@ -263,12 +263,13 @@ def _native_op(name: str, device: torch.device) -> Callable | None:
 class BNAct(BatchNormAct):
     """BatchNorm2d + activation with a fused native path.
 
-    In training mode, with a LeakyReLU activation, affine weights, running statistics,
-    matching dtypes (or a bfloat16 input with float32 parameters, cast to bfloat16 for the
-    kernel) and the native kernel loaded and faster on the input's device
-    (``dip.ops.native_pays_off``: the CPU), the forward pass is one call of
-    ``dip.ops.bn_leaky_relu`` (batch statistics, running stats and num_batches_tracked updated
-    as ``nn.BatchNorm2d`` does); otherwise ``nn.BatchNorm2d`` then the activation.
+    In training mode, with a LeakyReLU, ReLU (slope 0) or no activation (``nn.Identity``: slope
+    1, plain BatchNorm), affine weights, running statistics, matching dtypes (or a bfloat16
+    input with float32 parameters, cast to bfloat16 for the kernel) and the native kernel
+    loaded and faster on the input's device (``dip.ops.native_pays_off``: the CPU), the forward
+    pass is one call of ``dip.ops.bn_leaky_relu`` (batch statistics, running stats and
+    num_batches_tracked updated as ``nn.BatchNorm2d`` does); otherwise ``nn.BatchNorm2d`` then
+    the activation.
     ``fused=False`` forces the standard path. State_dict keys equal ``nn.BatchNorm2d``'s.
     """
 
@@ -277,6 +278,17 @@ class BNAct(BatchNormAct):
         super().__init__(num_features, act_fun, **bn_kwargs)
         self.fused = bool(fused)
 
+    def _fused_slope(self) -> float | None:
+        """The LeakyReLU slope the fused op computes this module's activation with: its
+        negative_slope, 0 for ReLU, 1 for none (``nn.Identity``); None for any other."""
+        if isinstance(self.act, nn.LeakyReLU):
+            return float(self.act.negative_slope)
+        if isinstance(self.act, nn.ReLU):
+            return 0.0
+        if isinstance(self.act, nn.Identity):
+            return 1.0
+        return None
+
     def _can_fuse(self, x: torch.Tensor) -> bool:
         return (
             self.fused
@@ -284,7 +296,7 @@ class BNAct(BatchNormAct):
             and self.affine
             and self.track_running_stats
             and self.momentum is not None
-            and isinstance(self.act, nn.LeakyReLU)
+            and self._fused_slope() is not None
             and x.dim() == 4
             and (x.dtype == self.weight.dtype
                  or (x.dtype == torch.bfloat16 and self.weight.dtype == torch.float32))
@@ -293,14 +305,14 @@ class BNAct(BatchNormAct):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._can_fuse(x):
             op = _native_op("bn_leaky_relu", x.device)
-            if op is not None:
+            slope = self._fused_slope()
+            if op is not None and slope is not None:
                 self.num_batches_tracked.add_(1)
                 # a bf16 x (the bf16 step) with the fp32 parameters: they are cast to bf16 for
                 # the kernel (their gradients come back in fp32); statistics stay fp32
                 weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
                 return op(x, weight, bias, self.running_mean, self.running_var,
-                          momentum=self.momentum, eps=self.eps,
-                          negative_slope=self.act.negative_slope)
+                          momentum=self.momentum, eps=self.eps, negative_slope=slope)
         return self.act(self._batch_norm(x))
 
     def standard(self) -> BatchNormAct:

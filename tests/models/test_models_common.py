@@ -151,13 +151,20 @@ def test_bnact_dispatches_to_fused_op(monkeypatch):
     BNAct(4, "ELU")(x)
     BNAct(4, "LeakyReLU", fused=False)(x)
     assert len(calls) == 1
+    # ReLU is LeakyReLU of slope 0 and no activation one of slope 1: fused as well
+    for act_fun, slope, ref_act in (("ReLU", 0.0, nn.ReLU()), ("none", 1.0, nn.Identity())):
+        m, ref = _pair(act_fun)
+        torch.testing.assert_close(m(x), ref_act(ref(x)))
+        assert calls[-1] == (0.1, 1e-5, slope)
+    assert len(calls) == 3
 
 
 @pytest.mark.skipif(not dip.ops.has_native(), reason="native dip library not built")
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_bnact_native_equals_standard(channels_last):
-    fused, _ = _pair("LeakyReLU", fused=True, c=6)
-    std = BNAct(6, "LeakyReLU", fused=False)
+@pytest.mark.parametrize("act_fun", ["LeakyReLU", "ReLU", "none"])
+def test_bnact_native_equals_standard(channels_last, act_fun, called_ops):
+    fused, _ = _pair(act_fun, fused=True, c=6)
+    std = BNAct(6, act_fun, fused=False)
     std.load_state_dict(fused.state_dict())
     x = torch.randn(2, 6, 7, 5) * 2 + 0.5
     if channels_last:
@@ -165,7 +172,10 @@ def test_bnact_native_equals_standard(channels_last):
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     g = torch.randn(2, 6, 7, 5)
     for _ in range(2):
-        y1, y2 = fused(x1), std(x2)
+        with called_ops() as seen:
+            y1 = fused(x1)
+        y2 = std(x2)
+        assert "dip.bn_leaky_relu.default" in seen
         torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-5)
     (y1 * g).sum().backward()
     (y2 * g).sum().backward()

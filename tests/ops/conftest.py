@@ -46,27 +46,3 @@ def _close(got: torch.Tensor, want: torch.Tensor, tol: float, what: str = "") ->
 def close():
     """The value comparison of the op tests (see _close)."""
     return _close
-
-
-class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(str(func))
-        return func(*args, **(kwargs or {}))
-
-
-@pytest.fixture
-def called_ops():
-    """Context manager factory yielding the set of dispatcher op names called inside it."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def record():
-        mode = _RecordOps()
-        with mode:
-            yield mode.names
-
-    return record
