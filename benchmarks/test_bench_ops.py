@@ -10,6 +10,12 @@ For each op three implementations are timed in the same process and the same run
             BN + act     nn.BatchNorm2d(128) + nn.LeakyReLU(0.2) in training mode (128 x 256^2).
 Targets (issue 4): downsampler >= 10x, masked MSE >= 2x, bn_leaky_relu >= 2x the original.
 
+``test_bn_leaky_relu_channels`` times the channel counts of the skip generator other than 128
+(4: the skip branches; 132: the BatchNorm after each concatenation, fused with slope 1, no
+activation) in channels_last, float32 and bfloat16, on one and on two threads
+(``DIP_BENCH_OPS_THREADS``, default "1,2"): the native op against torch's BatchNorm2d (+
+LeakyReLU for 4 channels) in the same run.
+
 glibc would mmap (and page-fault afresh) every tensor of >= 32 MiB; the module raises the mmap
 threshold once at import so both sides are timed with reused heap memory. Ratios: compare the
 rows of one group in the pytest-benchmark table (or --benchmark-json).
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 import pytest
 import torch
@@ -30,6 +37,7 @@ import dip.ops as ops
 from tests import oracle
 
 THREADS = 1
+CHANNEL_THREADS = [int(t) for t in os.environ.get("DIP_BENCH_OPS_THREADS", "1,2").split(",")]
 ROUNDS = 25  # fixed, generous round counts: the minimum is robust on a busy machine
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -117,4 +125,28 @@ def test_bn_leaky_relu(benchmark, impl, layout):
           "original": lambda t, *_: act(bn(t))}[impl]
     out, grads = benchmark.pedantic(_fwd_bwd(fn, x, bn.weight, bn.bias), rounds=ROUNDS // 2,
                                     warmup_rounds=1)
+    assert out.shape == x.shape and len(grads) == 3
+
+
+@pytest.mark.benchmark(group="bn_leaky_relu channels_last 256^2 fwd+bwd")
+@pytest.mark.parametrize("threads", CHANNEL_THREADS)
+@pytest.mark.parametrize("channels", [4, 132])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("impl", ["native", "original"])
+def test_bn_leaky_relu_channels(benchmark, impl, dtype, channels, threads):
+    torch.set_num_threads(threads)  # the autouse fixture sets the thread count back
+    benchmark.extra_info.update(threads=threads)
+    bn = torch.nn.BatchNorm2d(channels)
+    slope = 0.2 if channels == 4 else 1.0
+    act = torch.nn.LeakyReLU(slope)
+    x = torch.randn(1, channels, 256, 256).to(getattr(torch, dtype))
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    weight = bn.weight.detach().to(x.dtype).requires_grad_(True)  # bf16: BNAct's cast
+    bias = bn.bias.detach().to(x.dtype).requires_grad_(True)
+    fn = {"native": lambda t, w, b: ops.bn_leaky_relu(t, w, b, bn.running_mean, bn.running_var,
+                                                      negative_slope=slope),
+          # torch's bf16 BatchNorm takes float32 parameters (as the standard BNAct path)
+          "original": lambda t, *_: act(bn(t))}[impl]
+    inputs = (x, weight, bias) if impl == "native" else (x, bn.weight, bn.bias)
+    out, grads = benchmark.pedantic(_fwd_bwd(fn, *inputs), rounds=ROUNDS // 2, warmup_rounds=1)
     assert out.shape == x.shape and len(grads) == 3
