@@ -80,6 +80,9 @@ def test_downsample_and_masked_mse_two_threads(two_threads, close):
     taps = torch.tensor([0.1, 0.2, 0.4, 0.2, 0.1], dtype=torch.float64)
     x = torch.randn(2, 3, 64, 60, dtype=torch.float64, generator=gen)
     close(ops.downsample(x, taps, 2), ops.downsample_reference(x, taps, 2), 1e-12, "down")
+    g = torch.randn(2, 3, 32, 30, dtype=torch.float64, generator=gen)
+    close(ops.downsample_adjoint(g, taps, 2, input_size=(64, 60)),
+          ops.downsample_adjoint_reference(g, taps, 2, input_size=(64, 60)), 1e-12, "adjoint")
     y = torch.randn_like(x)
     m = (torch.rand(x.shape, generator=gen) > 0.5).double()
     close(ops.masked_mse(x, y, m), ops.masked_mse_reference(x, y, m), 1e-12, "masked mse")
