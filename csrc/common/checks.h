@@ -42,12 +42,24 @@ inline void check_channels(const at::Tensor& t, const char* name, const at::Tens
 }
 
 // Arguments of bn_leaky_relu (forward and backward).
-inline void check_bn(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+// A per-channel parameter of bn_leaky_relu: x's dtype, or float32 for a bfloat16 x where
+// `fp32_params` (the CPU kernels: the bf16 step's float32 parameters, read without a cast).
+inline void check_bn_param(const at::Tensor& t, const char* name, const at::Tensor& x,
+                           bool fp32_params) {
+  check_channels(t, name, x);
+  if (fp32_params && x.scalar_type() == at::kBFloat16 && t.scalar_type() == at::kFloat) {
+    TORCH_CHECK(t.device() == x.device(), name, " is on ", t.device(), " but x is on ",
+                x.device());
+    return;
+  }
+  check_like(t, name, x, "x");
+}
+
+inline void check_bn(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                     double eps, bool fp32_params = false) {
   check_image(x, "x");
-  check_channels(weight, "weight", x);
-  check_channels(bias, "bias", x);
-  check_like(weight, "weight", x, "x");
-  check_like(bias, "bias", x, "x");
+  check_bn_param(weight, "weight", x, fp32_params);
+  check_bn_param(bias, "bias", x, fp32_params);
   TORCH_CHECK(x.numel() / x.size(1) > 1,
               "bn_leaky_relu needs more than 1 value per channel in training mode, got shape ",
               x.sizes());
@@ -58,8 +70,8 @@ inline void check_bn(const at::Tensor& x, const at::Tensor& weight, const at::Te
 // per-channel statistics.
 inline void check_bn_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                               const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& var,
-                              double eps) {
-  check_bn(x, weight, bias, eps);
+                              double eps, bool fp32_params = false) {
+  check_bn(x, weight, bias, eps, fp32_params);
   TORCH_CHECK(grad_out.sizes() == x.sizes(), "grad_out must have the shape of x ", x.sizes(),
               ", got ", grad_out.sizes());
   check_like(grad_out, "grad_out", x, "x");

@@ -12,7 +12,6 @@
 // baseline ISA, AVX2+FMA and AVX-512, chosen at run time (simd.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -528,10 +527,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_cpu(const at::Tenso
                                                                  const at::Tensor& weight,
                                                                  const at::Tensor& bias,
                                                                  double eps, double slope) {
-  check_bn(x_in, weight, bias, eps);
+  check_bn(x_in, weight, bias, eps, /*fp32_params=*/true);
   const at::MemoryFormat fmt = bn_layout(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
-  const at::Tensor wc = weight.contiguous(), bc = bias.contiguous();
+  // the parameters in double, whatever their dtype (x's, or float32 for a bfloat16 x)
+  const at::Tensor wd = weight.to(at::kDouble).contiguous();
+  const at::Tensor bd = bias.to(at::kDouble).contiguous();
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), M = N * HW;
   const double count = static_cast<double>(M);
   at::Tensor y = at::empty(x.sizes(), x.options().memory_format(fmt));
@@ -542,8 +543,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_cpu(const at::Tenso
     using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const scalar_t* xd = x.const_data_ptr<scalar_t>();
     scalar_t* yd = y.mutable_data_ptr<scalar_t>();
-    const scalar_t* w = wc.const_data_ptr<scalar_t>();
-    const scalar_t* b = bc.const_data_ptr<scalar_t>();
+    const double* w = wd.const_data_ptr<double>();
+    const double* b = bd.const_data_ptr<double>();
     stat_t* mp = mean.mutable_data_ptr<stat_t>();
     stat_t* vp = var.mutable_data_ptr<stat_t>();
     const acc_t ns = static_cast<acc_t>(slope);
@@ -594,16 +595,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight,
     const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& var, double eps,
     double slope) {
-  check_bn_backward(grad_out, x_in, weight, bias, mean, var, eps);
+  check_bn_backward(grad_out, x_in, weight, bias, mean, var, eps, /*fp32_params=*/true);
   const at::MemoryFormat fmt = bn_layout(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
   const at::Tensor gy = grad_out.contiguous(fmt);
-  const at::Tensor wc = weight.contiguous(), bc = bias.contiguous();
+  const at::Tensor wd = weight.to(at::kDouble).contiguous();
+  const at::Tensor bd = bias.to(at::kDouble).contiguous();
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), M = N * HW;
   const double count = static_cast<double>(M);
   at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
-  at::Tensor gw = at::empty_like(weight);
-  at::Tensor gb = at::empty_like(bias);
+  // computed in double, returned in the parameters' own dtypes
+  at::Tensor gw_d = at::empty({C}, wd.options());
+  at::Tensor gb_d = at::empty({C}, bd.options());
   const at::Tensor mean_d = mean.to(at::kDouble).contiguous();
   const at::Tensor var_d = var.to(at::kDouble).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "dip::bn_leaky_relu_backward",
@@ -612,12 +615,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_backward_cpu(
     const scalar_t* xd = x.const_data_ptr<scalar_t>();
     const scalar_t* gd = gy.const_data_ptr<scalar_t>();
     scalar_t* gxd = gx.mutable_data_ptr<scalar_t>();
-    const scalar_t* w = wc.const_data_ptr<scalar_t>();
-    const scalar_t* b = bc.const_data_ptr<scalar_t>();
+    const double* w = wd.const_data_ptr<double>();
+    const double* b = bd.const_data_ptr<double>();
     const double* mu = mean_d.const_data_ptr<double>();
     const double* vr = var_d.const_data_ptr<double>();
-    scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
-    scalar_t* gbp = gb.mutable_data_ptr<scalar_t>();
+    double* gwp = gw_d.mutable_data_ptr<double>();
+    double* gbp = gb_d.mutable_data_ptr<double>();
     const acc_t ns = static_cast<acc_t>(slope);
     std::vector<acc_t> scale(C), offset(C), mean_a(C), k_dz(C), k_x(C), k_c(C);
     std::vector<double> invstd(C);
@@ -636,8 +639,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_backward_cpu(
       k_dz[c] = static_cast<acc_t>(a);
       k_x[c] = static_cast<acc_t>(-a * proj);
       k_c[c] = static_cast<acc_t>(-a * (t0 / count));
-      gbp[c] = static_cast<scalar_t>(t0);
-      gwp[c] = static_cast<scalar_t>(t1 * invstd[c]);
+      gbp[c] = t0;
+      gwp[c] = t1 * invstd[c];
     };
     if (fmt != at::MemoryFormat::ChannelsLast) {
       const bool stream = stream_output(x);
@@ -667,7 +670,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_backward_cpu(
     for (int64_t c = 0; c < C; ++c) finish(c, s0[c], s1[c]);
     channels_last_grad(gxd, xd, gd, M, C, scale, offset, mean_a, k_dz, k_x, k_c, ns);
   });
-  return {gx, gw, gb};
+  return {gx, gw_d.to(weight.scalar_type()), gb_d.to(bias.scalar_type())};
 }
 
 }  // namespace

@@ -265,7 +265,7 @@ class BNAct(BatchNormAct):
 
     In training mode, with a LeakyReLU, ReLU (slope 0) or no activation (``nn.Identity``: slope
     1, plain BatchNorm), affine weights, running statistics, matching dtypes (or a bfloat16
-    input with float32 parameters, cast to bfloat16 for the kernel) and the native kernel
+    input with float32 parameters, which the CPU kernels read as they are) and the native kernel
     loaded and faster on the input's device (``dip.ops.native_pays_off``: the CPU), the forward
     pass is one call of ``dip.ops.bn_leaky_relu`` (batch statistics, running stats and
     num_batches_tracked updated as ``nn.BatchNorm2d`` does); otherwise ``nn.BatchNorm2d`` then
@@ -308,9 +308,13 @@ class BNAct(BatchNormAct):
             slope = self._fused_slope()
             if op is not None and slope is not None:
                 self.num_batches_tracked.add_(1)
-                # a bf16 x (the bf16 step) with the fp32 parameters: they are cast to bf16 for
-                # the kernel (their gradients come back in fp32); statistics stay fp32
-                weight, bias = self.weight.to(x.dtype), self.bias.to(x.dtype)
+                # a bf16 x (the bf16 step) with the fp32 parameters: the CPU kernels read them
+                # as they are (no cast per step; gradients in fp32), other devices' take them
+                # cast to bf16; statistics stay fp32
+                weight: torch.Tensor = self.weight
+                bias: torch.Tensor = self.bias
+                if x.device.type != "cpu":
+                    weight, bias = weight.to(x.dtype), bias.to(x.dtype)
                 return op(x, weight, bias, self.running_mean, self.running_var,
                           momentum=self.momentum, eps=self.eps, negative_slope=slope)
         return self.act(self._batch_norm(x))

@@ -31,6 +31,14 @@ def _channel_vector(name: str, t: torch.Tensor | None,
     return t
 
 
+def _kernel_param(t: torch.Tensor | None, x: torch.Tensor) -> bool:
+    """Whether the kernels take the affine parameter ``t`` for ``x`` as it is: x's dtype, or
+    float32 for a bfloat16 x on the CPU (the bf16 step's float32 parameters, no cast; their
+    gradients come back in float32). Otherwise the op runs its reference."""
+    return (t is None or t.dtype == x.dtype
+            or (x.dtype == torch.bfloat16 and t.dtype == torch.float32 and x.device.type == "cpu"))
+
+
 def _check(x, weight, bias, running_mean, running_var, momentum, eps, negative_slope):
     x = _common.image("x", x)
     # affine parameters may be float32 while x is bfloat16/float16 (autocast): the reference runs
@@ -85,8 +93,10 @@ def bn_leaky_relu(x: torch.Tensor, weight: torch.Tensor | None = None,
     Args:
         x: (N, C, H, W) float tensor, NCHW or channels_last (the output keeps its layout).
         weight, bias: (C,) affine parameters (None = 1 and 0) on x's device; the native kernel
-            runs when they have x's dtype (float32, float64 or bfloat16), the reference
-            otherwise (e.g. float32 parameters with a bfloat16 x under autocast).
+            runs when they have x's dtype (float32, float64 or bfloat16) or, on the CPU, are
+            float32 with a bfloat16 x (the bf16 step's parameters, read as they are: their
+            gradients come back in float32); the reference otherwise (e.g. float32 parameters
+            with a bfloat16 x on CUDA).
         running_mean, running_var: (C,) buffers updated in place like ``nn.BatchNorm2d``
             (exponential average with ``momentum``, unbiased variance), or None.
         momentum: float in [0, 1]; eps: added to the variance; negative_slope: LeakyReLU slope.
@@ -95,8 +105,8 @@ def bn_leaky_relu(x: torch.Tensor, weight: torch.Tensor | None = None,
     """
     args = _check(x, weight, bias, running_mean, running_var, momentum, eps, negative_slope)
     x, weight, bias, running_mean, running_var, momentum, eps, slope = args
-    same_dtype = all(t is None or t.dtype == x.dtype for t in (weight, bias))
-    if not (same_dtype and _common.use_native("bn_leaky_relu", x, NATIVE_DTYPES)):
+    if not (all(_kernel_param(t, x) for t in (weight, bias))
+            and _common.use_native("bn_leaky_relu", x, NATIVE_DTYPES)):
         return _reference(*args)
     c = x.shape[1]
     w = weight if weight is not None else x.new_ones(c)

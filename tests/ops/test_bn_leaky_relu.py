@@ -106,25 +106,31 @@ def test_native_matches_reference(native, device, called_ops, close, dtype, shap
             assert got[0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("params", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(3, 5, 13, 11), (1, 130, 16, 16)])
-def test_native_matches_reference_bf16(native, device, called_ops, shape):
-    """bfloat16 x, weight and bias: the native kernels against the reference computed in float32
-    from the same bfloat16 values, to bfloat16's rounding of the outputs; statistics in float32."""
+def test_native_matches_reference_bf16(native, device, called_ops, shape, params):
+    """bfloat16 x with bfloat16 weight and bias, or (CPU) float32 ones (the bf16 step's): the
+    native kernels against the reference computed in float32 from the same values, to
+    bfloat16's rounding of the outputs; statistics in float32; the parameters' gradients in the
+    parameters' dtype."""
+    if params == torch.float32 and device.type != "cpu":
+        pytest.skip("float32 parameters with a bfloat16 x take the CPU kernels only")
     bn, _ = _modules(shape[1], torch.float32)
     bn16 = _modules(shape[1], torch.float32)[0]
     base = (torch.randn(*shape, generator=torch.Generator().manual_seed(2)) * 2 + 3).bfloat16()
     base = _off_kink(base, bn16)
-    with torch.no_grad():  # the reference sees the bf16-rounded parameters
+    with torch.no_grad():  # the reference sees the parameters the kernels see
         for p in (bn16.weight, bn16.bias):
-            p.copy_(p.to(torch.bfloat16).float())
+            p.copy_(p.to(params).float())
     want = _run(ops.bn_leaky_relu_reference, base.float(), bn16)
     bn_b = _modules(shape[1], torch.float32)[0]
-    bn_b.weight.data, bn_b.bias.data = bn_b.weight.data.to(torch.bfloat16), bn_b.bias.data.to(torch.bfloat16)
+    bn_b.weight.data, bn_b.bias.data = bn_b.weight.data.to(params), bn_b.bias.data.to(params)
     for name, x in _layouts(base, device):
         with called_ops() as seen:
             got = _run(ops.bn_leaky_relu, x, bn_b)
         assert {"dip.bn_leaky_relu.default", "dip.bn_leaky_relu_backward.default"} <= seen
         assert got[0].dtype == torch.bfloat16 and got[1].dtype == torch.float32
+        assert got[4].dtype == params and got[5].dtype == params
         for a, b, what in zip(got, want, ["y", "running_mean", "running_var", "dx", "dw", "db"], strict=True):
             scale = b.abs().max().item()
             err = (a.float() - b.to(a.device)).abs().max().item()
@@ -135,7 +141,7 @@ def test_native_matches_reference_bf16(native, device, called_ops, shape):
 
 def test_module_runs_bf16_activations_with_fp32_parameters_natively(native, called_ops):
     """The bf16 step: a bfloat16 x with BNAct's float32 parameters takes the native kernels
-    (parameters cast to bf16 for them), and the parameters' gradients come back in float32."""
+    with the parameters as they are (no cast op), and their gradients come back in float32."""
     from dip.models.common import BNAct
 
     torch.manual_seed(0)
@@ -145,6 +151,7 @@ def test_module_runs_bf16_activations_with_fp32_parameters_natively(native, call
         y = module(x)
         y.float().square().sum().backward()
     assert {"dip.bn_leaky_relu.default", "dip.bn_leaky_relu_backward.default"} <= seen
+    assert "aten._to_copy.default" in seen  # y.float()
     assert y.dtype == torch.bfloat16 and module.weight.grad.dtype == torch.float32
     ref = BNAct(8, "LeakyReLU", fused=False)
     ref.load_state_dict({k: v for k, v in module.state_dict().items()} | {
@@ -152,6 +159,9 @@ def test_module_runs_bf16_activations_with_fp32_parameters_natively(native, call
     want = ref(x.detach().float())
     assert (y.float() - want).abs().max().item() <= 2 ** -7 * want.abs().max().item()
     torch.testing.assert_close(module.running_mean, ref.running_mean, rtol=1e-2, atol=1e-2)
+    with called_ops() as forward_ops:
+        module(x)
+    assert "aten._to_copy.default" not in forward_ops  # the parameters are not cast
 
 
 def test_bf16_close_to_fp32(native, device):
@@ -171,16 +181,35 @@ def test_without_affine_and_running_stats(native):
     torch.testing.assert_close(ops.bn_leaky_relu(x), want, rtol=0, atol=1e-10)
 
 
-def test_mixed_precision_parameters_use_reference(native, called_ops):
-    """bfloat16 activations with float32 affine parameters (autocast) take the reference path
-    of the op (BNAct casts its parameters to take the kernels instead)."""
+def test_mixed_precision_parameters(native, called_ops):
+    """bfloat16 activations with float32 affine parameters take the CPU kernels as they are;
+    float16 activations with float32 parameters (no kernel of that pair) the reference."""
     bn, act = _modules(3, torch.float32)
     x = torch.randn(2, 3, 6, 6).to(torch.bfloat16)
     with called_ops() as seen:
         y = ops.bn_leaky_relu(x, bn.weight, bn.bias)
+    assert "dip.bn_leaky_relu.default" in seen
+    want = act(torch.nn.functional.batch_norm(x.float(), None, None, bn.weight, bn.bias,
+                                              training=True))
+    assert y.dtype == torch.bfloat16
+    assert (y.float() - want).abs().max().item() <= 2 ** -7 * want.abs().max().item()
+    with called_ops() as seen:
+        y = ops.bn_leaky_relu(x.half(), bn.weight, bn.bias)
     assert not any(name.startswith("dip.") for name in seen)
     torch.testing.assert_close(y, act(torch.nn.functional.batch_norm(
-        x, None, None, bn.weight, bn.bias, training=True)))
+        x.half(), None, None, bn.weight, bn.bias, training=True)))
+
+
+def test_opcheck_fp32_parameters_with_bf16(native):
+    """The CPU kernels' mixed pair (bfloat16 x, float32 weight and bias) passes opcheck."""
+    for x, w, b, eps, slope in sample_inputs("cpu"):
+        x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        w, b = w.float().requires_grad_(True), b.float().requires_grad_(True)
+        torch.library.opcheck(native.bn_leaky_relu, (x.requires_grad_(True), w, b, eps, slope))
+        y, mean, var = native.bn_leaky_relu(x.detach(), w.detach(), b.detach(), eps, slope)
+        gx, gw, gb = native.bn_leaky_relu_backward(torch.randn_like(y), x.detach(), w.detach(),
+                                                   b.detach(), mean, var, eps, slope)
+        assert gx.dtype == torch.bfloat16 and gw.dtype == gb.dtype == torch.float32
 
 
 def test_native_gradcheck(native, device):
