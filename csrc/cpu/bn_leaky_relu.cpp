@@ -215,40 +215,64 @@ struct PlaneGrad {
 // lanes each (ClShape: L is a multiple of 64 bytes of acc_t, so of every copy's vector width W),
 // lane j holding channel j % C; per-channel constants and sums come expanded to L lanes. The
 // loops walk the rows in memory order, whole vectors across each row (no channel tails, and a
-// vector spans several pixels when C is small); the pixels after the last whole super-row are
-// done apart, in the drivers below.
+// vector spans several pixels when C is small). Each loop's `values` is its scalar form over n
+// values from a super-row boundary: the loop itself without vector support, and the pixels
+// after the last whole super-row (fewer than L values) everywhere.
+
+// LeakyReLU and its derivative times g, for scalars and vectors alike (`zero` of z's type).
+template <typename T, typename S>
+DIP_INLINE T leaky(const T& z, const S& slope, const T& zero) {
+  return z > zero ? z : z * slope;
+}
+template <typename T, typename S>
+DIP_INLINE T leaky_grad(const T& z, const T& g, const S& slope, const T& zero) {
+  return z > zero ? g : g * slope;
+}
 
 // q0[j] += sum_r (x[r][j] - shift[j]), q1[j] += sum_r (x[r][j] - shift[j])^2 over `rows` rows.
 template <typename scalar_t, typename acc_t>
 struct ClStats {
+  static void values(const scalar_t* __restrict x, int64_t n, int64_t L,
+                     const acc_t* __restrict shift, acc_t* __restrict q0, acc_t* __restrict q1) {
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t j = k % L;
+      const acc_t d = static_cast<acc_t>(x[k]) - shift[j];
+      q0[j] += d;
+      q1[j] += d * d;
+    }
+  }
+
   template <typename Isa>
   static DIP_INLINE void run(const scalar_t* __restrict x, int64_t rows, int64_t L,
                              const acc_t* __restrict shift, acc_t* __restrict q0,
                              acc_t* __restrict q1) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const scalar_t* __restrict xr = x + r * L;
 #if defined(__GNUC__)
-      using V = simd::vec_t<acc_t, Isa>;
-      constexpr int W = simd::Vec<acc_t, Isa>::width;
+    using V = simd::vec_t<acc_t, Isa>;
+    constexpr int W = simd::Vec<acc_t, Isa>::width;
+    for (int64_t i = 0; i < rows * L; i += L)
       for (int64_t j = 0; j < L; j += W) {
-        const V d = simd::load_as<Isa, acc_t>(xr + j) - simd::load<Isa>(shift + j);
+        const V d = simd::load_as<Isa, acc_t>(x + i + j) - simd::load<Isa>(shift + j);
         simd::store(q0 + j, simd::load<Isa>(q0 + j) + d);
         simd::store(q1 + j, simd::load<Isa>(q1 + j) + d * d);
       }
 #else
-      for (int64_t j = 0; j < L; ++j) {
-        const acc_t d = static_cast<acc_t>(xr[j]) - shift[j];
-        q0[j] += d;
-        q1[j] += d * d;
-      }
+    values(x, rows * L, L, shift, q0, q1);
 #endif
-    }
   }
 };
 
 // y = leaky(x * scale + offset)
 template <typename scalar_t, typename acc_t>
 struct ClForward {
+  static void values(scalar_t* __restrict y, const scalar_t* __restrict x, int64_t n, int64_t L,
+                     const acc_t* __restrict scale, const acc_t* __restrict offset, acc_t slope) {
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t j = k % L;
+      y[k] = static_cast<scalar_t>(
+          leaky(static_cast<acc_t>(x[k]) * scale[j] + offset[j], slope, acc_t(0)));
+    }
+  }
+
   template <typename Isa>
   static DIP_INLINE void run(scalar_t* __restrict y, const scalar_t* __restrict x, int64_t rows,
                              int64_t L, const acc_t* __restrict scale,
@@ -256,19 +280,15 @@ struct ClForward {
 #if defined(__GNUC__)
     using V = simd::vec_t<acc_t, Isa>;
     constexpr int W = simd::Vec<acc_t, Isa>::width;
-    const V sl = simd::broadcast<Isa, acc_t>(slope), zero = {};
+    const V zero = {};
     for (int64_t i = 0; i < rows * L; i += L)
       for (int64_t j = 0; j < L; j += W) {
         const V z = simd::load_as<Isa, acc_t>(x + i + j) * simd::load<Isa>(scale + j) +
                     simd::load<Isa>(offset + j);
-        simd::store_as<Isa>(y + i + j, z > zero ? z : z * sl);
+        simd::store_as<Isa>(y + i + j, leaky(z, slope, zero));
       }
 #else
-    for (int64_t i = 0; i < rows * L; i += L)
-      for (int64_t j = 0; j < L; ++j) {
-        const acc_t z = static_cast<acc_t>(x[i + j]) * scale[j] + offset[j];
-        y[i + j] = static_cast<scalar_t>(z > acc_t(0) ? z : z * slope);
-      }
+    values(y, x, rows * L, L, scale, offset, slope);
 #endif
   }
 };
@@ -276,6 +296,20 @@ struct ClForward {
 // q0[j] += sum_r dz, q1[j] += sum_r dz * (x - mean), dz = leaky'(x * scale + offset) * g.
 template <typename scalar_t, typename acc_t>
 struct ClGradSums {
+  static void values(const scalar_t* __restrict x, const scalar_t* __restrict g, int64_t n,
+                     int64_t L, const acc_t* __restrict scale, const acc_t* __restrict offset,
+                     const acc_t* __restrict mean, acc_t slope, acc_t* __restrict q0,
+                     acc_t* __restrict q1) {
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t j = k % L;
+      const acc_t v = static_cast<acc_t>(x[k]);
+      const acc_t dz =
+          leaky_grad(v * scale[j] + offset[j], static_cast<acc_t>(g[k]), slope, acc_t(0));
+      q0[j] += dz;
+      q1[j] += dz * (v - mean[j]);
+    }
+  }
+
   template <typename Isa>
   static DIP_INLINE void run(const scalar_t* __restrict x, const scalar_t* __restrict g,
                              int64_t rows, int64_t L, const acc_t* __restrict scale,
@@ -284,25 +318,17 @@ struct ClGradSums {
 #if defined(__GNUC__)
     using V = simd::vec_t<acc_t, Isa>;
     constexpr int W = simd::Vec<acc_t, Isa>::width;
-    const V sl = simd::broadcast<Isa, acc_t>(slope), zero = {};
+    const V zero = {};
     for (int64_t i = 0; i < rows * L; i += L)
       for (int64_t j = 0; j < L; j += W) {
         const V v = simd::load_as<Isa, acc_t>(x + i + j);
-        const V gv = simd::load_as<Isa, acc_t>(g + i + j);
         const V z = v * simd::load<Isa>(scale + j) + simd::load<Isa>(offset + j);
-        const V dz = z > zero ? gv : gv * sl;
+        const V dz = leaky_grad(z, simd::load_as<Isa, acc_t>(g + i + j), slope, zero);
         simd::store(q0 + j, simd::load<Isa>(q0 + j) + dz);
         simd::store(q1 + j, simd::load<Isa>(q1 + j) + dz * (v - simd::load<Isa>(mean + j)));
       }
 #else
-    for (int64_t i = 0; i < rows * L; i += L)
-      for (int64_t j = 0; j < L; ++j) {
-        const acc_t v = static_cast<acc_t>(x[i + j]);
-        const acc_t gv = static_cast<acc_t>(g[i + j]);
-        const acc_t dz = v * scale[j] + offset[j] > acc_t(0) ? gv : gv * slope;
-        q0[j] += dz;
-        q1[j] += dz * (v - mean[j]);
-      }
+    values(x, g, rows * L, L, scale, offset, mean, slope, q0, q1);
 #endif
   }
 };
@@ -310,6 +336,20 @@ struct ClGradSums {
 // gx = k_dz * dz + k_x * (x - mean) + k_c
 template <typename scalar_t, typename acc_t>
 struct ClGrad {
+  static void values(scalar_t* __restrict gx, const scalar_t* __restrict x,
+                     const scalar_t* __restrict g, int64_t n, int64_t L,
+                     const acc_t* __restrict scale, const acc_t* __restrict offset,
+                     const acc_t* __restrict mean, const acc_t* __restrict k_dz,
+                     const acc_t* __restrict k_x, const acc_t* __restrict k_c, acc_t slope) {
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t j = k % L;
+      const acc_t v = static_cast<acc_t>(x[k]);
+      const acc_t dz =
+          leaky_grad(v * scale[j] + offset[j], static_cast<acc_t>(g[k]), slope, acc_t(0));
+      gx[k] = static_cast<scalar_t>(k_dz[j] * dz + k_x[j] * (v - mean[j]) + k_c[j]);
+    }
+  }
+
   template <typename Isa>
   static DIP_INLINE void run(scalar_t* __restrict gx, const scalar_t* __restrict x,
                              const scalar_t* __restrict g, int64_t rows, int64_t L,
@@ -320,26 +360,19 @@ struct ClGrad {
 #if defined(__GNUC__)
     using V = simd::vec_t<acc_t, Isa>;
     constexpr int W = simd::Vec<acc_t, Isa>::width;
-    const V sl = simd::broadcast<Isa, acc_t>(slope), zero = {};
+    const V zero = {};
     for (int64_t i = 0; i < rows * L; i += L)
       for (int64_t j = 0; j < L; j += W) {
         const V v = simd::load_as<Isa, acc_t>(x + i + j);
-        const V gv = simd::load_as<Isa, acc_t>(g + i + j);
         const V z = v * simd::load<Isa>(scale + j) + simd::load<Isa>(offset + j);
-        const V dz = z > zero ? gv : gv * sl;
+        const V dz = leaky_grad(z, simd::load_as<Isa, acc_t>(g + i + j), slope, zero);
         const V centred = v - simd::load<Isa>(mean + j);
         simd::store_as<Isa>(gx + i + j, simd::load<Isa>(k_dz + j) * dz +
                                             simd::load<Isa>(k_x + j) * centred +
                                             simd::load<Isa>(k_c + j));
       }
 #else
-    for (int64_t i = 0; i < rows * L; i += L)
-      for (int64_t j = 0; j < L; ++j) {
-        const acc_t v = static_cast<acc_t>(x[i + j]);
-        const acc_t gv = static_cast<acc_t>(g[i + j]);
-        const acc_t dz = v * scale[j] + offset[j] > acc_t(0) ? gv : gv * slope;
-        gx[i + j] = static_cast<scalar_t>(k_dz[j] * dz + k_x[j] * (v - mean[j]) + k_c[j]);
-      }
+    values(gx, x, g, rows * L, L, scale, offset, mean, k_dz, k_x, k_c, slope);
 #endif
   }
 };
@@ -350,6 +383,7 @@ struct ClShape {
   int64_t G;     // pixels per super-row: 64 bytes of acc_t lanes / gcd(C, those lanes)
   int64_t L;     // lanes per super-row, G * C
   int64_t rows;  // whole super-rows, M / G
+  int64_t tail;  // values after them, (M % G) * C: fewer than L
   int64_t tile;  // super-rows per tile: about kRows pixels (summed in working precision)
   int64_t grain; // super-rows per parallel task: about 32768 elements
 };
@@ -359,7 +393,8 @@ ClShape cl_shape(int64_t M, int64_t C) {
   constexpr int64_t kLanesPer64 = 64 / static_cast<int64_t>(sizeof(acc_t));
   const int64_t G = kLanesPer64 / std::gcd(C, kLanesPer64);
   const int64_t L = G * C;
-  return {C, G, L, M / G, std::max<int64_t>(1, kRows / G), std::max<int64_t>(1, 32768 / L)};
+  return {C, G, L, M / G, (M % G) * C, std::max<int64_t>(1, kRows / G),
+          std::max<int64_t>(1, 32768 / L)};
 }
 
 // a (C values) repeated over the L lanes of a super-row: lane j gets a[j % C].
@@ -370,32 +405,36 @@ std::vector<T> lanes(const std::vector<T>& a, const ClShape& s) {
   return out;
 }
 
-// Per-lane sums over the whole super-rows, folded to per-channel double sums s0, s1 (C each):
-// tile(r0, r1, q0, q1) adds the working-precision sums of super-rows [r0, r1) to q0, q1 (L
-// each, zeroed before). Tiles are widened to double as they finish; threads keep their own
-// partial sums.
-template <typename acc_t, typename Tile>
-void channels_last_sums(const ClShape& s, Tile tile, std::vector<double>& s0,
+// Per-lane sums over all pixels, folded to per-channel double sums s0, s1 (C each): tile(r0,
+// r1, q0, q1) adds the working-precision sums of super-rows [r0, r1) to q0, q1 (L each, zeroed
+// before), tail(q0, q1) those of the values after the last super-row. Tiles are widened to
+// double as they finish; threads keep their own partial sums.
+template <typename acc_t, typename Tile, typename Tail>
+void channels_last_sums(const ClShape& s, Tile tile, Tail tail, std::vector<double>& s0,
                         std::vector<double>& s1) {
   const int nthreads = at::get_num_threads();
   const size_t L = static_cast<size_t>(s.L);
   std::vector<double> part0(static_cast<size_t>(nthreads) * L, 0.0);
   std::vector<double> part1(static_cast<size_t>(nthreads) * L, 0.0);
+  auto add = [L](double* d0, double* d1, std::vector<acc_t>& q0, std::vector<acc_t>& q1) {
+    for (size_t j = 0; j < L; ++j) {
+      d0[j] += q0[j];
+      d1[j] += q1[j];
+    }
+    std::fill(q0.begin(), q0.end(), acc_t(0));
+    std::fill(q1.begin(), q1.end(), acc_t(0));
+  };
   at::parallel_for(0, s.rows, s.grain, [&](int64_t r0, int64_t r1) {
     const size_t tid = static_cast<size_t>(at::get_thread_num());
-    double* d0 = part0.data() + tid * L;
-    double* d1 = part1.data() + tid * L;
     std::vector<acc_t> q0(L), q1(L);
     for (int64_t b0 = r0; b0 < r1; b0 += s.tile) {
-      std::fill(q0.begin(), q0.end(), acc_t(0));
-      std::fill(q1.begin(), q1.end(), acc_t(0));
       tile(b0, std::min(r1, b0 + s.tile), q0.data(), q1.data());
-      for (size_t j = 0; j < L; ++j) {
-        d0[j] += q0[j];
-        d1[j] += q1[j];
-      }
+      add(part0.data() + tid * L, part1.data() + tid * L, q0, q1);
     }
   });
+  std::vector<acc_t> q0(L), q1(L);
+  tail(q0.data(), q1.data());
+  add(part0.data(), part1.data(), q0, q1);
   s0.assign(static_cast<size_t>(s.C), 0.0);
   s1.assign(static_cast<size_t>(s.C), 0.0);
   for (size_t k = 0; k < static_cast<size_t>(nthreads) * L; ++k) {
@@ -421,19 +460,16 @@ void channels_last_stats(const scalar_t* x, int64_t M, int64_t C, const std::vec
                          std::vector<double>& s0, std::vector<double>& s1) {
   const ClShape s = cl_shape<acc_t>(M, C);
   const std::vector<acc_t> shift_l = lanes(shift, s);
+  const acc_t* sh = shift_l.data();
   channels_last_sums<acc_t>(
       s,
       [&](int64_t r0, int64_t r1, acc_t* q0, acc_t* q1) {
-        simd::run<ClStats<scalar_t, acc_t>>(x + r0 * s.L, r1 - r0, s.L,
-                                            static_cast<const acc_t*>(shift_l.data()), q0, q1);
+        simd::run<ClStats<scalar_t, acc_t>>(x + r0 * s.L, r1 - r0, s.L, sh, q0, q1);
+      },
+      [&](acc_t* q0, acc_t* q1) {
+        ClStats<scalar_t, acc_t>::values(x + s.rows * s.L, s.tail, s.L, sh, q0, q1);
       },
       s0, s1);
-  for (int64_t m = s.rows * s.G; m < M; ++m)
-    for (int64_t c = 0; c < C; ++c) {
-      const double d = static_cast<double>(static_cast<acc_t>(x[m * C + c]) - shift[c]);
-      s0[c] += d;
-      s1[c] += d * d;
-    }
 }
 
 // y = leaky(x * scale + offset)
@@ -443,16 +479,13 @@ void channels_last_forward(scalar_t* y, const scalar_t* x, int64_t M, int64_t C,
                            acc_t slope) {
   const ClShape s = cl_shape<acc_t>(M, C);
   const std::vector<acc_t> scale_l = lanes(scale, s), offset_l = lanes(offset, s);
+  const acc_t *sc = scale_l.data(), *of = offset_l.data();
   channels_last_rows(s, [&](int64_t r0, int64_t r1) {
-    simd::run<ClForward<scalar_t, acc_t>>(y + r0 * s.L, x + r0 * s.L, r1 - r0, s.L,
-                                          static_cast<const acc_t*>(scale_l.data()),
-                                          static_cast<const acc_t*>(offset_l.data()), slope);
+    simd::run<ClForward<scalar_t, acc_t>>(y + r0 * s.L, x + r0 * s.L, r1 - r0, s.L, sc, of,
+                                          slope);
   });
-  for (int64_t m = s.rows * s.G; m < M; ++m)
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t z = static_cast<acc_t>(x[m * C + c]) * scale[c] + offset[c];
-      y[m * C + c] = static_cast<scalar_t>(z > acc_t(0) ? z : z * slope);
-    }
+  const int64_t t = s.rows * s.L;
+  ClForward<scalar_t, acc_t>::values(y + t, x + t, s.tail, s.L, sc, of, slope);
 }
 
 // Per-channel sum(dz) and sum(dz * (x - mean)) in double, dz = leaky'(x * scale + offset) * g.
@@ -464,23 +497,18 @@ void channels_last_grad_sums(const scalar_t* x, const scalar_t* g, int64_t M, in
   const ClShape s = cl_shape<acc_t>(M, C);
   const std::vector<acc_t> scale_l = lanes(scale, s), offset_l = lanes(offset, s);
   const std::vector<acc_t> mean_l = lanes(mean, s);
+  const acc_t *sc = scale_l.data(), *of = offset_l.data(), *mu = mean_l.data();
+  const int64_t t = s.rows * s.L;
   channels_last_sums<acc_t>(
       s,
       [&](int64_t r0, int64_t r1, acc_t* q0, acc_t* q1) {
-        simd::run<ClGradSums<scalar_t, acc_t>>(
-            x + r0 * s.L, g + r0 * s.L, r1 - r0, s.L, static_cast<const acc_t*>(scale_l.data()),
-            static_cast<const acc_t*>(offset_l.data()), static_cast<const acc_t*>(mean_l.data()),
-            slope, q0, q1);
+        simd::run<ClGradSums<scalar_t, acc_t>>(x + r0 * s.L, g + r0 * s.L, r1 - r0, s.L, sc, of,
+                                               mu, slope, q0, q1);
+      },
+      [&](acc_t* q0, acc_t* q1) {
+        ClGradSums<scalar_t, acc_t>::values(x + t, g + t, s.tail, s.L, sc, of, mu, slope, q0, q1);
       },
       s0, s1);
-  for (int64_t m = s.rows * s.G; m < M; ++m)
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t v = static_cast<acc_t>(x[m * C + c]);
-      const acc_t gv = static_cast<acc_t>(g[m * C + c]);
-      const acc_t dz = v * scale[c] + offset[c] > acc_t(0) ? gv : gv * slope;
-      s0[c] += static_cast<double>(dz);
-      s1[c] += static_cast<double>(dz * (v - mean[c]));
-    }
 }
 
 // gx = k_dz * dz + k_x * (x - mean) + k_c
@@ -494,20 +522,15 @@ void channels_last_grad(scalar_t* gx, const scalar_t* x, const scalar_t* g, int6
   const std::vector<acc_t> scale_l = lanes(scale, s), offset_l = lanes(offset, s);
   const std::vector<acc_t> mean_l = lanes(mean, s), k_dz_l = lanes(k_dz, s);
   const std::vector<acc_t> k_x_l = lanes(k_x, s), k_c_l = lanes(k_c, s);
+  const acc_t *sc = scale_l.data(), *of = offset_l.data(), *mu = mean_l.data();
+  const acc_t *kd = k_dz_l.data(), *kx = k_x_l.data(), *kc = k_c_l.data();
   channels_last_rows(s, [&](int64_t r0, int64_t r1) {
-    simd::run<ClGrad<scalar_t, acc_t>>(
-        gx + r0 * s.L, x + r0 * s.L, g + r0 * s.L, r1 - r0, s.L,
-        static_cast<const acc_t*>(scale_l.data()), static_cast<const acc_t*>(offset_l.data()),
-        static_cast<const acc_t*>(mean_l.data()), static_cast<const acc_t*>(k_dz_l.data()),
-        static_cast<const acc_t*>(k_x_l.data()), static_cast<const acc_t*>(k_c_l.data()), slope);
+    simd::run<ClGrad<scalar_t, acc_t>>(gx + r0 * s.L, x + r0 * s.L, g + r0 * s.L, r1 - r0, s.L,
+                                       sc, of, mu, kd, kx, kc, slope);
   });
-  for (int64_t m = s.rows * s.G; m < M; ++m)
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t v = static_cast<acc_t>(x[m * C + c]);
-      const acc_t gv = static_cast<acc_t>(g[m * C + c]);
-      const acc_t dz = v * scale[c] + offset[c] > acc_t(0) ? gv : gv * slope;
-      gx[m * C + c] = static_cast<scalar_t>(k_dz[c] * dz + k_x[c] * (v - mean[c]) + k_c[c]);
-    }
+  const int64_t t = s.rows * s.L;
+  ClGrad<scalar_t, acc_t>::values(gx + t, x + t, g + t, s.tail, s.L, sc, of, mu, kd, kx, kc,
+                                  slope);
 }
 
 // Outputs of at least this many bytes are written with non-temporal stores (NCHW): far larger
@@ -517,6 +540,28 @@ constexpr int64_t kStreamBytes = int64_t(16) << 20;
 
 bool stream_output(const at::Tensor& x) {
   return x.numel() * static_cast<int64_t>(x.element_size()) >= kStreamBytes;
+}
+
+// The C values of a per-channel vector (a parameter, or a saved statistic) as double, read in
+// place whatever its floating dtype (x's, or float32 for a bfloat16 x): no conversion op.
+std::vector<double> channel_values(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  std::vector<double> out(static_cast<size_t>(c.numel()));
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, c.scalar_type(), "dip::channel_values", [&] {
+    const scalar_t* p = c.const_data_ptr<scalar_t>();
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<double>(p[i]);
+  });
+  return out;
+}
+
+// A tensor like `like` (a per-channel parameter) holding `values`, rounded to its dtype.
+at::Tensor channel_tensor(const std::vector<double>& values, const at::Tensor& like) {
+  at::Tensor out = at::empty({static_cast<int64_t>(values.size())}, like.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, out.scalar_type(), "dip::channel_tensor", [&] {
+    scalar_t* p = out.mutable_data_ptr<scalar_t>();
+    for (size_t i = 0; i < values.size(); ++i) p[i] = static_cast<scalar_t>(values[i]);
+  });
+  return out;
 }
 
 at::ScalarType stat_type(const at::Tensor& x) {
@@ -531,8 +576,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_cpu(const at::Tenso
   const at::MemoryFormat fmt = bn_layout(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
   // the parameters in double, whatever their dtype (x's, or float32 for a bfloat16 x)
-  const at::Tensor wd = weight.to(at::kDouble).contiguous();
-  const at::Tensor bd = bias.to(at::kDouble).contiguous();
+  const std::vector<double> wv = channel_values(weight), bv = channel_values(bias);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), M = N * HW;
   const double count = static_cast<double>(M);
   at::Tensor y = at::empty(x.sizes(), x.options().memory_format(fmt));
@@ -543,8 +587,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_cpu(const at::Tenso
     using stat_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const scalar_t* xd = x.const_data_ptr<scalar_t>();
     scalar_t* yd = y.mutable_data_ptr<scalar_t>();
-    const double* w = wd.const_data_ptr<double>();
-    const double* b = bd.const_data_ptr<double>();
+    const double* w = wv.data();
+    const double* b = bv.data();
     stat_t* mp = mean.mutable_data_ptr<stat_t>();
     stat_t* vp = var.mutable_data_ptr<stat_t>();
     const acc_t ns = static_cast<acc_t>(slope);
@@ -599,28 +643,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_backward_cpu(
   const at::MemoryFormat fmt = bn_layout(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
   const at::Tensor gy = grad_out.contiguous(fmt);
-  const at::Tensor wd = weight.to(at::kDouble).contiguous();
-  const at::Tensor bd = bias.to(at::kDouble).contiguous();
+  const std::vector<double> wv = channel_values(weight), bv = channel_values(bias);
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), M = N * HW;
   const double count = static_cast<double>(M);
   at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
   // computed in double, returned in the parameters' own dtypes
-  at::Tensor gw_d = at::empty({C}, wd.options());
-  at::Tensor gb_d = at::empty({C}, bd.options());
-  const at::Tensor mean_d = mean.to(at::kDouble).contiguous();
-  const at::Tensor var_d = var.to(at::kDouble).contiguous();
+  std::vector<double> gwv(static_cast<size_t>(C)), gbv(static_cast<size_t>(C));
+  const std::vector<double> mean_v = channel_values(mean), var_v = channel_values(var);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "dip::bn_leaky_relu_backward",
                                  [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* xd = x.const_data_ptr<scalar_t>();
     const scalar_t* gd = gy.const_data_ptr<scalar_t>();
     scalar_t* gxd = gx.mutable_data_ptr<scalar_t>();
-    const double* w = wd.const_data_ptr<double>();
-    const double* b = bd.const_data_ptr<double>();
-    const double* mu = mean_d.const_data_ptr<double>();
-    const double* vr = var_d.const_data_ptr<double>();
-    double* gwp = gw_d.mutable_data_ptr<double>();
-    double* gbp = gb_d.mutable_data_ptr<double>();
+    const double* w = wv.data();
+    const double* b = bv.data();
+    const double* mu = mean_v.data();
+    const double* vr = var_v.data();
+    double* gwp = gwv.data();
+    double* gbp = gbv.data();
     const acc_t ns = static_cast<acc_t>(slope);
     std::vector<acc_t> scale(C), offset(C), mean_a(C), k_dz(C), k_x(C), k_c(C);
     std::vector<double> invstd(C);
@@ -670,7 +711,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_leaky_relu_backward_cpu(
     for (int64_t c = 0; c < C; ++c) finish(c, s0[c], s1[c]);
     channels_last_grad(gxd, xd, gd, M, C, scale, offset, mean_a, k_dz, k_x, k_c, ns);
   });
-  return {gx, gw_d.to(weight.scalar_type()), gb_d.to(bias.scalar_type())};
+  return {gx, channel_tensor(gwv, weight), channel_tensor(gbv, bias)};
 }
 
 }  // namespace

@@ -278,9 +278,16 @@ class BNAct(BatchNormAct):
         super().__init__(num_features, act_fun, **bn_kwargs)
         self.fused = bool(fused)
 
-    def _fused_slope(self) -> float | None:
-        """The LeakyReLU slope the fused op computes this module's activation with: its
-        negative_slope, 0 for ReLU, 1 for none (``nn.Identity``); None for any other."""
+    def _fused_slope(self, x: torch.Tensor) -> float | None:
+        """The LeakyReLU slope the fused op computes this module on ``x`` with (its
+        negative_slope, 0 for ReLU, 1 for none: ``nn.Identity``), or None where the op does not
+        apply (an other activation, eval mode, no affine parameters or running statistics,
+        dtypes the kernels do not pair)."""
+        if not (self.fused and self.training and self.affine and self.track_running_stats
+                and self.momentum is not None and x.dim() == 4
+                and (x.dtype == self.weight.dtype
+                     or (x.dtype == torch.bfloat16 and self.weight.dtype == torch.float32))):
+            return None
         if isinstance(self.act, nn.LeakyReLU):
             return float(self.act.negative_slope)
         if isinstance(self.act, nn.ReLU):
@@ -289,34 +296,20 @@ class BNAct(BatchNormAct):
             return 1.0
         return None
 
-    def _can_fuse(self, x: torch.Tensor) -> bool:
-        return (
-            self.fused
-            and self.training
-            and self.affine
-            and self.track_running_stats
-            and self.momentum is not None
-            and self._fused_slope() is not None
-            and x.dim() == 4
-            and (x.dtype == self.weight.dtype
-                 or (x.dtype == torch.bfloat16 and self.weight.dtype == torch.float32))
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._can_fuse(x):
-            op = _native_op("bn_leaky_relu", x.device)
-            slope = self._fused_slope()
-            if op is not None and slope is not None:
-                self.num_batches_tracked.add_(1)
-                # a bf16 x (the bf16 step) with the fp32 parameters: the CPU kernels read them
-                # as they are (no cast per step; gradients in fp32), other devices' take them
-                # cast to bf16; statistics stay fp32
-                weight: torch.Tensor = self.weight
-                bias: torch.Tensor = self.bias
-                if x.device.type != "cpu":
-                    weight, bias = weight.to(x.dtype), bias.to(x.dtype)
-                return op(x, weight, bias, self.running_mean, self.running_var,
-                          momentum=self.momentum, eps=self.eps, negative_slope=slope)
+        slope = self._fused_slope(x)
+        op = _native_op("bn_leaky_relu", x.device) if slope is not None else None
+        if op is not None and slope is not None:
+            self.num_batches_tracked.add_(1)
+            # a bf16 x (the bf16 step) with the fp32 parameters: the CPU kernels read them as
+            # they are (no cast per step; gradients in fp32), other devices' take them cast to
+            # bf16; statistics stay fp32
+            weight: torch.Tensor = self.weight
+            bias: torch.Tensor = self.bias
+            if x.device.type != "cpu":
+                weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+            return op(x, weight, bias, self.running_mean, self.running_var,
+                      momentum=self.momentum, eps=self.eps, negative_slope=slope)
         return self.act(self._batch_norm(x))
 
     def standard(self) -> BatchNormAct:
