@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-window", type=int, default=None,
                         help="ES-WMV window W (default: the recipe's, 200 for denoising)")
     parser.add_argument("--stop-patience", type=int, default=None,
-                        help="ES-WMV patience P (default: the recipe's, 500 for denoising)")
+                        help="ES-WMV patience P (default: the recipe's, 200 for denoising)")
     parser.add_argument("--curve-every", type=int, default=1, help="PSNR-curve sampling in steps")
     parser.add_argument("--csv", metavar="PATH", default=None, help="write the results as CSV")
     parser.add_argument("--plots", metavar="DIR", default=None, help="write a PSNR-vs-step PNG per run")
