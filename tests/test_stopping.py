@@ -284,3 +284,18 @@ def test_window_mean_is_the_mean_of_the_last_w_outputs():
             want = torch.stack(outs[t - 3:t + 1]).double().mean(0).float()
             assert m.shape == x.shape and m.dtype == x.dtype
             torch.testing.assert_close(m, want, rtol=0, atol=1e-6)
+
+
+def test_averaging_recipes_return_a_complete_window_mean():
+    """The recipes' patience may be cut to the window, not below: the returned image must be the
+    mean of all W outputs from the variance minimum (a shorter one is a noisier image)."""
+    from dip import recipes
+    checked = 0
+    for name in recipes.names():
+        fit = recipes.get(name).fit
+        if fit.stop != "auto" or fit.exp_weight is None:
+            continue
+        stopper = from_config(fit)
+        assert stopper.return_mean and stopper.return_delay == stopper.window - 1, name
+        checked += 1
+    assert checked >= 2  # denoise, denoise-50, jpeg
