@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+from collections.abc import Sequence
 
 from dip.cli import demo, fit_command, hooks, info, resume_command
 from dip.cli.errors import EXIT_USAGE
@@ -12,6 +14,36 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nRun '{self.prog} --help' for the options.\n")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace=None):  # type: ignore[override]
+        """argparse's, except that what no parser took is reported by the command it was given
+        to (``dip denoise: error: ...``, with that command's help), with the nearest option
+        or command name when one is close (a typo)."""
+        tokens = list(args) if args is not None else None
+        commands = self._commands()
+        first = next((t for t in tokens or [] if not t.startswith("-")), None)
+        if commands is not None and first is not None and first not in commands.choices:
+            self.error(f"unknown command {first!r}{_nearest(first, commands.choices)}; "
+                       f"the commands: {', '.join(commands.choices)}")
+        parsed, extras = self.parse_known_args(tokens, namespace)
+        if extras:
+            owner = self
+            if commands is not None and getattr(parsed, "command", None) in commands.choices:
+                owner = commands.choices[parsed.command]
+            options = [o for o in owner._option_string_actions if o.startswith("--")]
+            named = [t for t in extras if t.startswith("--")]
+            hint = _nearest(named[0].split("=", 1)[0], options) if named else ""
+            owner.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return parsed
+
+    def _commands(self) -> argparse._SubParsersAction | None:
+        return next((a for a in self._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def _nearest(word: str, names) -> str:
+    """`` (did you mean 'X'?)`` for the name in ``names`` closest to ``word``, or ``""``."""
+    close = difflib.get_close_matches(word, list(names), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def build_parser(hooked: str | None = None) -> argparse.ArgumentParser:

@@ -188,6 +188,27 @@ def test_out_of_range_options_are_usage_errors(files, capsys, argv, needle):
     assert "Traceback" not in captured.err and "bug" not in captured.err
 
 
+@pytest.mark.parametrize("argv,first_line,help_line", [
+    ("denoise {d}/img.png -o {d}/out.png --seeed 3",
+     "dip denoise: error: unrecognized arguments: --seeed 3 (did you mean '--seed'?)", "dip denoise --help"),
+    ("sr {d}/img.png -o {d}/out.png --factr=2",
+     "dip sr: error: unrecognized arguments: --factr=2 (did you mean '--factor'?)", "dip sr --help"),
+    ("denoise {d}/img.png -o {d}/out.png --sigma 25",
+     "dip denoise: error: unrecognized arguments: --sigma 25", "dip denoise --help"),
+    ("batch denoise {d}/img.png -o {d}/b --stepz 3",
+     "dip batch: error: unrecognized arguments: --stepz 3 (did you mean '--steps'?)", "dip batch --help"),
+    ("denoize {d}/img.png -o {d}/out.png", "dip: error: unknown command 'denoize' (did you mean 'denoise'?)",
+     "dip --help"),
+], ids=["option typo", "typo with =", "no such option", "batch option typo", "command typo"])
+def test_an_unknown_option_or_command_is_reported_by_its_command_with_the_nearest_name(
+        files, capsys, argv, first_line, help_line):
+    code = cli.main(argv.format(d=files).split())
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2 and lines[0].startswith(first_line), lines
+    assert lines[1] == f"Run '{help_line}' for the options.", lines
+    assert not (files / "out.png").exists() and not (files / "b").exists()
+
+
 def test_ctrl_c_during_start_up_is_one_line_and_130(files, capsys, monkeypatch):
     from dip.cli import entry
 
