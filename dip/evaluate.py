@@ -36,6 +36,9 @@ when larger).  Degradations, seeded from (seed, image name, task):
 
 - ``denoise25`` / ``denoise50``: y = clip(x + N(0, (sigma/255)^2), 0, 1); recipes ``denoise``
   / ``denoise-50``;
+- ``jpeg10``: the crop rounded to 8 bits, written as a JPEG of quality 10 by PIL (libjpeg's
+  standard tables, 4:2:0 chroma for colour) and read back; recipe ``jpeg``; deterministic (the
+  seed only seeds the fit); no classical baseline;
 - ``sr4``: the low-resolution image made with PIL's Lanczos resize (as the paper's inputs were),
   rounded to 8 bits; recipe ``sr4``; the image is cropped to a multiple of 4 first;
 - ``restore50``: half the pixels (all channels of a pixel together) set to zero; recipe
@@ -91,6 +94,7 @@ __all__ = ["TASKS", "BUILTIN_IMAGES", "CSV_FIELDS", "BLIND_FIELDS", "DEBLUR_FIEL
 TASKS: dict[str, dict] = {
     "denoise25": {"recipe": "denoise", "task": "denoise", "sigma": 25.0},
     "denoise50": {"recipe": "denoise-50", "task": "denoise", "sigma": 50.0},
+    "jpeg10": {"recipe": "jpeg", "task": "jpeg", "quality": 10},
     "sr4": {"recipe": "sr4", "task": "sr", "factor": 4},
     "restore50": {"recipe": "restore-50", "task": "restore", "missing": 0.5},
     "inpaint-text": {"recipe": "inpaint-text", "task": "inpaint"},
@@ -247,6 +251,20 @@ def text_mask(hw: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
     return torch.from_numpy(m)[None]
 
 
+def jpeg_round_trip(img: torch.Tensor, quality: int) -> torch.Tensor:
+    """``img`` (C, H, W) float in [0, 1], C = 1 or 3, rounded to 8 bits, encoded by PIL as a JPEG
+    of ``quality`` (1-95) and decoded: (C, H, W) float32 multiples of 1/255."""
+    from PIL import Image
+
+    if img.shape[0] not in (1, 3):
+        raise ValueError(f"a JPEG holds 1 or 3 channels, got {img.shape[0]}")
+    pixels = (img.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    encoded = io.BytesIO()
+    Image.fromarray(pixels[:, :, 0] if img.shape[0] == 1 else pixels).save(encoded, "JPEG", quality=quality)
+    decoded = np.asarray(Image.open(encoded).convert("L" if img.shape[0] == 1 else "RGB"))
+    return _to_chw(decoded)
+
+
 def make_case(kind: str, image: str, gt: torch.Tensor, seed: int = 0) -> Case:
     """Degrade ``gt`` (C, H, W) float in [0, 1] for case ``kind`` (a key of ``TASKS``), seeded by
     (seed, image, kind)."""
@@ -260,6 +278,9 @@ def make_case(kind: str, image: str, gt: torch.Tensor, seed: int = 0) -> Case:
     if spec["task"] == "denoise":
         noise = rng.normal(0.0, spec["sigma"] / 255.0, size=tuple(gt.shape)).astype(np.float32)
         y = (gt + torch.from_numpy(noise)).clamp(0, 1)
+        return Case(kind, image, seed, gt, y, y)
+    if spec["task"] == "jpeg":
+        y = jpeg_round_trip(gt, spec["quality"])
         return Case(kind, image, seed, gt, y, y)
     if spec["task"] == "sr":
         f = spec["factor"]
@@ -285,7 +306,7 @@ def make_case(kind: str, image: str, gt: torch.Tensor, seed: int = 0) -> Case:
 
 
 def baseline(case: Case) -> torch.Tensor | None:
-    """Classical result for ``case`` (C, H, W), or None (denoising without ``bm3d``)."""
+    """Classical result for ``case`` (C, H, W), or None (JPEG; denoising without ``bm3d``)."""
     task = TASKS[case.kind]["task"]
     if task == "deblur":
         from dip import evaluate_deblur
@@ -293,6 +314,8 @@ def baseline(case: Case) -> torch.Tensor | None:
         return evaluate_deblur.baseline(case)
     if task == "sr":
         return _pil_resize(case.observation, (case.gt.shape[1], case.gt.shape[2]), "bicubic").clamp(0, 1)
+    if task == "jpeg":
+        return None
     if task in ("restore", "inpaint"):
         from scipy.ndimage import distance_transform_edt
 

@@ -86,6 +86,21 @@ def test_denoise_baseline_is_bm3d_when_installed_else_skipped(crop32):
         assert metrics.psnr(b, crop32) > metrics.psnr(case.observation, crop32) + 3
 
 
+def test_the_jpeg_case_is_a_quality_10_jpeg_of_the_crop_and_a_short_fit_runs_on_it(crop32):
+    case = ev.make_case("jpeg10", "astronaut", crop32, seed=0)
+    assert case.recipe == "jpeg" and ev.baseline(case) is None
+    assert case.observation.shape == crop32.shape and case.observation.dtype == torch.float32
+    levels = case.observation * 255.0
+    assert torch.equal(levels, levels.round())  # an 8-bit file's values
+    assert 18.0 < metrics.psnr(case.observation, crop32) < 35.0  # artefacts, not noise-free
+    higher = ev.jpeg_round_trip(crop32, 90)
+    assert metrics.psnr(higher, crop32) > metrics.psnr(case.observation, crop32) + 5
+    assert torch.equal(ev.make_case("jpeg10", "astronaut", crop32, seed=3).observation, case.observation)
+    (row,) = ev.evaluate(["jpeg10"], [("astronaut", crop32)], steps=4)
+    assert row["case"] == "jpeg10" and row["recipe"] == "jpeg" and row["fixed_steps"] == 4
+    assert math.isfinite(row["fixed_psnr"]) and math.isnan(row["baseline_psnr"])  # no baseline
+
+
 def test_y_metric_uses_luma_and_the_sr_border(crop32):
     sr = ev.make_case("sr4", "astronaut", crop32, 0)
     dn = ev.make_case("denoise25", "astronaut", crop32, 0)
