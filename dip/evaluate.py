@@ -252,17 +252,16 @@ def text_mask(hw: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
 
 
 def jpeg_round_trip(img: torch.Tensor, quality: int) -> torch.Tensor:
-    """``img`` (C, H, W) float in [0, 1], C = 1 or 3, rounded to 8 bits, encoded by PIL as a JPEG
-    of ``quality`` (1-95) and decoded: (C, H, W) float32 multiples of 1/255."""
-    from PIL import Image
+    """``img`` (C, H, W) float in [0, 1], C = 1 or 3, as ``dip.images`` writes it to a JPEG of
+    ``quality`` (1-95; 8 bits) and reads it back: (C, H, W) float32 multiples of 1/255, what a
+    fit of that file sees."""
+    import tempfile
 
-    if img.shape[0] not in (1, 3):
-        raise ValueError(f"a JPEG holds 1 or 3 channels, got {img.shape[0]}")
-    pixels = (img.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    encoded = io.BytesIO()
-    Image.fromarray(pixels[:, :, 0] if img.shape[0] == 1 else pixels).save(encoded, "JPEG", quality=quality)
-    decoded = np.asarray(Image.open(encoded).convert("L" if img.shape[0] == 1 else "RGB"))
-    return _to_chw(decoded)
+    from dip.images import read_image, write_image
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_image(Path(folder) / "case.jpg", img, quality=quality)
+        return read_image(path)[0]
 
 
 def make_case(kind: str, image: str, gt: torch.Tensor, seed: int = 0) -> Case:
