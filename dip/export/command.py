@@ -16,8 +16,11 @@ from dip.export.write import TOLERANCE
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``dip export CKPT [--onnx F] [--torchscript F] [--pt2 F] [--input-z]``."""
+    """Arguments of ``dip export CKPT [-o F ...] [--onnx F] [--torchscript F] [--pt2 F] [--input-z]``."""
     parser.add_argument("checkpoint", help="checkpoint written by a fit command's --checkpoint")
+    parser.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
+                        help="write a model in the format its name ends in: .onnx (ONNX), .pt (TorchScript) "
+                             "or .pt2 (torch.export); may be given once per format")
     parser.add_argument("--onnx", metavar="FILE", help="write an ONNX model (.onnx), run by onnxruntime")
     parser.add_argument("--torchscript", metavar="FILE", help="write a TorchScript model (.pt)")
     parser.add_argument("--pt2", metavar="FILE", help="write a torch.export program (.pt2)")
@@ -35,20 +38,45 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
+#: the model formats: (export_payload's keyword, its option, the file suffix, its name)
+_FORMATS = (("onnx", "--onnx", ".onnx", "ONNX"), ("torchscript", "--torchscript", ".pt", "TorchScript"),
+            ("pt2", "--pt2", ".pt2", "torch.export"))
+
+
+def _model_outputs(args: argparse.Namespace) -> tuple[dict[str, str], str | None]:
+    """The model files to write, ``{"onnx" | "torchscript" | "pt2": path}``, from the format
+    options and ``-o`` (format from the suffix), or ``({}, problem)`` for the user."""
+    chosen: dict[str, list[str]] = {key: [getattr(args, key)] if getattr(args, key) else []
+                                    for key, _, _, _ in _FORMATS}
+    for key, flag, suffix, _ in _FORMATS:
+        value = getattr(args, key)
+        if value and Path(value).suffix.lower() != suffix:
+            return {}, f"{flag} {value}: the file name must end in {suffix}"
+    by_suffix = {suffix: key for key, _, suffix, _ in _FORMATS}
+    for value in getattr(args, "output", None) or []:
+        key = by_suffix.get(Path(value).suffix.lower())
+        if key is None:
+            return {}, (f"-o {value}: the format is taken from the file name's end: "
+                        + ", ".join(f"{suffix} ({name})" for _, _, suffix, name in _FORMATS))
+        chosen[key].append(value)
+    for key, _, _, name in _FORMATS:
+        if len(chosen[key]) > 1:
+            return {}, f"{len(chosen[key])} {name} outputs ({', '.join(chosen[key])}): give one file per format"
+    if not any(chosen.values()):
+        return {}, ("give at least one output: -o FILE (.onnx, .pt or .pt2), --onnx FILE, --torchscript FILE "
+                    "or --pt2 FILE")
+    return {key: files[0] for key, files in chosen.items() if files}, None
+
+
 def run_export(args: argparse.Namespace) -> int:
     """Run ``dip export``: 0 on success, 2 for bad input (no format, unreadable checkpoint),
     1 when verification fails.  Writes the report to stdout and errors to stderr."""
     from dip import checkpoint
 
-    if not (args.onnx or args.torchscript or args.pt2):
-        print("dip export: give at least one output: --onnx FILE, --torchscript FILE or --pt2 FILE",
-              file=sys.stderr)
+    outputs, problem = _model_outputs(args)
+    if problem:
+        print(f"dip export: {problem}", file=sys.stderr)
         return 2
-    for flag, value, suffix in (("--onnx", args.onnx, ".onnx"), ("--torchscript", args.torchscript, ".pt"),
-                                ("--pt2", args.pt2, ".pt2")):
-        if value and Path(value).suffix.lower() != suffix:
-            print(f"dip export: {flag} {value}: the file name must end in {suffix}", file=sys.stderr)
-            return 2
     if args.save_z and Path(args.save_z).suffix.lower() != ".npy":
         print(f"dip export: --save-z {args.save_z}: the file name must end in .npy", file=sys.stderr)
         return 2
@@ -57,8 +85,8 @@ def run_export(args: argparse.Namespace) -> int:
         members = len(payload["members"]) if payload.get("kind") == "ensemble" else None
         member = getattr(args, "member", None)
         payload = checkpoint.member_payload(payload, member, args.checkpoint)
-        report = export_payload(payload, onnx=args.onnx, torchscript=args.torchscript, pt2=args.pt2,
-                                input_z=args.input_z, tolerance=args.tolerance, source=args.checkpoint)
+        report = export_payload(payload, **outputs, input_z=args.input_z, tolerance=args.tolerance,
+                                source=args.checkpoint)
         if args.save_z:
             np.save(args.save_z, payload["z"].numpy().astype(np.float32), allow_pickle=False)
     except (checkpoint.CheckpointError, FileNotFoundError, ValueError, TypeError, OSError,

@@ -68,6 +68,25 @@ def test_export_usage_errors(sr_checkpoint, tmp_path, capsys):
     assert ".onnx" in capsys.readouterr().err
 
 
+def test_export_takes_the_format_from_the_name_given_to_o_like_every_other_command(sr_checkpoint, tmp_path,
+                                                                                  capsys):
+    ckpt = str(sr_checkpoint / "fit.ckpt")
+    model, program = tmp_path / "g.pt", tmp_path / "g.pt2"
+    assert dip.cli.main(["export", ckpt, "-o", str(model), "--output", str(program)]) == 0
+    out = capsys.readouterr().out
+    assert model.stat().st_size > 0 and program.stat().st_size > 0
+    assert "torchscript" in out.lower() and "g.pt2" in out
+
+    wrong = [(["-o", str(tmp_path / "g.txt")], ".onnx (ONNX), .pt (TorchScript), .pt2 (torch.export)"),
+             (["-o", str(tmp_path / "a.pt"), "--torchscript", str(tmp_path / "b.pt")], "2 TorchScript outputs"),
+             (["-o", str(tmp_path / "a.onnx"), "-o", str(tmp_path / "b.ONNX")], "2 ONNX outputs")]
+    for options, message in wrong:
+        assert dip.cli.main(["export", ckpt, *options]) == 2, options
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not any(tmp_path.glob("[ab].*")) and not (tmp_path / "g.txt").exists()
+
+
 def test_render_usage_errors(tmp_path, capsys):
     assert dip.cli.main(["render", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "r.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
