@@ -214,7 +214,11 @@ def _summary(job: Job, args, result, psnr_input: float | None) -> str:
 def announce(job: Job, args) -> None:
     """The line a fit command prints before fitting: sizes, recipe, steps, device, precision."""
     fit_config = job.recipe.fit
-    say(args, f"{job.task}: {hw(job.observation)} -> {job.out_hw[1]}x{job.out_hw[0]}, recipe {job.recipe.name}, "
+    recipe = job.recipe.name
+    factor = job.recipe.physics.get("factor") if job.task == "sr" else None
+    if factor is not None and recipe != f"sr{factor}":  # e.g. x3: sr4's settings, the operator of x3
+        recipe += f" (its settings at x{factor})"
+    say(args, f"{job.task}: {hw(job.observation)} -> {job.out_hw[1]}x{job.out_hw[0]}, recipe {recipe}, "
               + (f"ensemble of {job.ensemble}, " if job.ensemble > 1 else "") +
               f"{fit_config.steps} steps (stop: {fit_config.stop}), {job.device}, {fit_config.precision}"
               + (f" ({job.precision_reason})" if job.precision_reason.startswith("auto") else "")

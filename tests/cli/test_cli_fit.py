@@ -121,6 +121,18 @@ def test_checkpoint_written_and_loadable(tmp_path, image_maker):
     assert payload["physics"]["name"] == "downsample" and payload["physics"]["factor"] == 2
 
 
+def test_sr_at_a_factor_without_its_own_recipe_says_whose_settings_it_runs(tmp_path, image_maker, capsys):
+    from dip.cli import main
+
+    src = tmp_path / "lr.png"
+    image_maker(src, 20, 20, "RGB")
+    for factor, recipe in ((3, "recipe sr4 (its settings at x3),"), (2, "recipe sr2,")):
+        assert main(["sr", str(src), "--factor", str(factor), "-o", str(tmp_path / f"x{factor}.png"),
+                     "--steps", "1"]) == 0
+        said = capsys.readouterr()
+        assert recipe in said.out + said.err
+
+
 def test_sr_gt_reports_bicubic_baseline_and_16bit_jpeg_note(tmp_path, image_maker, capsys):
     from dip.cli import main
 
