@@ -36,10 +36,13 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("denoise", help="remove noise")
     p.add_argument("input", help="noisy image")
     add_fit_options(p)
+    p.hints = {"--sigma": "the fit needs no noise level: its automatic stopping finds when to stop; for "
+                          "heavy noise, sigma about 50 of 255, give --recipe denoise-50"}
 
     p = sub.add_parser("jpeg", help="remove JPEG compression artefacts")
     p.add_argument("input", help="image with artefacts")
     add_fit_options(p)
+    p.hints = {"--quality": "the fit needs no JPEG quality: it fits the image as it is and stops on its own"}
 
     p = sub.add_parser("sr", help="super-resolution: enlarge by an integer factor")
     p.add_argument("input", help="low-resolution image")

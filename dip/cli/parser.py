@@ -10,7 +10,14 @@ from dip.cli.errors import EXIT_USAGE
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with two-line errors: what is wrong, and where to look."""
+    """argparse with two-line errors: what is wrong, and where to look.
+
+    ``hints`` maps an option the command does not have, but that a user of other tools is
+    likely to give (``--sigma`` to a denoiser), to what to do instead."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hints: dict[str, str] = {}
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nRun '{self.prog} --help' for the options.\n")
@@ -32,7 +39,11 @@ class Parser(argparse.ArgumentParser):
                 owner = commands.choices[parsed.command]
             options = [o for o in owner._option_string_actions if o.startswith("--")]
             named = [t for t in extras if t.startswith("--")]
-            hint = _nearest(named[0].split("=", 1)[0], options) if named else ""
+            hint = ""
+            if named:
+                name = named[0].split("=", 1)[0]
+                hints = getattr(owner, "hints", {})
+                hint = f" ({hints[name]})" if name in hints else _nearest(name, options)
             owner.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
         return parsed
 

@@ -193,13 +193,18 @@ def test_out_of_range_options_are_usage_errors(files, capsys, argv, needle):
      "dip denoise: error: unrecognized arguments: --seeed 3 (did you mean '--seed'?)", "dip denoise --help"),
     ("sr {d}/img.png -o {d}/out.png --factr=2",
      "dip sr: error: unrecognized arguments: --factr=2 (did you mean '--factor'?)", "dip sr --help"),
+    ("denoise {d}/img.png -o {d}/out.png --blah 25",
+     "dip denoise: error: unrecognized arguments: --blah 25", "dip denoise --help"),
     ("denoise {d}/img.png -o {d}/out.png --sigma 25",
-     "dip denoise: error: unrecognized arguments: --sigma 25", "dip denoise --help"),
+     "dip denoise: error: unrecognized arguments: --sigma 25 (the fit needs no noise level", "dip denoise --help"),
+    ("jpeg {d}/img.png -o {d}/out.png --quality=10",
+     "dip jpeg: error: unrecognized arguments: --quality=10 (the fit needs no JPEG quality", "dip jpeg --help"),
     ("batch denoise {d}/img.png -o {d}/b --stepz 3",
      "dip batch: error: unrecognized arguments: --stepz 3 (did you mean '--steps'?)", "dip batch --help"),
     ("denoize {d}/img.png -o {d}/out.png", "dip: error: unknown command 'denoize' (did you mean 'denoise'?)",
      "dip --help"),
-], ids=["option typo", "typo with =", "no such option", "batch option typo", "command typo"])
+], ids=["option typo", "typo with =", "no such option", "a denoiser's noise level", "a JPEG quality",
+        "batch option typo", "command typo"])
 def test_an_unknown_option_or_command_is_reported_by_its_command_with_the_nearest_name(
         files, capsys, argv, first_line, help_line):
     code = cli.main(argv.format(d=files).split())
