@@ -247,6 +247,18 @@ def test_failed_image_is_recorded_and_the_batch_goes_on(tmp_path, three, capsys)
     assert [(r["status"], r["mode"]) for r in redone.records] == [("done", "fresh")] * 3
 
 
+def test_a_failed_image_is_told_by_its_own_error_once_per_attempt(tmp_path, capsys):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"\x89PNG but no image")
+    for _ in range(2):  # the second attempt appends to the same log
+        assert cli.main(["batch", "denoise", str(folder), "-o", str(out), "--threads", "1", "--quiet"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"dip batch: {folder / 'broken.png'} failed (exit 2): dip: error: input: "), err
+        assert err.count("not an image file") == 1 and "$ dip" not in err and "\n" not in err, err
+    assert (out / "broken.log").read_text().count("not an image file") == 2  # the log keeps both
+
+
 def test_no_cuda_graph_reaches_every_fresh_fit(tmp_path, three):
     """--no-cuda-graph of dip batch is passed to each image's fit, whose config then runs eagerly."""
     from dip.batch import fit_arguments

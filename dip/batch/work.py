@@ -42,6 +42,8 @@ EXIT_OK = 0
 INTERRUPTED_CODES = (130, 143, -signal.SIGINT, -signal.SIGTERM)
 #: lines of the fit's log kept in a failed image's record
 _ERROR_LINES = 3
+#: what sets an attempt's header line in an image's log apart: ``[time host] $ dip ARGS``
+_ATTEMPT_MARK = "] $ dip "
 
 
 class StopFlag:
@@ -152,7 +154,7 @@ class CommandRunner:
         # the dip command, with SIGINT/SIGTERM unblocked (see dip.batch._child)
         command = [self.python or sys.executable, "-m", "dip.batch._child", *map(str, argv)]
         with open(log, "ab") as fh:
-            fh.write(f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()}] $ dip "
+            fh.write(f"\n[{time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()}{_ATTEMPT_MARK}"
                      f"{' '.join(map(str, argv))}\n".encode())
             fh.flush()
             proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
@@ -281,6 +283,9 @@ def pack_mode(jobs: Sequence[ImageJob]) -> str | None:
 
 
 def _last_lines(path: Path, n: int) -> str:
+    """The last ``n`` lines (joined by `` | ``) that the latest attempt wrote to the log
+    ``path``: what follows the last attempt header (``[time host] $ dip ...``, written by
+    ``SubprocessRunner``), without it; a log with no header is read whole."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -289,6 +294,9 @@ def _last_lines(path: Path, n: int) -> str:
     except OSError:
         return ""
     lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    headers = [i for i, line in enumerate(lines) if line.startswith("[") and _ATTEMPT_MARK in line]
+    if headers:
+        lines = lines[headers[-1] + 1:]
     return " | ".join(lines[-n:])
 
 
