@@ -16,7 +16,7 @@ from dip.cli.errors import UsageError
 
 #: command -> (the options naming files it writes, the options naming files it reads)
 WRITES = {
-    "export": (("onnx", "torchscript", "pt2", "save_z"), ("checkpoint",)),
+    "export": (("output", "onnx", "torchscript", "pt2", "save_z"), ("checkpoint",)),
     "render": (("output",), ("model", "z")),
     "eval": (("csv", "curves"), ()),
 }
@@ -38,12 +38,15 @@ def add_options(command: str, parser: argparse.ArgumentParser) -> None:
 
 
 def _written(command: str, args) -> list[tuple[str, Path]]:
+    """(option, path) of every file ``command`` will write; an option may name several (``-o``)."""
     outputs, _inputs = WRITES[command]
-    found = [(name, Path(getattr(args, name))) for name in outputs if getattr(args, name, None)]
-    if command == "export" and getattr(args, "onnx", None):  # ONNX may keep its weights beside the model
-        data = Path(args.onnx + ".data")
-        if data.exists():
-            found.append(("onnx", data))
+    found = []
+    for name in outputs:
+        value = getattr(args, name, None)
+        found += [(name, Path(path)) for path in (value if isinstance(value, list) else [value] if value else [])]
+    if command == "export":  # ONNX may keep its weights beside the model
+        found += [(name, path.with_name(path.name + ".data")) for name, path in list(found)
+                  if path.suffix.lower() == ".onnx" and path.with_name(path.name + ".data").exists()]
     return found
 
 

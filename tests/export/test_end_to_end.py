@@ -76,6 +76,10 @@ def test_export_takes_the_format_from_the_name_given_to_o_like_every_other_comma
     out = capsys.readouterr().out
     assert model.stat().st_size > 0 and program.stat().st_size > 0
     assert "torchscript" in out.lower() and "g.pt2" in out
+    assert dip.cli.main(["export", ckpt, "-o", str(model)]) == 2  # the same rule as every output
+    assert f"-o {model} already exists" in capsys.readouterr().err
+    assert dip.cli.main(["export", ckpt, "-o", str(model), "--force"]) == 0
+    capsys.readouterr()
 
     wrong = [(["-o", str(tmp_path / "g.txt")], ".onnx (ONNX), .pt (TorchScript), .pt2 (torch.export)"),
              (["-o", str(tmp_path / "a.pt"), "--torchscript", str(tmp_path / "b.pt")], "2 TorchScript outputs"),
