@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from dip.export.generator import export_payload
-from dip.export.load import render
+from dip.export.load import format_of, render
 from dip.export.metadata import MissingDependencyError
 from dip.export.prepare import ExportError
 from dip.export.write import TOLERANCE
@@ -38,30 +38,27 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
-#: the model formats: (export_payload's keyword, its option, the file suffix, its name)
-_FORMATS = (("onnx", "--onnx", ".onnx", "ONNX"), ("torchscript", "--torchscript", ".pt", "TorchScript"),
-            ("pt2", "--pt2", ".pt2", "torch.export"))
+#: the model formats: (``format_of``'s name and export_payload's keyword, its option, its suffix)
+_FORMATS = (("onnx", "--onnx", ".onnx"), ("torchscript", "--torchscript", ".pt"), ("pt2", "--pt2", ".pt2"))
 
 
 def _model_outputs(args: argparse.Namespace) -> tuple[dict[str, str], str | None]:
     """The model files to write, ``{"onnx" | "torchscript" | "pt2": path}``, from the format
-    options and ``-o`` (format from the suffix), or ``({}, problem)`` for the user."""
-    chosen: dict[str, list[str]] = {key: [getattr(args, key)] if getattr(args, key) else []
-                                    for key, _, _, _ in _FORMATS}
-    for key, flag, suffix, _ in _FORMATS:
+    options and ``-o`` (format from the suffix, ``format_of``), or ``({}, problem)`` for the user."""
+    chosen: dict[str, list[str]] = {key: [] for key, _, _ in _FORMATS}
+    for key, flag, suffix in _FORMATS:
         value = getattr(args, key)
         if value and Path(value).suffix.lower() != suffix:
             return {}, f"{flag} {value}: the file name must end in {suffix}"
-    by_suffix = {suffix: key for key, _, suffix, _ in _FORMATS}
+        chosen[key] += [value] if value else []
     for value in getattr(args, "output", None) or []:
-        key = by_suffix.get(Path(value).suffix.lower())
-        if key is None:
-            return {}, (f"-o {value}: the format is taken from the file name's end: "
-                        + ", ".join(f"{suffix} ({name})" for _, _, suffix, name in _FORMATS))
-        chosen[key].append(value)
-    for key, _, _, name in _FORMATS:
-        if len(chosen[key]) > 1:
-            return {}, f"{len(chosen[key])} {name} outputs ({', '.join(chosen[key])}): give one file per format"
+        try:
+            chosen[format_of(value)].append(value)
+        except ValueError as exc:
+            return {}, f"-o {exc}"
+    for key, files in chosen.items():
+        if len(files) > 1:
+            return {}, f"{len(files)} {key} outputs ({', '.join(files)}): give one file per format"
     if not any(chosen.values()):
         return {}, ("give at least one output: -o FILE (.onnx, .pt or .pt2), --onnx FILE, --torchscript FILE "
                     "or --pt2 FILE")
@@ -132,6 +129,10 @@ def run_render(args: argparse.Namespace) -> int:
     are code; render only models you trust."""
     from dip.images import ImageError, write_image
 
+    if Path(args.model).suffix.lower() == ".ckpt":
+        print(f"dip render: {args.model} is a fit's checkpoint, not a model: export it first "
+              f"(dip export {args.model} -o model.onnx), then render model.onnx", file=sys.stderr)
+        return 2
     try:
         z = _load_code(args.z) if args.z else None
         image = render(args.model, z)

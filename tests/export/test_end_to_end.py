@@ -81,9 +81,9 @@ def test_export_takes_the_format_from_the_name_given_to_o_like_every_other_comma
     assert dip.cli.main(["export", ckpt, "-o", str(model), "--force"]) == 0
     capsys.readouterr()
 
-    wrong = [(["-o", str(tmp_path / "g.txt")], ".onnx (ONNX), .pt (TorchScript), .pt2 (torch.export)"),
-             (["-o", str(tmp_path / "a.pt"), "--torchscript", str(tmp_path / "b.pt")], "2 TorchScript outputs"),
-             (["-o", str(tmp_path / "a.onnx"), "-o", str(tmp_path / "b.ONNX")], "2 ONNX outputs")]
+    wrong = [(["-o", str(tmp_path / "g.txt")], "use .onnx (ONNX), .pt (TorchScript) or .pt2 (torch.export)"),
+             (["-o", str(tmp_path / "a.pt"), "--torchscript", str(tmp_path / "b.pt")], "2 torchscript outputs"),
+             (["-o", str(tmp_path / "a.onnx"), "-o", str(tmp_path / "b.ONNX")], "2 onnx outputs")]
     for options, message in wrong:
         assert dip.cli.main(["export", ckpt, *options]) == 2, options
         err = capsys.readouterr().err
@@ -91,7 +91,10 @@ def test_export_takes_the_format_from_the_name_given_to_o_like_every_other_comma
     assert not any(tmp_path.glob("[ab].*")) and not (tmp_path / "g.txt").exists()
 
 
-def test_render_usage_errors(tmp_path, capsys):
+def test_render_usage_errors(tmp_path, capsys, sr_checkpoint):
+    ckpt = str(sr_checkpoint / "fit.ckpt")
+    assert dip.cli.main(["render", ckpt, "-o", str(tmp_path / "r.png")]) == 2
+    assert f"is a fit's checkpoint, not a model: export it first (dip export {ckpt} -o" in capsys.readouterr().err
     assert dip.cli.main(["render", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "r.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
     junk = tmp_path / "junk.onnx"
