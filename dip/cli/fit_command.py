@@ -189,6 +189,9 @@ def _read_mask(args, observation):
     if float(mask.sum()) == 0:
         raise UsageError("the mask marks no pixel as known (it is all zero)",
                          "non-zero = known pixel; use --mask-invert if your mask marks the missing pixels")
+    if bool((mask != 0).all()):
+        log.warning("the mask marks every pixel as known, so nothing is missing and the fit reproduces the "
+                    "image; non-zero = known pixel: use --mask-invert if your mask marks the missing pixels")
     return mask
 
 

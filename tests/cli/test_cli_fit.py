@@ -121,6 +121,19 @@ def test_checkpoint_written_and_loadable(tmp_path, image_maker):
     assert payload["physics"]["name"] == "downsample" and payload["physics"]["factor"] == 2
 
 
+def test_a_mask_with_no_missing_pixel_is_fitted_with_a_warning(tmp_path, image_maker, caplog):
+    import logging
+
+    from dip.cli import main
+
+    src, mask, out = tmp_path / "in.png", tmp_path / "mask.png", tmp_path / "out.png"
+    image_maker(src, 16, 16, "RGB")
+    images.write_image(mask, torch.ones(1, 16, 16))
+    with caplog.at_level(logging.WARNING, logger="dip.cli"):  # stderr at the command line
+        assert main(["inpaint", str(src), "--mask", str(mask), "-o", str(out), "--steps", "1", "-q"]) == 0
+    assert "the mask marks every pixel as known" in caplog.text and out.is_file()
+
+
 def test_sr_at_a_factor_without_its_own_recipe_says_whose_settings_it_runs(tmp_path, image_maker, capsys):
     from dip.cli import main
 
