@@ -285,7 +285,7 @@ def pack_mode(jobs: Sequence[ImageJob]) -> str | None:
 def _last_lines(path: Path, n: int) -> str:
     """The last ``n`` lines (joined by `` | ``) that the latest attempt wrote to the log
     ``path``: what follows the last attempt header (``[time host] $ dip ...``, written by
-    ``SubprocessRunner``), without it; a log with no header is read whole."""
+    ``CommandRunner``), without it; a log with no header is read whole."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
