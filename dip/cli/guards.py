@@ -42,8 +42,8 @@ def _written(command: str, args) -> list[tuple[str, Path]]:
     outputs, _inputs = WRITES[command]
     found = []
     for name in outputs:
-        value = getattr(args, name, None)
-        found += [(name, Path(path)) for path in (value if isinstance(value, list) else [value] if value else [])]
+        value = getattr(args, name, None) or []
+        found += [(name, Path(path)) for path in (value if isinstance(value, list) else [value])]
     if command == "export":  # ONNX may keep its weights beside the model
         found += [(name, path.with_name(path.name + ".data")) for name, path in list(found)
                   if path.suffix.lower() == ".onnx" and path.with_name(path.name + ".data").exists()]

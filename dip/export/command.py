@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from dip.export.generator import export_payload
-from dip.export.load import format_of, render
+from dip.export.load import FORMATS, SUFFIXES, format_of, render
 from dip.export.metadata import MissingDependencyError
 from dip.export.prepare import ExportError
 from dip.export.write import TOLERANCE
@@ -38,18 +38,14 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
-#: the model formats: (``format_of``'s name and export_payload's keyword, its option, its suffix)
-_FORMATS = (("onnx", "--onnx", ".onnx"), ("torchscript", "--torchscript", ".pt"), ("pt2", "--pt2", ".pt2"))
-
-
 def _model_outputs(args: argparse.Namespace) -> tuple[dict[str, str], str | None]:
     """The model files to write, ``{"onnx" | "torchscript" | "pt2": path}``, from the format
     options and ``-o`` (format from the suffix, ``format_of``), or ``({}, problem)`` for the user."""
-    chosen: dict[str, list[str]] = {key: [] for key, _, _ in _FORMATS}
-    for key, flag, suffix in _FORMATS:
+    chosen: dict[str, list[str]] = {key: [] for key in FORMATS}
+    for suffix, key in SUFFIXES.items():  # --onnx, --torchscript, --pt2: the format by name
         value = getattr(args, key)
         if value and Path(value).suffix.lower() != suffix:
-            return {}, f"{flag} {value}: the file name must end in {suffix}"
+            return {}, f"--{key} {value}: the file name must end in {suffix}"
         chosen[key] += [value] if value else []
     for value in getattr(args, "output", None) or []:
         try:

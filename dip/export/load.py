@@ -13,17 +13,18 @@ from dip.export import metadata as meta
 from dip.export.prepare import _check_z
 
 FORMATS = ("onnx", "torchscript", "pt2")
-_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".pt2": "pt2"}
+#: a model file's suffix -> its format
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".pt2": "pt2"}
 
 
 def format_of(path: str | os.PathLike) -> str:
     """Format name of a model file from its suffix: .onnx -> "onnx", .pt -> "torchscript",
     .pt2 -> "pt2"; ValueError otherwise."""
     suffix = Path(path).suffix.lower()
-    if suffix not in _SUFFIXES:
+    if suffix not in SUFFIXES:
         raise ValueError(f"{path}: unknown model format {suffix or '(no suffix)'!r}; "
                          "use .onnx (ONNX), .pt (TorchScript) or .pt2 (torch.export)")
-    return _SUFFIXES[suffix]
+    return SUFFIXES[suffix]
 
 
 class LoadedModel:
