@@ -46,7 +46,7 @@ def test_a_packed_state_keeps_each_member_apart():
     assert back.members[0].snapshot.psnr == 30.0 and back.members[1].snapshot is None
     assert torch.equal(back.members[1].image_avg, b.image_avg)
     with pytest.raises(ValueError, match="holds 2 members"):
-        back.member
+        _ = back.member
 
 
 def test_recoveries_default_to_backtracks_for_older_states():

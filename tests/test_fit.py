@@ -250,7 +250,7 @@ def test_resuming_a_result_twice_gives_the_same_fit_and_leaves_it_unchanged(monk
         net.load_state_dict(weights)
         runs.append(fit(y, Identity(), net, first.z.clone(), FitConfig(steps=5, **cfg), resume=state))
     after = [t for s in first.optimizer_state["state"].values() for t in s.values()]
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
     assert runs[0].history["loss"] == runs[1].history["loss"]
     assert torch.equal(runs[0].image, runs[1].image)
 

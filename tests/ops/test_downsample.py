@@ -1,6 +1,8 @@
 """dip.ops.downsample / downsample_adjoint: reference spec, native kernels, autograd, errors."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -138,11 +140,9 @@ def test_native_gradcheck_and_gradgradcheck(native, device):
         y, *adj_rest = _adjoint_args(x, taps, factor, mode)
         size = adj_rest[-1]
 
-        def down(t):
-            return ops.downsample(t, taps, factor, mode)
-
-        def adj(t):
-            return ops.downsample_adjoint(t, taps, factor, mode, size)
+        down = functools.partial(ops.downsample, taps=taps, factor=factor, padding=mode)
+        adj = functools.partial(ops.downsample_adjoint, taps=taps, factor=factor, padding=mode,
+                                input_size=size)
 
         assert torch.autograd.gradcheck(down, (x,))
         assert torch.autograd.gradgradcheck(down, (x,))
