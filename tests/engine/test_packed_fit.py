@@ -280,3 +280,47 @@ def test_a_pack_interrupted_before_its_members_stop_resumes_exactly():
                 resume=part.members[1].resume_state())
     assert alone.steps_run == straight.members[1].steps_run
     assert alone.returned_step == straight.members[1].returned_step
+
+
+# --------------------------------------------------------------------------- CUDA
+# The packed engine's accelerator path: reg noise from the device's generator, the branch-free
+# stopping rule and held state (one host read every few steps). Skipped without a CUDA device.
+@pytest.mark.cuda
+def test_member_k_follows_the_single_fit_with_its_seed_on_cuda_in_float64():
+    gens, zs = _members(2)
+    y = _observation()
+    config = CONFIG.updated(device="cuda", cuda_graph=False)
+    packed = fit_packed(y, Identity(), _copies(gens), zs, config, gt=y[0])
+    for k, member in enumerate(packed.members):
+        single = _single(_copies(gens)[k], zs[k], y, config.updated(seed=k), gt=y[0])
+        assert member.steps_run == single.steps_run == 20
+        assert float((member.image - single.image).abs().max()) <= 1e-8
+        assert member.history["psnr_step"] == single.history["psnr_step"]
+
+
+@pytest.mark.cuda
+def test_stopping_members_on_cuda_return_their_single_fits_step():
+    gens, zs = _members(2)
+    y = _observation()
+    config = AUTO.updated(device="cuda", cuda_graph=False)
+    packed = fit_packed(y, Identity(), _copies(gens), zs, config)
+    for k, member in enumerate(packed.members):
+        single = _single(_copies(gens)[k], zs[k], y, config.updated(seed=k))
+        assert member.stop_reason == single.stop_reason == "auto"
+        assert member.returned_step == single.returned_step and member.steps_run == single.steps_run
+        assert float((member.image - single.image).abs().max()) <= 1e-8
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_ensemble_on_cuda_improves_the_image_and_returns_cpu_tensors(precision):
+    import dip
+    from tests import oracle
+
+    gen = torch.Generator().manual_seed(0)
+    clean = oracle.smooth_image(48, 48, 3, generator=gen, coarse=8)
+    noisy = (clean + torch.randn(clean.shape, generator=gen) * 25 / 255).clamp(0, 1)
+    result = dip.denoise(noisy, gt=clean, ensemble=2, steps=300, stop="steps", device="cuda", precision=precision)
+    assert result.image.device.type == "cpu" and torch.isfinite(result.image).all()
+    assert all(m.steps_run == 300 and m.stop_reason == "steps" for m in result.members)
+    assert result.psnr > dip.metrics.psnr(noisy, clean)
