@@ -26,6 +26,15 @@ BatchNorm + LeakyReLU), allocator configured. Configurations, for K members buil
   products on the members' channel slices of the NHWC activation (:class:`MemberMatmul1x1`;
   the slices are strided matrices that BLAS reads in place); 3×3 convolutions stay grouped.
 
+- ``floor``: the convolution floor of K separate steps (``benchmarks/conv_floor.py``'s
+  :class:`ConvFloor`: every convolution of one member alone, forward + backward, run K times;
+  nothing else of a step);
+- ``packed-floor``: the same for the packed generator (its grouped convolutions, K members in
+  each). Its ``x separate`` is the ceiling of packing on this machine: a packed step does at
+  least its grouped convolutions, so no packed step can beat K separate steps by more, however
+  little the rest of it costs. ``floor``'s ``x separate`` is how close the separate steps
+  already are to their own floor.
+
 ``DIP_BENCH_CONFIGS`` picks configurations (comma list; "separate" is always measured, it is
 the baseline); a suffix ``@nchw`` or ``@nhwc`` forces that layout (default: FastStep's choice,
 :func:`dip.runtime.use_channels_last`), e.g. ``packed@nchw``.
@@ -62,6 +71,13 @@ unless ``DIP_BENCH_EMULATED_BF16=1``), ``DIP_BENCH_THREADS`` (comma list, defaul
 budget, 3000: the summary's images per hour are K images every that many steps, i.e.
 3600 s x K / (steps x s per step); an auto-stopped fit that ends earlier restores more).
 
+The ceiling (``packed-floor``), AMD EPYC Zen 4 (AVX512-BF16, no AMX), K = 4, 5 rounds, one
+run, x separate at 2 threads (1 thread): bf16 64² 1.76x (1.45x), 128² 1.30x (1.16x), 256²
+1.12x (1.06x); fp32 1.55x (1.18x), 1.18x (1.04x), 1.05x (1.00x); the packed step itself bf16
+1.37x, 1.07x, 0.92x at 2 threads. From 128² the separate steps run at 80-96 % of their own
+floor (``floor``) and grouped convolutions are no faster per member than plain ones, so there
+is little for packing to win on this CPU.
+
 Images per hour (item 5b), one run, bf16 and 2 threads, packs of 1 to 16 at 64², 128² and 256²:
 
     DIP_BENCH_SIZES=64,128,256 DIP_BENCH_PACK=1,2,4,8,16 DIP_BENCH_PRECISIONS=bf16 \\
@@ -80,6 +96,7 @@ from torch import nn
 
 import dip.models
 import dip.recipes
+from benchmarks.conv_floor import ConvFloor
 from dip import runtime
 from dip.engine import FastStep
 from dip.models.packed import pack
@@ -206,6 +223,18 @@ def make(config: str, k: int, size: int, precision: str):
             for step in steps:
                 step()
         return run
+    if config in ("floor", "packed-floor"):
+        cl = runtime.use_channels_last(_member(0), precision) if channels_last is None else channels_last
+        layout = "cl" if cl else "nchw"
+        if config == "packed-floor":
+            return ConvFloor(pack([_member(i) for i in range(k)]), torch.cat([z for z, _ in data], dim=1),
+                             precision, layout)
+        floor = ConvFloor(_member(0), data[0][0], precision, layout)
+
+        def run_floor() -> None:
+            for _ in range(k):
+                floor()
+        return run_floor
     net = pack([_member(i) for i in range(k)])
     if config in ("packed-loop", "packed-hybrid"):
         _loop_convs(net, k, LOOP_MIN if config == "packed-hybrid" else 0)

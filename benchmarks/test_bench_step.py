@@ -20,8 +20,8 @@ forward, loss, backward, optimiser, with reg noise 1/30, lr 0.01, 32-channel inp
      in a whole step.
 (d)  ``floor-fp32-nchw``, ``floor-fp32-cl``, ``floor-bf16-cl`` (the last where bf16 is
      measured): the machine's convolution floor, every convolution of the generator alone,
-     forward + backward, on inputs of its shapes (:class:`ConvFloor`); the summary's ``eff``
-     column is each configuration's GFLOP/s over the floor of its precision and layout.
+     forward + backward, on inputs of its shapes (``benchmarks/conv_floor.py``); the summary's
+     ``eff`` column is each configuration's GFLOP/s over the floor of its precision and layout.
 (e)  ``command``: ``dip denoise`` with its defaults (precision auto), the whole command: the
      wall time of a 25-step run minus a 5-step run, over 20 (:class:`CommandStep`); its floor
      is that of the precision auto picks. ``DIP_BENCH_COMMAND=0`` leaves it out.
@@ -61,6 +61,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import dip.models
 import dip.ops
 import dip.recipes
+from benchmarks.conv_floor import ConvFloor
 from dip import evaluate, images, runtime
 from dip.models.common import BNAct
 from tests import oracle
@@ -131,42 +132,6 @@ def step_gflop(kind: str, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-class ConvFloor:
-    """The machine's convolution floor for the recipe's generator: each of its convolutions,
-    alone, forward and backward (input, weight and bias gradients) on inputs of the shapes the
-    generator gives them at ``size``², in ``precision`` and ``layout``; nothing else of a step.
-    A configuration's efficiency is its GFLOP/s divided by the floor's of its precision and
-    layout (the floors count the same FLOPs as the step)."""
-
-    def __init__(self, size: int, precision: str, layout: str) -> None:
-        torch.manual_seed(0)
-        generator = recipe_generator()
-        shapes = []
-        hooks = [m.register_forward_hook(lambda m, inputs, out: shapes.append((m, inputs[0].shape)))
-                 for m in generator.modules() if isinstance(m, torch.nn.Conv2d)]
-        with torch.no_grad():
-            generator(_data(size)[0])
-        for h in hooks:
-            h.remove()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        fmt = torch.channels_last if layout == "cl" else torch.contiguous_format
-        self.items = []
-        for conv, shape in shapes:
-            # the step needs no gradient of the code z, the first convolution's input
-            x = torch.randn(shape).to(dtype).contiguous(memory_format=fmt).requires_grad_(bool(self.items))
-            w = conv.weight.detach().to(dtype).contiguous(memory_format=fmt).requires_grad_(True)
-            b = conv.bias.detach().to(dtype).requires_grad_(True) if conv.bias is not None else None
-            self.items.append((x, w, b, conv.stride, conv.padding))
-
-    def __call__(self) -> None:
-        for x, w, b, stride, padding in self.items:
-            y = F.conv2d(x, w, b, stride, padding)
-            y.backward(torch.ones_like(y))
-            x.grad = w.grad = None
-            if b is not None:
-                b.grad = None
-
-
 #: the floor each configuration is measured against
 FLOOR_OF = {"original": "floor-fp32-nchw", "original+malloc": "floor-fp32-nchw",
             "fast-fp32-torchbn": None, "fast-bf16": "floor-bf16-cl"}
@@ -188,7 +153,8 @@ def _make(config: str, size: int):
         return make_original(size)
     if config.startswith("floor-"):
         _, precision, layout = config.split("-")
-        return ConvFloor(size, precision, layout)
+        torch.manual_seed(0)
+        return ConvFloor(recipe_generator(), _data(size)[0], precision, layout)
     return make_fast(size, config.split("-")[1], fused_bn=not config.endswith("-torchbn"))
 
 
