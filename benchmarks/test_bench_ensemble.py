@@ -6,7 +6,10 @@ the recipe's automatic stopping by one ensemble of the largest K (seeds 0..K-1,
 ``dip.denoise(..., ensemble=K)``). Its members are the fits of their seeds (member k follows
 the single fit of seed k), so its first k members are the ensemble of k: one run gives K = 1
 (member 0 alone), 2, 4, ... Reported: PSNR of the mean and of the median of the first k
-members' images, the members' own PSNRs, steps and the wall time of the run.
+members' images, the members' own PSNRs, steps and the wall time of the run, and the members'
+error correlation with the ceiling of averaging it implies (:func:`error_ceiling`: the PSNR
+gain over member 0 of an ensemble of infinitely many members like these), which tells
+whether a target gain is within reach of more members at all.
 
 Dihedral members (``DIP_BENCH_ENSEMBLE_TRANSFORMS=dihedral``, square crops): member k fits
 the observation turned by the k-th symmetry of the square (identity, flip left-right, flip
@@ -53,6 +56,7 @@ Settings (environment):
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 
@@ -91,6 +95,31 @@ def _bm3d(case) -> float | None:
     sigma = evaluate.TASKS[case.kind]["sigma"] / 255.0
     out = bm3d.bm3d_rgb(noisy, sigma) if noisy.shape[2] == 3 else bm3d.bm3d(noisy[..., 0], sigma)
     return psnr(torch.from_numpy(out).float().reshape(noisy.shape).permute(2, 0, 1)[None].clamp(0, 1), case.gt[None])
+
+
+def error_ceiling(images: list[torch.Tensor], gt: torch.Tensor) -> dict:
+    """How far averaging members of this kind can go, from the members' errors alone.
+
+    ``images``: K >= 2 member images (1, C, H, W) float; ``gt``: the truth (C, H, W) or
+    (1, C, H, W). With e_k = image_k - gt and G_ij = mean(e_i * e_j) (the Gram matrix of the
+    errors, per pixel), the mean of any k members has squared error (1/k^2) * the sum of their
+    G block; for members drawn alike (seeds) that is d / k + (1 - 1/k) c = c + (d - c) / k,
+    d the mean of G's diagonal (a member's MSE), c the mean of its off-diagonal. So c is the
+    squared error of an ensemble of infinitely many such members: the ceiling of averaging.
+    Returns ``rho`` = c / d (the members' error correlation), ``ceiling_db`` = 10 log10(d / c)
+    (the infinite ensemble over the average member) and ``ceiling_over_member0_db`` (over
+    member 0, as the benchmark's K = 1 column), ``mse_member_mean`` (d), ``mse_shared`` (c).
+    """
+    if len(images) < 2:
+        raise ValueError(f"the error correlation needs at least 2 members, got {len(images)}")
+    errors = torch.stack([(img.float() - gt.float().reshape(img.shape)).flatten() for img in images])
+    gram = errors.double() @ errors.double().T / errors.shape[1]
+    k = len(images)
+    d = gram.diagonal().mean().item()
+    c = (gram.sum().item() - gram.diagonal().sum().item()) / (k * (k - 1))
+    return {"rho": c / d, "ceiling_db": 10 * math.log10(d / c),
+            "ceiling_over_member0_db": 10 * math.log10(gram[0, 0].item() / c),
+            "mse_member_mean": d, "mse_shared": c}
 
 
 def _turn(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
@@ -144,6 +173,7 @@ def test_ensemble_quality(benchmark, image, sigma):
             images = [m.image for m in members[:k]]
             row[k] = {"psnr": psnr(combine(images, "mean"), case.gt[None]),
                       "psnr_median": psnr(combine(images, "median"), case.gt[None])}
+        row["ceiling"] = error_ceiling([m.image for m in members], case.gt)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     _QUALITY.append(row)
@@ -151,7 +181,9 @@ def test_ensemble_quality(benchmark, image, sigma):
     bm3d_note = f", CBM3D {row['bm3d']:.2f}" if row["bm3d"] is not None else ""
     print(f"\n{image} sigma {sigma} {SIZE}² {TRANSFORMS}{bm3d_note}: " + "; ".join(parts)
           + f" dB (members {', '.join(f'{p:.2f}' for p in row['members'])}; steps "
-          f"{', '.join(map(str, row['steps']))}; {row['seconds']:.0f} s)")
+          f"{', '.join(map(str, row['steps']))}; {row['seconds']:.0f} s; error correlation "
+          f"{row['ceiling']['rho']:.3f}, ceiling of averaging {row['ceiling']['ceiling_over_member0_db']:+.2f} dB "
+          f"over member 0)")
 
 
 def test_ensemble_summary():
@@ -167,6 +199,9 @@ def test_ensemble_summary():
             line.append(f"K={k} mean {mean:.2f} ({mean - base:+.2f}), median {median:.2f} ({median - base:+.2f})")
         members = [p for r in rows for p in r["members"]]
         line.append(f"members alone {sum(members) / len(members):.2f} on average")
+        rho = sum(r["ceiling"]["rho"] for r in rows) / len(rows)
+        ceiling = sum(r["ceiling"]["ceiling_over_member0_db"] for r in rows) / len(rows)
+        line.append(f"error correlation {rho:.3f} on average, ceiling of averaging {ceiling:+.2f} dB over K=1")
         print("\n" + "; ".join(line))
 
 
