@@ -54,9 +54,7 @@ WARM_UP_STEPS = 5
 
 def _observation(size: int, seed: int) -> torch.Tensor:
     """A smooth test image with sigma-25 noise, (3, size, size) float32 in [0, 1]."""
-    gen = torch.Generator().manual_seed(1000 + seed)
-    clean = oracle.smooth_image(size, size, 3, generator=gen, coarse=8)
-    return (clean + torch.randn(clean.shape, generator=gen) * 25 / 255).clamp(0, 1)
+    return oracle.noisy_smooth_image(size, seed=1000 + seed)[1]
 
 
 def _recipe(steps: int, seed: int = 0) -> recipes.Recipe:
@@ -70,10 +68,9 @@ def _single_ms(size: int, image: int, steps: int) -> float:
 
 
 def _packed_ms(size: int, k: int, steps: int) -> float:
-    recipe = _recipe(steps)
     built = [recipes.build(_recipe(steps, seed=i), _observation(size, i)) for i in range(k)]
     result = fit_packed([b[0] for b in built], [b[1] for b in built], [b[2] for b in built],
-                        [b[3] for b in built], recipe.fit, seeds=list(range(k)))
+                        [b[3] for b in built], _recipe(steps).fit, seeds=list(range(k)))
     return 1000.0 * result.seconds / result.steps_run
 
 

@@ -422,6 +422,15 @@ def smooth_image(h: int, w: int, channels: int = 3, seed: int = 0, *, coarse: in
     return _smooth(h, w, channels, g, coarse)
 
 
+def noisy_smooth_image(size: int, seed: int = 0, sigma: float = 25.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean, noisy): :func:`smooth_image` (3, size, size) with ``coarse=8`` and that image
+    with Gaussian noise of std ``sigma``/255 clipped to [0, 1], both drawn from one generator
+    seeded with ``seed`` (the same pair for the same arguments)."""
+    g = torch.Generator().manual_seed(seed)
+    clean = smooth_image(size, size, 3, generator=g, coarse=8)
+    return clean, (clean + torch.randn(clean.shape, generator=g) * sigma / 255).clamp(0, 1)
+
+
 def block_mask(h: int, w: int) -> torch.Tensor:
     """(1, H, W) float32 mask: ones (known) with a missing block of zeros at rows
     [H/4, H/2) and columns [W/4, 3W/4)."""

@@ -17,9 +17,7 @@ pytestmark = pytest.mark.cuda
 
 
 def _noisy(size: int = 48):
-    gen = torch.Generator().manual_seed(0)
-    clean = oracle.smooth_image(size, size, 3, generator=gen, coarse=8)
-    return clean, (clean + torch.randn(clean.shape, generator=gen) * 25 / 255).clamp(0, 1)
+    return oracle.noisy_smooth_image(size)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

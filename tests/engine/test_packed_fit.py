@@ -317,9 +317,7 @@ def test_an_ensemble_on_cuda_improves_the_image_and_returns_cpu_tensors(precisio
     import dip
     from tests import oracle
 
-    gen = torch.Generator().manual_seed(0)
-    clean = oracle.smooth_image(48, 48, 3, generator=gen, coarse=8)
-    noisy = (clean + torch.randn(clean.shape, generator=gen) * 25 / 255).clamp(0, 1)
+    clean, noisy = oracle.noisy_smooth_image(48)
     result = dip.denoise(noisy, gt=clean, ensemble=2, steps=300, stop="steps", device="cuda", precision=precision)
     assert result.image.device.type == "cpu" and torch.isfinite(result.image).all()
     assert all(m.steps_run == 300 and m.stop_reason == "steps" for m in result.members)
